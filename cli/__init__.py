@@ -1,0 +1,1 @@
+"""conceptlib's command-line interface (installed as ``conceptlib.cli``): a thin Typer layer."""

@@ -1,0 +1,80 @@
+"""The ``conceptlib`` command: app factory, command registration and the error boundary."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from conceptlib import __version__, config
+
+app = typer.Typer(
+    name="conceptlib",
+    help="Manage Stable Diffusion textual-inversion concepts: inspect, convert, index, validate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"conceptlib {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Manage Stable Diffusion textual-inversion concepts."""
+
+
+# Each module adds its commands; none of them imports torch, diffusers or sqlmodel at module
+# scope, so `conceptlib --help` stays fast.
+from conceptlib.cli import formats as _formats  # noqa: E402
+from conceptlib.cli import library as _library  # noqa: E402
+from conceptlib.cli import models as _models  # noqa: E402
+
+for _module in (_formats, _library, _models):
+    _module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: run the app, turning errors into one line and an exit code."""
+    from conceptlib.cli._errors import render_error
+    from conceptlib.cli._output import err
+
+    try:
+        # With standalone_mode off, typer.Exit(code) comes back as the return value.
+        rc = app(args=argv, standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
+    except SystemExit as exc:  # typer.Exit and --help land here
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        err.print("Interrupted.", markup=False)
+        return 130
+    except Exception as exc:
+        # Typer's private Click raises its own usage/abort exceptions: let them print themselves.
+        show = getattr(exc, "show", None)
+        exit_code = getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
+            show()
+            return exit_code
+        if type(exc).__name__ == "Abort":
+            err.print("Aborted.", markup=False)
+            return 1
+        if config.debug():
+            raise
+        message, code = render_error(exc)
+        err.print(message, markup=False)
+        return code
+
+
+def run() -> None:
+    """Entry point used by ``python -m conceptlib``."""
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""``inspect``, ``convert`` and ``formats``: work on embedding files directly, no library needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from conceptlib.cli._options import ForceOpt, JsonOpt, StrictOpt, TokenOpt
+from conceptlib.cli._output import err, out, print_json, warn
+
+
+def _file_facts(path: Path) -> dict[str, Any]:
+    from conceptlib.hashing import file_hashes
+
+    if path.is_dir():
+        return {"path": str(path), "size": None}
+    facts: dict[str, Any] = {"path": str(path), "size": path.stat().st_size}
+    facts.update(file_hashes(path))
+    return facts
+
+
+def inspect_path(path: Path, strict: bool) -> dict[str, Any]:
+    """Everything ``inspect`` shows about one file, as a JSON-ready dict."""
+    from conceptlib.formats import FORMATS, read
+    from conceptlib.hashing import a1111_checksum
+
+    emb = read(path, strict=strict)
+    info = {"file": _file_facts(path)}
+    info.update(emb.describe())
+    info["format_description"] = FORMATS[emb.source_format].description if emb.source_format in FORMATS else None
+    info["prompt_word"] = emb.prompt_word()
+    info["a1111_checksum"] = {k: a1111_checksum(t) for k, t in emb.vectors.items()}
+    info["norms"] = {k: [round(n, 4) for n in v] for k, v in emb.norms().items()}
+    info["non_finite"] = emb.non_finite()
+    return info
+
+
+def _show(info: dict[str, Any]) -> None:
+    enc = ", ".join(f"{k} {v['width']}" for k, v in info["encoders"].items())
+    family = info["family_label"] or "unknown"
+    if info["family"] == "sdxl" and not info["complete"]:
+        family += " (incomplete: only " + ", ".join(info["encoders"]) + ")"
+    token = info["token"]
+    token_line = token if token else f"{info['prompt_word']} (no token stored: the prompt word is the name or file name)"
+    rows = [
+        ("format", f"{info['format']}: {info['format_description']}"),
+        ("token", token_line),
+        ("vectors", f"{info['vectors']} × {' + '.join(str(v['width']) for v in info['encoders'].values())} ({enc})"),
+        ("dtype", info["dtype"]),
+        ("family", family),
+    ]
+    for key, label in (("name", "name"), ("step", "step"), ("checkpoint_hash", "trained on"), ("checkpoint_name", "checkpoint")):
+        if info.get(key) is not None:
+            rows.append((label, str(info[key])))
+    for key, value in sorted(info["metadata"].items()):
+        rows.append((f"meta {key}", value if len(value) < 120 else value[:117] + "..."))
+    rows.append(("content hash", info["content_hash"]))
+    f = info["file"]
+    if f.get("sha256"):
+        rows.append(("file sha256", f"{f['sha256']} (AutoV2 {f['autov2']}, A1111 {f['a1111']})"))
+        if "addnet" in f:
+            rows.append(("addnet hash", f["addnet"]))
+    rows.append(("checksum", ", ".join(f"[{v}]" for v in info["a1111_checksum"].values()) + " (AUTOMATIC1111)"))
+    out.print(f["path"], markup=False)
+    for label, value in rows:
+        out.print(f"  {label:<13} {value}", markup=False)
+
+
+def inspect(
+    files: Annotated[list[Path], typer.Argument(help="Embedding files or concept folders.", show_default=False)],
+    json_: JsonOpt = False,
+    strict: StrictOpt = False,
+) -> None:
+    """Show format, token, vectors, family, metadata and hashes of embedding files.
+
+    Example: conceptlib inspect EasyNegative.safetensors learned_embeds.bin
+    """
+    from conceptlib.cli._errors import render_error
+    from conceptlib.errors import ConceptlibError
+
+    results: list[dict[str, Any]] = []
+    failed = 0
+    for i, path in enumerate(files):
+        try:
+            info = inspect_path(path, strict)
+        except (ConceptlibError, OSError) as exc:
+            failed += 1
+            message, _code = render_error(exc)
+            err.print(message, markup=False)
+            results.append({"file": {"path": str(path)}, "error": message.removeprefix("Error: ")})
+            continue
+        results.append(info)
+        for key, count in info["non_finite"].items():
+            warn(f"{path}: {count} NaN/Inf values in {key} (the concept is damaged; --strict makes this an error)")
+        if not json_:
+            if i:
+                out.print()
+            _show(info)
+    if json_:
+        print_json(results)
+    if failed:
+        raise typer.Exit(2)
+
+
+def convert(
+    src: Annotated[Path, typer.Argument(help="Embedding file or concept folder to read.", show_default=False)],
+    dst: Annotated[Path, typer.Argument(help="Destination; its name picks the format.", show_default=False)],
+    to: Annotated[str | None, typer.Option("--to", help="Target format (see `conceptlib formats`).")] = None,
+    token: TokenOpt = None,
+    force: ForceOpt = False,
+    strict: StrictOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Convert an embedding to another format, losslessly and atomically.
+
+    The format comes from DST's name (.safetensors → diffusers or sdxl, .pt → a1111,
+    .bin → diffusers-bin, .png → png, a folder → concepts-library) unless --to is given.
+
+    Example: conceptlib convert bad-artist.pt bad-artist.safetensors --token bad-artist
+    """
+    from conceptlib.formats import convert as do_convert
+
+    result = do_convert(src, dst, to=to, token=token, force=force, strict=strict)
+    emb = result.embedding
+    if json_:
+        print_json(
+            {
+                "source": str(result.source),
+                "source_format": result.source_format,
+                "format": result.format,
+                "files": [str(p) for p in result.files],
+                "token": emb.prompt_word(),
+                "content_hash": emb.content_hash(),
+            }
+        )
+        return
+    for path in result.files:
+        out.print(str(path), markup=False)
+    err.print(
+        f"Converted {src} ({result.source_format}) to {result.format}: "
+        f"{emb.num_vectors} × {emb.width_label}, {emb.dtype}, token {emb.prompt_word()!r}",
+        markup=False,
+    )
+
+
+def formats(json_: JsonOpt = False) -> None:
+    """List the formats conceptlib reads and writes."""
+    from conceptlib.formats import FORMATS
+
+    rows = [
+        {
+            "name": f.name,
+            "writable": f.writer is not None,
+            "suffix": f.suffix or "(folder)",
+            "sd1_sd2": f.single,
+            "sdxl": f.sdxl,
+            "description": f.description,
+        }
+        for f in FORMATS.values()
+    ]
+    if json_:
+        print_json(rows)
+        return
+    for row in rows:
+        mode = "read/write" if row["writable"] else "read only "
+        out.print(f"{row['name']:<17} {mode}  {row['description']}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``inspect``, ``convert`` and ``formats``."""
+    app.command("inspect")(inspect)
+    app.command("convert")(convert)
+    app.command("formats")(formats)

@@ -1,0 +1,64 @@
+"""File hashes and the short forms other tools display.
+
+* ``sha256``: the whole file; the hash everything else derives from.
+* ``autov2``: the first 10 hex digits (Civitai "AutoV2", AUTOMATIC1111 checkpoint short hash).
+* ``a1111``: the first 12 hex digits (AUTOMATIC1111 ``TI hashes:`` in infotext).
+* ``addnet``: sha256 of a safetensors file's tensor payload, without its JSON header
+  (kohya ``sshs_model_hash``, Civitai "AutoV3" when cut to 12).
+* ``a1111_checksum``: AUTOMATIC1111's 4-hex vector checksum, shown as ``name [xxxx]``.
+
+The legacy AUTOMATIC1111 hash (bytes 1 MiB..1 MiB+64 KiB) is deliberately absent: for every
+file smaller than 1 MiB, which is every embedding, it is ``e3b0c442``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from conceptlib.tensor import Tensor
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes, lowercase hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def addnet_hash(data: bytes) -> str | None:
+    """sha256 of a safetensors payload (bytes after the header), or None if not safetensors."""
+    if len(data) < 8:
+        return None
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if 8 + header_len > len(data) or data[8:9] != b"{":
+        return None
+    return hashlib.sha256(data[8 + header_len :]).hexdigest()
+
+
+def a1111_checksum(tensor: Tensor) -> str:
+    """AUTOMATIC1111's 4-hex checksum of a vector tensor (``Used embeddings: name [xxxx]``)."""
+    values = np.trunc(tensor.to_float32().astype(np.float32).reshape(-1) * np.float32(100)).astype(np.int64)
+    r = 0
+    for v in values.tolist():
+        r = ((r * 281) ^ (v * 997)) & 0xFFFFFFFF
+    return f"{r & 0xFFFF:04x}"
+
+
+def file_hashes(path: str | os.PathLike[str]) -> dict[str, str]:
+    """sha256 and its short forms for a file (``addnet`` only for safetensors)."""
+    data = Path(path).read_bytes()
+    full = hashlib.sha256(data).hexdigest()
+    out = {"sha256": full, "autov2": full[:10], "a1111": full[:12]}
+    payload = addnet_hash(data)
+    if payload is not None:
+        out["addnet"] = payload
+    return out
