@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from conceptlib.families import ENCODERS, Family, describe_widths, family_for_encoders, sort_encoders
+from conceptlib.families import (
+    ENCODERS,
+    Family,
+    describe_widths,
+    family_for_encoders,
+    sort_encoders,
+)
 from conceptlib.tensor import Tensor
 
 CONTENT_HASH_VERSION = "cl1"

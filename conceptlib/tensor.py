@@ -106,7 +106,7 @@ class Tensor:
         if self.dtype == "bfloat16":
             return float(self.to_float32().reshape(-1)[0])
         value = self.array.reshape(-1)[0]
-        return value.item()  # type: ignore[no-any-return]
+        return value.item()
 
     def __repr__(self) -> str:
         return f"Tensor(shape={self.shape}, dtype={self.dtype})"

@@ -26,6 +26,7 @@ from typing import Any
 from conceptlib._atomic import atomic_write_bytes
 from conceptlib.embedding import Embedding
 from conceptlib.errors import (
+    CorruptFileError,
     DestinationExistsError,
     EmbeddingFileError,
     FormatCapabilityError,
@@ -91,10 +92,12 @@ def detect_container(data: bytes) -> str:
         return "webp"
     if data.startswith(b"\xff\xd8\xff"):
         return "jpeg"
-    if data[0] == 0x80 and len(data) > 1 and data[1] <= 5:
-        return "pickle-legacy"
+    # safetensors first: its header length can begin with the bytes of a pickle PROTO opcode
+    # (a 640-byte header is 0x80 0x02 ...), while its own test ('{' at byte 8) is strict.
     if _safetensors.looks_like_safetensors(data):
         return "safetensors"
+    if data[0] == 0x80 and len(data) > 1 and data[1] <= 5:
+        return "pickle-legacy"
     head = data[:2048].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in head:
         return "html"
@@ -134,6 +137,8 @@ def read_bytes(data: bytes, path: str | os.PathLike[str], *, strict: bool = Fals
 
         state, _where = _png.read_payload(path, data)
         container = "png"
+    elif Path(path).suffix.lower() == ".safetensors":
+        raise CorruptFileError("not a valid safetensors file (truncated or damaged header)", path=path)
     else:
         preview = data[:16]
         raise UnknownFormatError(
@@ -267,7 +272,8 @@ def _need_token(emb: Embedding, fmt: str) -> str:
 
 
 def _single(emb: Embedding, fmt: str) -> Tensor:
-    if emb.is_sdxl or len(emb.vectors) != 1:
+    # A lone clip_g tensor is fine: it is the second file of a diffusers SDXL pair.
+    if len(emb.vectors) != 1:
         raise FormatCapabilityError(
             f"the {fmt} format holds one text encoder and this is an SDXL embedding ({emb.width_label})",
             hint="use --to sdxl, sdxl-pt, diffusers-sdxl or png",

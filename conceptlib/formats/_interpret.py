@@ -108,6 +108,8 @@ def _from_metadata(metadata: dict[str, str]) -> tuple[dict[str, Any], dict[str, 
     fields: dict[str, Any] = {}
     rest: dict[str, str] = {}
     for key, value in metadata.items():
+        if key in _CONTAINER_META:
+            continue
         if key.startswith(META_PREFIX):
             field = key[len(META_PREFIX) :]
             if field == "step":
@@ -123,7 +125,7 @@ def _from_metadata(metadata: dict[str, str]) -> tuple[dict[str, Any], dict[str, 
                     rest[key] = value
             else:
                 rest[key] = value
-        elif key not in _CONTAINER_META:
+        else:
             rest[key] = value
     return fields, rest
 
