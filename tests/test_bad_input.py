@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from factory import sd1, vectors
 
 from conceptlib.errors import (
     BadInputError,
@@ -23,6 +22,7 @@ from conceptlib.errors import (
 )
 from conceptlib.formats import _safetensors, _torchpickle, read, write
 from conceptlib.tensor import Tensor
+from factory import sd1, vectors
 
 
 def pt(tmp_path: Path, obj: Any, name: str = "x.pt") -> Path:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conceptlib.cli.app import app, main
-from factory import sd1, sdxl
 from typer.testing import CliRunner
 
+from conceptlib.cli.app import app, main
 from conceptlib.formats import read, write
+from factory import sd1, sdxl
 
 runner = CliRunner()
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from factory import sd1, sdxl
 
 from conceptlib.embedding import Embedding
 from conceptlib.formats import write
+from factory import sd1, sdxl
 
 pytestmark = pytest.mark.torch
 
@@ -58,7 +58,12 @@ def text_encoder(width: int, vocab: int, seed: int, projection: bool = False) ->
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory: pytest.TempPathFactory) -> Any:
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
 
     folder = tmp_path_factory.mktemp("tok")
     tokenizer = tiny_tokenizer(folder)

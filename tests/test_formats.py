@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from factory import sd1, sd2, sdxl, vectors
 
 from conceptlib.embedding import Embedding
 from conceptlib.errors import DestinationExistsError, FormatCapabilityError, UsageError
 from conceptlib.formats import FORMATS, WRITABLE, convert, format_for_path, read, write
+from factory import sd1, sd2, sdxl, vectors
 
 FIELDS = {
     "token": "<cat-toy>",

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from factory import sd1
 
 from conceptlib.formats import write
+from factory import sd1
 
 HEAVY = ("torch", "diffusers", "transformers", "sqlmodel", "sqlalchemy", "accelerate")
 
