@@ -22,3 +22,21 @@ TokenOpt = Annotated[
     str | None, typer.Option("--token", help="Placeholder token to store, e.g. '<cat-toy>'.")
 ]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+# --- the concept library (cli/library.py) ----------------------------------------------------------
+ConceptArg = Annotated[str, typer.Argument(help="Concept name (or its token).", show_default=False)]
+ConceptsArg = Annotated[list[str], typer.Argument(help="Concept names (or tokens).", show_default=False)]
+TypeOpt = Annotated[str | None, typer.Option("--type", help="Concept type: object, style or negative.", show_default=False)]
+BaseOpt = Annotated[str | None, typer.Option("--base", help="Base-model family: sd1, sd2 or sdxl.", show_default=False)]
+
+# --- base models (cli/models.py) -------------------------------------------------------------------
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Base model: a registered name (`conceptlib models list`), a diffusers folder, "
+        "a .safetensors/.ckpt file, or a family: sd1, sd2, sd2-v, sdxl.",
+        show_default=False,
+    ),
+]

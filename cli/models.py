@@ -1,9 +1,434 @@
-"""Commands registered by this module (filled in by its owner)."""
+"""``models`` (inspect, add, list, create-tiny) and ``validate``: concepts against base models.
+
+Nothing heavy is imported at module scope: ``conceptlib.models`` and ``conceptlib.validate`` are
+torch-free and imported inside the commands; torch is only touched by ``models create-tiny``.
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+from conceptlib.cli._options import ForceOpt, HomeOpt, JsonOpt, ModelOpt, StrictOpt
+from conceptlib.cli._output import err, info, out, print_json
+
+if TYPE_CHECKING:
+    from conceptlib.embedding import Embedding
+    from conceptlib.models import ModelInfo
+    from conceptlib.validate import Finding
+
+#: Suffixes a folder scan picks up; anything else (READMEs, YAML, images without data) is skipped.
+EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png", ".webp")
+#: Files that make a folder one concept (sd-concepts-library / diffusers output layout).
+CONCEPT_FOLDER_FILES = ("learned_embeds.safetensors", "learned_embeds.bin", "embeddings.pt")
+
+class OutputFormat(str, Enum):
+    """How ``validate`` prints its findings."""
+
+    text = "text"
+    github = "github"
+
+
+NoHashOpt = Annotated[
+    bool, typer.Option("--no-hash", help="Skip hashing weight files (fast; no sha256/AutoV2).")
+]
+
+
+# --- models inspect / add / list ---------------------------------------------------------------
+
+
+def _short(value: str | None, n: int = 12) -> str:
+    return value[:n] if value else "-"
+
+
+def _show_model(model: ModelInfo) -> None:
+    rows: list[tuple[str, str]] = []
+    kind = {"diffusers": "diffusers folder", "checkpoint": "single-file checkpoint", "family": "family name"}
+    what = kind.get(model.kind, model.kind)
+    if model.pipeline_class:
+        what += f" ({model.pipeline_class})"
+    rows.append(("kind", what))
+    rows.append(("family", f"{model.label} [{model.family}]"))
+    rows.append(("prediction", model.prediction_type or "unknown"))
+    if model.sample_size:
+        rows.append(("image size", f"{model.sample_size} px"))
+    for enc in model.encoders:
+        parts = [f"width {enc.width}", f"context {enc.context_length}"]
+        if enc.tokenizer:
+            tok = enc.tokenizer
+            added = f", {len(tok.added_tokens)} added" if tok.added_tokens else ""
+            parts.append(f"vocabulary {tok.vocab_size}{added} ({tok.component})")
+        elif enc.vocab_size:
+            parts.append(f"vocabulary {enc.vocab_size}")
+        if enc.fingerprint:
+            parts.append(f"fingerprint {_short(enc.fingerprint, 16)} ({enc.dtype})")
+        if enc.norms:
+            parts.append(f"vocab norms median {enc.norms.median:.3g}, max {enc.norms.max:.3g}")
+        rows.append((f"encoder {enc.key}", ", ".join(parts)))
+    if model.hashes:
+        h = model.hashes
+        rows.append(("sha256", h["sha256"]))
+        short = f"AutoV2 {h['autov2']}, A1111 legacy {h['autov1']}"
+        if "addnet" in h:
+            short += f", addnet {_short(h['addnet'])}"
+        rows.append(("short hashes", short))
+    for rel, h in model.files.items():
+        rows.append(("file", f"{rel}  sha256 {_short(h['sha256'], 16)} (AutoV2 {h['autov2']})"))
+    for note in model.notes:
+        rows.append(("note", note))
+    out.print(model.name or model.source, markup=False)
+    for label, value in rows:
+        out.print(f"  {label:<15} {value}", markup=False)
+
+
+def inspect_model(
+    path: Annotated[
+        str,
+        typer.Argument(help="A diffusers folder, a checkpoint file, a registered name or a family.", show_default=False),
+    ],
+    json_: JsonOpt = False,
+    no_hash: NoHashOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Describe a base model: family, prediction type, text encoders, tokenizers, hashes.
+
+    Example: conceptlib models inspect ./stable-diffusion-v1-5 --json
+    """
+    from conceptlib.models import resolve_model
+
+    model = resolve_model(path, home=home, hash_files=not no_hash)
+    if json_:
+        print_json(model.describe())
+    else:
+        _show_model(model)
+
+
+def add_model(
+    path: Annotated[Path, typer.Argument(help="A diffusers folder or a checkpoint file.", show_default=False)],
+    name: Annotated[str | None, typer.Option("--name", help="Name to register (default: folder name or file stem).")] = None,
+    force: ForceOpt = False,
+    no_hash: NoHashOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Register a base model so `validate --model NAME` works offline.
+
+    Example: conceptlib models add ./stable-diffusion-v1-5 --name sd15
+    """
+    from conceptlib.models import add_model as do_add
+
+    model = do_add(path, name=name, home=home, force=force, hash_files=not no_hash)
+    out.print(model.name or "", markup=False)
+    info(f"Registered {model.name}: {model.label}, {model.width_label}, prediction {model.prediction_type or 'unknown'}")
+
+
+def list_models_cmd(json_: JsonOpt = False, home: HomeOpt = None) -> None:
+    """List the registered base models.
+
+    Example: conceptlib models list --json
+    """
+    from conceptlib.models import list_models
+
+    models = list_models(home)
+    if json_:
+        print_json([m.to_dict() for m in models])
+        return
+    if not models:
+        info("No models registered; add one with `conceptlib models add PATH`.")
+        return
+    width = max(len(m.name or "") for m in models)
+    for m in models:
+        ident = m.hashes.get("autov2") if m.hashes else None
+        ident = ident or _short(next(iter(m.fingerprints().values()), None), 10)
+        out.print(
+            f"{m.name or '':<{width}}  {m.label:<22} {m.prediction_type or 'unknown':<13} {ident:<10}  {m.source}",
+            markup=False,
+        )
+
+
+class TinyFamily(str, Enum):
+    """Families ``create-tiny`` can build."""
+
+    sd1 = "sd1"
+    sd2 = "sd2"
+    sd2_v = "sd2-v"
+    sdxl = "sdxl"
+
+
+def create_tiny_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to create.", show_default=False)],
+    family: Annotated[TinyFamily, typer.Option("--family", help="Model family.")] = TinyFamily.sd1,
+    seed: Annotated[int, typer.Option("--seed", help="Weights are a pure function of family and seed.")] = 0,
+    force: ForceOpt = False,
+) -> None:
+    """Write a tiny runnable Stable Diffusion model (diffusers folder) for tests and demos.
+
+    Real text-encoder widths (so real embeddings load), everything else tiny; runs in about a
+    second on a CPU. Needs the torch extra.
+
+    Example: conceptlib models create-tiny ./tiny-sdxl --family sdxl --seed 0
+    """
+    from conceptlib.tiny import create_tiny
+
+    path = create_tiny(out_dir, family.value, seed, force=force)
+    out.print(str(path), markup=False)
+    info(f"Created a tiny {family.value} model (seed {seed}).")
+
+
+# --- validate ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """One concept to validate, as resolved from the command line.
+
+    Attributes:
+        label: how messages name it (the path as found, or the concept name).
+        path: the file or folder read, for annotations.
+        token: the token to validate (library concepts), else None for the file's own.
+        embedding: the vectors, or None when the file could not be read.
+        error: why it could not be read.
+    """
+
+    label: str
+    path: Path | None = None
+    token: str | None = None
+    embedding: Embedding | None = None
+    error: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+
+def collect_files(folder: Path) -> list[Path]:
+    """Embedding files and concept folders under ``folder``, sorted, hidden entries skipped.
+
+    A folder holding ``learned_embeds.*`` or ``embeddings.pt`` is one concept; the second file
+    of a diffusers SDXL pair (``x_2.safetensors`` beside ``x.safetensors``) is read with the first.
+    """
+    if any((folder / name).is_file() for name in CONCEPT_FOLDER_FILES):
+        return [folder]
+    found: list[Path] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            found.extend(collect_files(entry))
+        elif entry.is_file() and entry.suffix.lower() in EMBEDDING_SUFFIXES:
+            partner = entry.with_name(entry.stem[:-2] + ".safetensors")
+            if entry.suffix == ".safetensors" and entry.stem.endswith("_2") and partner.is_file():
+                continue
+            found.append(entry)
+    return found
+
+
+def _looks_like_path(spec: str) -> bool:
+    return "/" in spec or os.sep in spec or spec.lower().endswith(EMBEDDING_SUFFIXES)
+
+
+def _concept_target(name: str, home: Path | None) -> Target:
+    import importlib.util
+
+    from conceptlib.errors import UsageError
+
+    if importlib.util.find_spec("conceptlib.library") is None:
+        raise UsageError(
+            f"{name!r} is not a file or folder, and this build has no concept library to look it up",
+            hint="pass embedding files or folders",
+        )
+    from conceptlib.library import Library
+
+    with Library.open(home) as lib:
+        concept = lib.show(name)
+        embedding = lib.embedding(concept.name)
+    return Target(label=concept.name, path=concept.embedding_path, token=concept.token, embedding=embedding)
+
+
+def _read_error(exc: BaseException) -> str:
+    """The reason a file could not be read, without repeating its path."""
+    from conceptlib.cli._errors import render_error
+    from conceptlib.errors import ConceptlibError
+
+    if isinstance(exc, ConceptlibError):
+        return exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
+    return render_error(exc)[0].removeprefix("Error: ")
+
+
+def resolve_targets(specs: list[str], home: Path | None = None) -> list[Target]:
+    """Turn TARGET arguments into concepts to validate.
+
+    Args:
+        specs: concept names, embedding files or folders (scanned recursively).
+        home: the library folder for concept names.
+
+    Returns:
+        One target per concept; files that cannot be read carry ``error`` instead of vectors.
+
+    Raises:
+        FileNotFoundError: a path-like target does not exist.
+        ConceptNotFoundError: a name is neither a path nor a concept.
+        UsageError: a folder holds no embedding file.
+    """
+    from conceptlib.errors import ConceptlibError, UsageError
+    from conceptlib.formats import read
+
+    targets: list[Target] = []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            if _looks_like_path(spec):
+                raise FileNotFoundError(2, "No such file or directory", spec)
+            targets.append(_concept_target(spec, home))
+            continue
+        files = collect_files(path) if path.is_dir() else [path]
+        if not files:
+            raise UsageError(
+                f"holds no embedding files ({', '.join(EMBEDDING_SUFFIXES)})", path=path
+            )
+        for file in files:
+            target = Target(label=str(file), path=file)
+            try:
+                target.embedding = read(file)
+            except (ConceptlibError, OSError) as exc:
+                target.error = _read_error(exc)
+            targets.append(target)
+    return targets
+
+
+def _escape(value: str, *, prop: bool = False) -> str:
+    """Escape for GitHub workflow commands (properties also escape ':' and ',')."""
+    value = value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    if prop:
+        value = value.replace(":", "%3A").replace(",", "%2C")
+    return value
+
+
+def _annotation_path(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    absolute = path.resolve()
+    try:
+        return absolute.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return absolute.as_posix()
+
+
+def github_annotation(severity: str, message: str, *, path: Path | None, code: str) -> str:
+    """One ``::error``/``::warning``/``::notice`` workflow command line."""
+    level = {"error": "error", "warning": "warning"}.get(severity, "notice")
+    props = []
+    file = _annotation_path(path)
+    if file:
+        props.append(f"file={_escape(file, prop=True)}")
+    props.append(f"title={_escape(f'conceptlib {code}', prop=True)}")
+    return f"::{level} {','.join(props)}::{_escape(message)}"
+
+
+def _target_dict(t: Target) -> dict[str, Any]:
+    emb = t.embedding
+    family = emb.family if emb else None
+    return {
+        "target": t.label,
+        "path": str(t.path) if t.path else None,
+        "token": (t.token or (emb.prompt_word() if emb else None)),
+        "family": family.key if family else None,
+        "vectors": emb.num_vectors if emb else None,
+        "widths": emb.widths if emb else None,
+        "ok": not any(f.severity == "error" for f in t.findings),
+        "findings": [f.to_dict() for f in t.findings],
+    }
+
+
+def validate_cmd(
+    targets: Annotated[
+        list[str], typer.Argument(help="Concept names, embedding files or folders.", show_default=False)
+    ],
+    model: ModelOpt,
+    json_: JsonOpt = False,
+    format_: Annotated[
+        OutputFormat, typer.Option("--format", help="text, or github for workflow annotations.")
+    ] = OutputFormat.text,
+    strict: StrictOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Check that concepts fit a base model: widths, tokens, context, values, hashes.
+
+    Exit code 0 when clean, 1 on errors (and on warnings with --strict), 2 on bad input
+    (unreadable files, unknown model).
+
+    Example: conceptlib validate embeddings/ --model sd15 --format github --strict
+    """
+    from pathlib import Path as _Path
+
+    from conceptlib.models import resolve_model
+    from conceptlib.validate import Finding, coverage, exit_status, summarize, validate_many
+
+    # Hash single files (AUTOMATIC1111 embeddings record a checkpoint's hash); a folder's file
+    # hashes never match those, so skip that cost there.
+    info_model = resolve_model(model, home=home, hash_files=_Path(model).expanduser().is_file())
+    resolved = resolve_targets(targets, home)
+    readable = [t for t in resolved if t.embedding is not None]
+    results = validate_many(
+        [(t.label, t.embedding, t.token) for t in readable if t.embedding is not None], info_model, home=home
+    )
+    for t, findings in zip(readable, results, strict=True):
+        t.findings = findings
+    for t in resolved:
+        if t.error is not None:
+            t.findings = [Finding("unreadable", "error", t.error)]
+    notes = coverage(info_model, home=home)
+    everything = [f for t in resolved for f in t.findings]
+    counts = summarize(everything)
+    unreadable = sum(t.error is not None for t in resolved)
+    if json_:
+        print_json({
+            "model": {
+                "name": info_model.display_name, "label": info_model.label, "family": info_model.family,
+                "prediction_type": info_model.prediction_type, "widths": info_model.widths,
+            },
+            "notes": [n.to_dict() for n in notes],
+            "results": [_target_dict(t) for t in resolved],
+            "summary": {**counts, "targets": len(resolved), "unreadable": unreadable},
+        })  # fmt: skip
+    else:
+        for note in notes:
+            info(f"Note: {note.message}")
+        for t in resolved:
+            if format_ is OutputFormat.github:
+                for f in t.findings:
+                    out.print(github_annotation(f.severity, f.message, path=t.path, code=f.code), markup=False, soft_wrap=True)
+            elif not t.findings:
+                out.print(f"{t.label}: ok", markup=False)
+            else:
+                for f in t.findings:
+                    out.print(f"{t.label}: {f.severity} [{f.code}] {f.message}", markup=False)
+    err.print(
+        f"Validated {len(resolved)} concept{'s' if len(resolved) != 1 else ''} against "
+        f"{info_model.display_name} ({info_model.label}): {counts['error']} error(s), "
+        f"{counts['warning']} warning(s), {counts['info']} note(s).",
+        markup=False,
+    )
+    if unreadable:
+        raise typer.Exit(2)
+    code = exit_status(everything, strict=strict)
+    if code:
+        raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+    """Add the ``models`` group and the ``validate`` command."""
+    models_app = typer.Typer(
+        name="models",
+        help="Base models: inspect, register and create tiny ones.",
+        no_args_is_help=True,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    models_app.command("inspect")(inspect_model)
+    models_app.command("add")(add_model)
+    models_app.command("list")(list_models_cmd)
+    models_app.command("create-tiny")(create_tiny_cmd)
+    app.add_typer(models_app, name="models")
+    app.command("validate")(validate_cmd)

@@ -105,3 +105,143 @@ class MissingDependencyError(ConceptlibError, ImportError):
     """An optional dependency is needed for this operation."""
 
     exit_code = 2
+
+
+# --- Hugging Face Hub (conceptlib.hub) -----------------------------------------------------------
+# huggingface_hub's own errors (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError,
+# LocalEntryNotFoundError) pass through unchanged; these cover what it has no type for.
+
+
+class HubError(ConceptlibError):
+    """A Hub operation failed; ``repo_id`` names the repository concerned."""
+
+    def __init__(self, message: str, *, repo_id: str | None = None, hint: str | None = None) -> None:
+        self.repo_id = repo_id
+        super().__init__(message, hint=hint)
+
+
+class NotAConceptRepoError(HubError, BadInputError):
+    """The repository holds no textual-inversion embedding, or several and none was chosen."""
+
+    exit_code = 2
+
+
+class HubAuthError(HubError, BadInputError):
+    """The Hub refused the credentials (401) or their rights (403)."""
+
+    exit_code = 2
+    default_hint = "log in with `hf auth login` or set HF_TOKEN (a token with write access to push)"
+
+
+class HubIntegrityError(HubError, BadInputError):
+    """Downloaded bytes do not match the hash the Hub lists for them; nothing was imported."""
+
+    exit_code = 2
+    default_hint = "pull again later; if it persists, the repository or a proxy serves damaged files"
+
+
+class HubUnavailableError(HubError):
+    """The Hub kept failing (5xx, 429 rate limit, dropped connections) after retries."""
+
+    default_hint = "check your connection and pull again: finished concepts are kept, nothing is half-imported"
+
+
+# --- The concept library (conceptlib.library, conceptlib.registry) -------------------------------
+
+
+class ConceptNotFoundError(BadInputError, KeyError):
+    """No concept has this name; ``suggestions`` lists the closest names."""
+
+    def __init__(self, name: str, *, suggestions: list[str] | None = None) -> None:
+        self.name = name
+        self.suggestions = list(suggestions or [])
+        if self.suggestions:
+            hint = "did you mean " + ", ".join(self.suggestions) + "?"
+        else:
+            hint = "run `conceptlib list` to see the concepts in the library"
+        super().__init__(f"no concept named {name!r} in the library", hint=hint)
+
+
+class ConceptExistsError(BadInputError):
+    """A concept with this name already exists."""
+
+    def __init__(self, name: str, *, hint: str | None = None) -> None:
+        self.name = name
+        super().__init__(
+            f"a concept named {name!r} already exists",
+            hint=hint or "choose another name with --name, or remove the existing one first",
+        )
+
+
+class TokenInUseError(BadInputError):
+    """The token is already used by another concept of the same base-model family."""
+
+    def __init__(self, token: str, *, family: str, used_by: str, path: str | None = None) -> None:
+        self.token = token
+        self.family = family
+        self.used_by = used_by
+        super().__init__(
+            f"the token {token!r} is already used by {used_by!r} ({family})",
+            path=path,
+            hint="pass --token with another word for this concept",
+        )
+
+
+class DuplicateConceptError(BadInputError):
+    """The same vectors (same content hash) are already in the library under another name."""
+
+    def __init__(self, existing: str, content_hash: str, *, path: str | None = None) -> None:
+        self.existing = existing
+        self.content_hash = content_hash
+        super().__init__(
+            f"the same vectors are already in the library as {existing!r}",
+            path=path,
+            hint=f"see `conceptlib show {existing}`",
+        )
+
+
+class InvalidNameError(BadInputError):
+    """A name, token or tag that cannot be stored (empty, control characters, too long)."""
+
+
+class LibraryCorruptError(ConceptlibError):
+    """The library's files or index are damaged in a way the operation cannot work around."""
+
+    default_hint = "run `conceptlib verify` to see the damage and `conceptlib verify --repair` to fix what can be fixed"
+
+
+class LibraryBusyError(ConceptlibError):
+    """Another process held the library's lock for too long."""
+
+    default_hint = "another conceptlib command is running on this library (reindex, verify --repair); try again when it ends"
+
+
+# --- Base models (conceptlib.models) -------------------------------------------------------------
+
+
+class ModelError(BadInputError):
+    """A base model cannot be read, recognised or found."""
+
+
+class UnknownModelError(ModelError):
+    """The folder or file is not a Stable Diffusion 1.x/2.x/XL model conceptlib recognises."""
+
+    default_hint = (
+        "pass a diffusers folder (with model_index.json), a .safetensors/.ckpt checkpoint, "
+        "or a family name: sd1, sd2, sd2-v, sdxl"
+    )
+
+
+class ModelNotFoundError(ModelError):
+    """No file, folder, registered model or family has this name; ``name`` holds what was asked."""
+
+    def __init__(self, name: str, *, known: list[str] | None = None, hint: str | None = None) -> None:
+        self.name = name
+        self.known = list(known or [])
+        if hint is None:
+            registered = f"registered: {', '.join(self.known)}; " if self.known else ""
+            hint = (
+                f"{registered}register one with `conceptlib models add PATH`, "
+                "or pass a path or a family name (sd1, sd2, sd2-v, sdxl)"
+            )
+        super().__init__(f"no model named {name!r}: not a path, a registered model or a family", hint=hint)
