@@ -1,9 +1,541 @@
-"""Commands registered by this module (filled in by its owner)."""
+"""The library commands: add, list, search, show, remove, tag, rename, export, reindex, verify.
+
+Each command parses its arguments, calls one :class:`conceptlib.library.Library` method and
+renders the result: data on stdout (``--json`` for scripts), messages and progress on stderr.
+Errors are not caught here; ``conceptlib.cli.app.main`` turns them into one line.
+
+``conceptlib.library`` is imported inside the commands so that ``conceptlib --help`` does not
+pay for it, and ``list``/``search``/``show`` never import sqlmodel, torch or numpy-heavy code.
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+from conceptlib.cli._options import (
+    BaseOpt,
+    ConceptArg,
+    ConceptsArg,
+    ForceOpt,
+    HomeOpt,
+    JsonOpt,
+    TokenOpt,
+    TypeOpt,
+    YesOpt,
+)
+from conceptlib.cli._output import err, info, print_json
+
+if TYPE_CHECKING:
+    from conceptlib.concept import Concept, ConceptSummary
+    from conceptlib.library import Library, Problem
+
+#: Longest cell in human tables; the full value is in --json and `show`.
+_MAX_CELL = 40
+
+
+def _library(home: Path | None) -> Library:
+    from conceptlib.library import Library
+
+    return Library.open(home)
+
+
+def _write(lines: list[str]) -> None:
+    # Plain writes, not rich: printing 10,000 rows through rich costs more than the query.
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+
+
+def _cell(value: str) -> str:
+    if len(value) > _MAX_CELL or not value.isprintable():
+        value = " ".join(value.split())
+        value = value if len(value) <= _MAX_CELL else value[: _MAX_CELL - 1] + "…"
+    return value
+
+
+def _width(text: str) -> int:
+    # rich's cell_len counts CJK as two columns; ASCII (nearly every cell) needs no lookup.
+    if text.isascii():
+        return len(text)
+    from rich.cells import cell_len
+
+    return cell_len(text)
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Left-aligned columns two spaces apart, sized by display width (CJK counts double).
+
+    Works column by column with C-level string methods: at 10,000 rows a per-cell Python
+    function call costs more than the query behind the table.
+    """
+    padded: list[list[str]] = []
+    columns = [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in header]
+    for i, (title, col) in enumerate(zip(header, columns, strict=True)):
+        joined = "".join(col)
+        if not joined.isprintable() or (col and max(map(len, col)) > _MAX_CELL):
+            col = [_cell(c) for c in col]  # rare: newlines, tabs, very long tokens
+            joined = "".join(col)
+        col = [title, *col]
+        if i == len(header) - 1:
+            padded.append(col)
+        elif joined.isascii() and title.isascii():
+            width = max(map(len, col))
+            padded.append([c.ljust(width) for c in col])
+        else:
+            width = max(map(_width, col))
+            padded.append([c + " " * (width - _width(c)) for c in col])
+    return ["  ".join(parts).rstrip() for parts in zip(*padded, strict=True)]
+
+
+def _print_rows_json(rows: list[dict[str, Any]]) -> None:
+    """A JSON array with one object per line.
+
+    ``json.dumps(indent=...)`` runs in pure Python (3× the whole query at 10,000 concepts);
+    encoding each row compactly uses the C encoder and still reads and diffs line by line.
+    """
+    import json
+
+    encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per row
+    body = ",\n".join(map(encode, rows))
+    sys.stdout.write(f"[\n{body}\n]\n" if rows else "[]\n")
+    sys.stdout.flush()
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _summary_rows(concepts: list[ConceptSummary]) -> list[str]:
+    return table(
+        ["NAME", "TOKEN", "TYPE", "BASE", "VECTORS", "TAGS"],
+        [[c.name, c.token, c.type, c.family_label, str(c.vectors), ", ".join(c.tags)] for c in concepts],
+    )
+
+
+# --- add ---------------------------------------------------------------------------------------
+
+
+def add(
+    paths: Annotated[list[Path], typer.Argument(help="Embedding files, concept folders, or folders holding them.", show_default=False)],
+    name: Annotated[str | None, typer.Option("--name", help="Name in the library (one concept only; default: from the token).", show_default=False)] = None,
+    token: TokenOpt = None,
+    type_: TypeOpt = None,
+    images: Annotated[Path | None, typer.Option("--images", help="Folder of sample or training images (one concept only).", show_default=False)] = None,
+    tags: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Tag to attach (repeatable).", show_default=False)] = None,
+    license_: Annotated[str | None, typer.Option("--license", help="License id or text, e.g. mit.", show_default=False)] = None,
+    description: Annotated[str | None, typer.Option("--description", "-d", help="Free-text description.", show_default=False)] = None,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Add embeddings in any format, concept folders, or whole folders of them.
+
+    Duplicates (the same vectors already in the library) are reported and skipped; a token
+    already used in the same base family is refused (choose another with --token).
+
+    Example: conceptlib add EasyNegative.safetensors --type negative --tag quality
+    """
+    lib = _library(home)
+    progress = _Progress() if not json_ else None
+    try:
+        report = lib.add(
+            paths,
+            name=name,
+            token=token,
+            type=type_,
+            images=images,
+            tags=tags or (),
+            license=license_,
+            description=description,
+            progress=progress,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    if report.total == 1 and report.rejected and report.rejected[0].error is not None and not json_:
+        # One input: its error is the command's error (one line, exit 2). Scripts asking
+        # for --json get the report instead, with the same exit code.
+        raise report.rejected[0].error
+    if json_:
+        print_json(report.to_dict())
+    else:
+        lines = [
+            *(f"added      {c.name}  ({c.token}, {c.family_label}, {_plural(c.vectors, 'vector')})" for c in report.added),
+            *(f"duplicate  {d.path}  (same vectors as {d.existing})" for d in report.duplicates),
+            *(f"rejected   {r.path}: {r.reason}" for r in report.rejected),
+        ]
+        _write(lines)
+        info(
+            f"Added {_plural(len(report.added), 'concept')}, {_plural(len(report.duplicates), 'duplicate')}, "
+            f"{len(report.rejected)} rejected."
+        )
+    if report.rejected:
+        raise typer.Exit(2)
+
+
+class _Progress:
+    """A rich progress bar on stderr for bulk adds, shown only on a terminal."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, done: int, total: int, path: Path) -> None:
+        if total < 2 or not err.is_terminal:
+            return
+        if self._bar is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("Adding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn("{task.description}"), console=err, transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("", total=total)
+        self._bar.update(self._task, completed=done, description=path.name[:40])
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+# --- queries -----------------------------------------------------------------------------------
+
+
+def list_(
+    type_: TypeOpt = None,
+    base: BaseOpt = None,
+    tag: Annotated[str | None, typer.Option("--tag", "-t", help="Only concepts with this tag.", show_default=False)] = None,
+    compatible_with: Annotated[
+        str | None,
+        typer.Option("--compatible-with", help="Only concepts that fit this base model (registered name, path or family).", show_default=False),
+    ] = None,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """List the concepts in the library, sorted by name.
+
+    Example: conceptlib list --type negative --base sd1
+    """
+    concepts = _library(home).list(type=type_, base=base, tag=tag, compatible_with=compatible_with)
+    if json_:
+        _print_rows_json([c.to_dict() for c in concepts])
+        return
+    if not concepts:
+        filtered = type_ is not None or base is not None or tag is not None or compatible_with is not None
+        info("No concept matches these filters." if filtered else "The library is empty: add concepts with `conceptlib add FILE...`.")
+        return
+    _write(_summary_rows(concepts))
+
+
+def search(
+    query: Annotated[str, typer.Argument(help="Words to find in names, tokens, descriptions and tags.", show_default=False)],
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Search names, tokens, descriptions and tags; best matches first.
+
+    Example: conceptlib search "cat toy"
+    """
+    concepts = _library(home).search(query)
+    if json_:
+        _print_rows_json([c.to_dict() for c in concepts])
+        return
+    if not concepts:
+        info(f"No concept matches {query!r}.")
+        return
+    _write(_summary_rows(concepts))
+
+
+def describe(concept: Concept) -> list[str]:
+    """The lines ``show`` prints for one concept."""
+    rows: list[tuple[str, str | None]] = [
+        ("token", concept.token),
+        ("type", concept.type),
+        ("base", f"{concept.family_label} ({', '.join(f'{k} {w}' for k, w in concept.encoders.items())})"),
+        ("vectors", f"{concept.vectors} × {concept.width_label}, {concept.dtype}"),
+        ("tags", ", ".join(concept.tags) or None),
+        ("description", concept.description),
+        ("license", concept.license),
+        ("content hash", concept.content_hash),
+    ]
+    if concept.file_sha256:
+        rows.append(("file sha256", f"{concept.file_sha256} (AutoV2 {concept.file_sha256[:10]})"))
+    rows.append(("format", concept.format))
+    trained = [concept.checkpoint_name, f"[{concept.checkpoint_hash}]" if concept.checkpoint_hash else None]
+    trained_text = " ".join(t for t in trained if t)
+    if concept.steps is not None:
+        trained_text = f"{trained_text}, {concept.steps} steps" if trained_text else f"{concept.steps} steps"
+    rows.append(("trained on", trained_text or None))
+    source = concept.source
+    if source.get("repo_id"):
+        revision = source.get("commit") or source.get("revision") or ""
+        rows.append(("source", f"{source['repo_id']}@{revision[:12]}" + (f" {source['url']}" if source.get("url") else "")))
+    elif source.get("path"):
+        rows.append(("source", str(source["path"])))
+    rows.append(("files", ", ".join(f.path for f in concept.files) or None))
+    rows.append(("images", ", ".join(i.path for i in concept.images) or None))
+    if concept.history:
+        rows.append(("history", ", ".join(str(h.get("content_hash", "?"))[:12] for h in concept.history)))
+    rows += [("created", concept.created), ("updated", concept.updated), ("folder", str(concept.path) if concept.path else None)]
+    return [concept.name] + [f"  {label:<13} {value}" for label, value in rows if value is not None]
+
+
+def show(
+    name: ConceptArg,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Show everything the library records about a concept.
+
+    Example: conceptlib show cat-toy --json
+    """
+    concept = _library(home).show(name)
+    if json_:
+        print_json({**concept.to_dict(), "path": str(concept.path) if concept.path else None})
+        return
+    _write(describe(concept))
+
+
+# --- changes -----------------------------------------------------------------------------------
+
+
+def remove(
+    names: ConceptsArg,
+    yes: YesOpt = False,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Delete concepts from the library (their folders and index entries).
+
+    Example: conceptlib remove cat-toy old-style --yes
+    """
+    lib = _library(home)
+    resolved = list(dict.fromkeys(lib.resolve(n) for n in names))
+    if not yes:
+        typer.confirm(f"Remove {_plural(len(resolved), 'concept')}: {', '.join(resolved)}?", abort=True, err=True)
+    removed = lib.remove(resolved)
+    if json_:
+        print_json({"removed": removed})
+        return
+    info(f"Removed {', '.join(removed)}.")
+
+
+def tag(
+    name: ConceptArg,
+    changes: Annotated[list[str] | None, typer.Argument(help="+TAG to add, -TAG to remove (a bare TAG adds).", show_default=False)] = None,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Add (+tag) and remove (-tag) tags; with no changes, print the tags.
+
+    Example: conceptlib tag cat-toy +toy +cute -wip
+    """
+    from conceptlib.errors import UsageError
+
+    adding: list[str] = []
+    removing: list[str] = []
+    for change in changes or []:
+        if change.startswith("-"):
+            removing.append(change[1:])
+        else:
+            adding.append(change.removeprefix("+"))
+    if any(not t.strip() for t in adding + removing):
+        raise UsageError("an empty tag", hint="write +TAG or -TAG")
+    lib = _library(home)
+    concept = lib.tag(name, add=adding, remove=removing) if adding or removing else lib.show(name)
+    if json_:
+        print_json({"name": concept.name, "tags": concept.tags})
+        return
+    _write([f"{concept.name}: {', '.join(concept.tags) if concept.tags else '(no tags)'}"])
+
+
+def rename(
+    name: ConceptArg,
+    new: Annotated[str | None, typer.Argument(help="The new name (leave out to change only the token).", show_default=False)] = None,
+    token: TokenOpt = None,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Rename a concept, change its token, or both.
+
+    Example: conceptlib rename cat-toy kitty --token "<kitty>"
+    """
+    from conceptlib.errors import UsageError
+
+    if new is None and token is None:
+        raise UsageError("give a new name, --token, or both", hint='conceptlib rename cat-toy kitty --token "<kitty>"')
+    concept = _library(home).rename(name, new, token=token)
+    if json_:
+        print_json({"name": concept.name, "token": concept.token})
+        return
+    _write([concept.name])
+    info(f"{name} is now {concept.name} (token {concept.token}).")
+
+
+def export(
+    names: ConceptsArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Destination folder (created if missing).", show_default=False)],
+    format_: Annotated[str | None, typer.Option("--format", help="Format to write (see `conceptlib formats`).", show_default=False)] = None,
+    for_: Annotated[str | None, typer.Option("--for", help="Write files ready for a UI's embeddings/ folder: a1111 or comfyui.", show_default=False)] = None,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Write concepts out in a format, or as a folder ready for AUTOMATIC1111 or ComfyUI.
+
+    With --for a1111 (or comfyui) every file is named after the concept's token without
+    angle brackets: that file name is the word to type in prompts there.
+
+    Example: conceptlib export cat-toy easynegative --for a1111 --out ~/webui/embeddings
+    """
+    results = _library(home).export(names, format_, out, target=for_, force=force)
+    if json_:
+        print_json([r.to_dict() for r in results])
+        return
+    _write([str(p) for r in results for p in r.files])
+    for r in results:
+        info(f"{r.name}: {r.format}, prompt word {r.prompt_word!r}")
+
+
+# --- maintenance -------------------------------------------------------------------------------
+
+
+def _problem_lines(problems: list[Problem]) -> list[str]:
+    return [f"{p.kind:<10} {p.where}: {p.message}" + ("" if p.repairable else " (not repairable)") for p in problems]
+
+
+def reindex(json_: JsonOpt = False, home: HomeOpt = None) -> None:
+    """Rebuild the index from the concept folders (after a crash, or manual changes).
+
+    Example: conceptlib reindex
+    """
+    report = _library(home).reindex()
+    if json_:
+        print_json(report.to_dict())
+    else:
+        for line in report.cleaned:
+            info(line)
+        _write(_problem_lines(report.problems))
+        info(f"Indexed {_plural(report.indexed, 'concept')}" + (f"; {_plural(len(report.problems), 'problem')}." if report.problems else "."))
+    if report.problems:
+        raise typer.Exit(1)
+
+
+def verify(
+    repair: Annotated[bool, typer.Option("--repair", help="Fix what can be fixed: leftovers, the index, damaged canonical files.")] = False,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Check every file's hash, the manifests against the index, and look for orphans.
+
+    Exits with 1 and lists the problems when something is wrong.
+
+    Example: conceptlib verify --repair
+    """
+    report = _library(home).verify(repair=repair)
+    if json_:
+        print_json(report.to_dict())
+    else:
+        for line in report.repaired:
+            info(f"repaired: {line}")
+        _write(_problem_lines(report.problems))
+        if report.ok:
+            info(f"OK: {_plural(report.checked, 'concept')} checked, no problems.")
+        else:
+            hint = " Run `conceptlib verify --repair`." if any(p.repairable for p in report.problems) and not repair else ""
+            info(f"{_plural(len(report.problems), 'problem')} in {_plural(report.checked, 'concept')}.{hint}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# --- fast path ---------------------------------------------------------------------------------
+
+# Typer 0.29 validates every parameter through a pydantic TypeAdapter, and importing pydantic
+# for that costs 0.1-0.2 s per run, a third to a half of the 0.3 s budget for list, search
+# and show at 10,000 concepts. For the plain forms of these three commands, fast_main parses
+# the arguments itself and calls the same functions Typer would; anything else (help, unknown
+# options, missing arguments, unusual spellings) returns None and goes through Typer, so
+# messages and errors stay Typer's. tests/test_cli_library.py runs every form both ways.
+_FAST_COMMANDS: dict[str, tuple[dict[str, str], str | None]] = {
+    "list": ({"--type": "type_", "--base": "base", "--tag": "tag", "-t": "tag"}, None),
+    "search": ({}, "query"),
+    "show": ({}, "name"),
+}
+
+
+def parse_fast(argv: list[str]) -> tuple[str, dict[str, Any]] | None:
+    """The command and keyword arguments for a plain list/search/show, or None for Typer."""
+    if not argv or argv[0] not in _FAST_COMMANDS:
+        return None
+    options, positional_name = _FAST_COMMANDS[argv[0]]
+    kwargs: dict[str, Any] = {"json_": False, "home": None}
+    positional: list[str] = []
+    seen: set[str] = set()
+    args = argv[1:]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--json":
+            kwargs["json_"] = True
+        elif arg.startswith("-"):
+            key, eq, value = arg.partition("=")
+            if key != "--home" and key not in options or (eq and key == "-t"):
+                return None  # --help, --, unknown or attached short options: Typer decides
+            if not eq:
+                i += 1
+                if i == len(args):
+                    return None
+                value = args[i]
+            dest = "home" if key == "--home" else options[key]
+            if not value or value.startswith("-") or dest in seen:
+                return None
+            seen.add(dest)
+            kwargs[dest] = Path(value) if dest == "home" else value
+        else:
+            positional.append(arg)
+        i += 1
+    if len(positional) != (1 if positional_name else 0):
+        return None
+    if positional_name:
+        kwargs[positional_name] = positional[0]
+    return argv[0], kwargs
+
+
+def fast_main(argv: list[str]) -> int | None:
+    """Run a plain ``list``, ``search`` or ``show`` without Typer; None means "use Typer".
+
+    Errors propagate exactly as from the Typer path, to the caller's error boundary.
+    """
+    parsed = parse_fast(argv)
+    if parsed is None:
+        return None
+    command, kwargs = parsed
+    commands: dict[str, Callable[..., None]] = {"list": list_, "search": search, "show": show}
+    commands[command](**kwargs)
+    return 0
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+    """Add the library commands to ``app``."""
+    app.command("add")(add)
+    app.command("list")(list_)
+    app.command("search")(search)
+    app.command("show")(show)
+    app.command("remove")(remove)
+    # +tag/-tag arguments: unknown "options" such as -wip must reach the argument list.
+    app.command("tag", context_settings={"ignore_unknown_options": True})(tag)
+    app.command("rename")(rename)
+    app.command("export")(export)
+    app.command("reindex")(reindex)
+    app.command("verify")(verify)

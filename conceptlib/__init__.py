@@ -16,6 +16,7 @@ _LAZY = {
     "Embedding": "conceptlib.embedding",
     "Tensor": "conceptlib.tensor",
     "Library": "conceptlib.library",
+    "Concept": "conceptlib.concept",
     "ConceptlibError": "conceptlib.errors",
     "BadInputError": "conceptlib.errors",
     "read": "conceptlib.formats",
@@ -24,13 +25,14 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from conceptlib.concept import Concept
     from conceptlib.embedding import Embedding
     from conceptlib.errors import BadInputError, ConceptlibError
     from conceptlib.formats import convert, read, write
     from conceptlib.library import Library
     from conceptlib.tensor import Tensor
 
-__all__ = ["BadInputError", "ConceptlibError", "Embedding", "Library", "Tensor", "__version__", "convert", "read", "write"]
+__all__ = ["BadInputError", "Concept", "ConceptlibError", "Embedding", "Library", "Tensor", "__version__", "convert", "read", "write"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,1549 @@
+"""The concept library: a folder of concepts plus a SQLite index of them.
+
+>>> from conceptlib.library import Library
+>>> lib = Library.open()                              # $CONCEPTLIB_HOME or the user data dir
+>>> report = lib.add(["EasyNegative.safetensors"], type="negative", tags=["quality"])
+>>> [c.name for c in report.added]
+['easynegative']
+>>> lib.search("negative")[0].token
+'EasyNegative'
+
+Layout of ``<home>``::
+
+    concepts/<name>/concept.json           the manifest: the source of truth
+    concepts/<name>/embedding.safetensors  the vectors in canonical form ("conceptlib" format)
+    concepts/<name>/original/...           the imported files, byte for byte
+    concepts/<name>/images/...             sample or training images
+    index.sqlite                           derived from the manifests; `reindex` rebuilds it
+    .staging/                              concepts being written (empty when idle)
+    .lock                                  writers share it; reindex and verify take it alone
+
+Crash safety. A concept is written completely into ``.staging/``, fsynced, then moved into
+``concepts/`` with one ``rename`` (atomic), then indexed in one transaction. Whatever moment a
+crash hits, the library holds the whole concept or none of it, and ``reindex`` (which deletes
+staging leftovers and rebuilds the index from the manifests) brings index and files back in
+step. Changes to an existing concept write its manifest atomically, and replacing a concept's
+files swaps whole folders, with a marker that lets ``reindex`` finish an interrupted swap.
+
+Concurrency. Several processes may add at once: each check that must be unique (name, token
+within a family, content hash) is made inside the ``BEGIN IMMEDIATE`` transaction that also
+moves the folder into place, so two writers can never both pass it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import difflib
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from conceptlib import config
+from conceptlib._atomic import atomic_write_bytes, fsync_dir
+from conceptlib.concept import (
+    CONCEPT_TYPES,
+    EMBEDDING_NAME,
+    IMAGES_DIR,
+    MANIFEST_NAME,
+    ORIGINAL_DIR,
+    Concept,
+    ConceptSummary,
+    FileRecord,
+    now,
+)
+from conceptlib.errors import (
+    BadInputError,
+    ConceptExistsError,
+    ConceptlibError,
+    ConceptNotFoundError,
+    DuplicateConceptError,
+    EmbeddingStructureError,
+    InvalidNameError,
+    LibraryBusyError,
+    LibraryCorruptError,
+    TokenInUseError,
+    UsageError,
+)
+from conceptlib.families import FAMILIES
+from conceptlib.registry.store import IndexReader, SqliteReader, default_url, sqlite_path
+from conceptlib.slug import is_slug, safe_stem, slugify
+
+if TYPE_CHECKING:
+    from conceptlib.embedding import Embedding
+    from conceptlib.registry.store import Registry, Writer
+
+try:  # POSIX advisory locks; Windows has no shared flock (see _lock)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "AddReport",
+    "Duplicate",
+    "ExportedConcept",
+    "Library",
+    "Problem",
+    "ReindexReport",
+    "Rejected",
+    "VerifyReport",
+]
+
+#: Suffixes a bulk import looks at inside folders (the content decides the format, not this).
+EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+#: Folders a bulk import never descends into: sample images, VCS and hidden folders.
+_SKIP_DIRS = {"concept_images", "images", "samples", "__pycache__"}
+STAGING_DIR = ".staging"
+CONCEPTS_DIR = "concepts"
+LOCK_FILE = ".lock"
+#: Written last into a staged replacement folder: "this complete folder replaces NAME".
+REPLACES_MARKER = ".replaces"
+#: How long a writer waits for reindex/verify (and they for writers) before giving up.
+LOCK_TIMEOUT_S = 300.0
+MAX_TOKEN_CHARS = 1000
+MAX_TAG_CHARS = 64
+#: Formats whose loaders (AUTOMATIC1111, ComfyUI) take the prompt word from the file name.
+STEM_IS_PROMPT_WORD = {"a1111", "png", "sdxl", "sdxl-pt", "emb-params", "emb-params-pt"}
+#: ``--for`` targets: format for single-encoder and for SDXL concepts. Both UIs read these
+#: safetensors layouts (no pickle), and both use the file stem as the word to type.
+UI_FORMATS: dict[str, tuple[str, str]] = {"a1111": ("emb-params", "sdxl"), "comfyui": ("emb-params", "sdxl")}
+
+_FAMILY_ALIASES = {
+    "sd1": "sd1", "sd1.x": "sd1", "sd15": "sd1", "sd1.5": "sd1", "sd 1.x": "sd1", "1": "sd1",
+    "sd2": "sd2", "sd2.x": "sd2", "sd21": "sd2", "sd2.1": "sd2", "sd 2.x": "sd2", "2": "sd2",
+    "sdxl": "sdxl", "xl": "sdxl", "sd xl": "sdxl",
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+Progress = Callable[[int, int, Path], None]
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Duplicate:
+    """An input whose vectors are already in the library.
+
+    Attributes:
+        path: the input file or folder.
+        existing: the name of the concept that holds the same vectors.
+        content_hash: the shared content hash.
+    """
+
+    path: str
+    existing: str
+    content_hash: str
+    error: DuplicateConceptError | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "existing": self.existing, "content_hash": self.content_hash}
+
+
+@dataclass
+class Rejected:
+    """An input that was not added, and why (one line, with the next step when there is one)."""
+
+    path: str
+    reason: str
+    error: BaseException | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclass
+class AddReport:
+    """What :meth:`Library.add` did with each input.
+
+    Attributes:
+        added: the new concepts.
+        duplicates: inputs whose vectors were already in the library (not added again).
+        rejected: inputs that could not be added, with reasons.
+    """
+
+    added: list[Concept] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        """Number of inputs considered."""
+        return len(self.added) + len(self.duplicates) + len(self.rejected)
+
+    def one(self) -> Concept:
+        """The single concept added, for callers that add one input.
+
+        Raises:
+            DuplicateConceptError: the input was a duplicate.
+            BadInputError: the input was rejected (the original error: a subclass naming the
+                problem, or ``FileNotFoundError`` for a missing path).
+        """
+        if self.rejected:
+            error = self.rejected[0].error
+            if error is not None:
+                raise error
+            raise BadInputError(self.rejected[0].reason, path=self.rejected[0].path)
+        if self.duplicates:
+            dup = self.duplicates[0]
+            raise dup.error or DuplicateConceptError(dup.existing, dup.content_hash, path=dup.path)
+        if len(self.added) != 1:
+            raise UsageError(f"{len(self.added)} concepts were added, not one")
+        return self.added[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``conceptlib add --json``)."""
+        return {
+            "added": [_summary_dict(c) for c in self.added],
+            "duplicates": [d.to_dict() for d in self.duplicates],
+            "rejected": [r.to_dict() for r in self.rejected],
+        }
+
+
+@dataclass
+class Problem:
+    """Something :meth:`Library.verify` found wrong.
+
+    Attributes:
+        kind: ``staging``, ``manifest``, ``name``, ``embedding``, ``original``, ``image``,
+            ``unindexed``, ``missing``, ``stale``, ``search``, ``token``, ``duplicate``, ``stray``.
+        where: the concept name or the path concerned.
+        message: one line.
+        repairable: whether ``verify --repair`` fixes it.
+    """
+
+    kind: str
+    where: str
+    message: str
+    repairable: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "where": self.where, "message": self.message, "repairable": self.repairable}
+
+
+@dataclass
+class ReindexReport:
+    """What :meth:`Library.reindex` did.
+
+    Attributes:
+        indexed: concepts now in the index.
+        cleaned: staging leftovers and stray files deleted, interrupted changes finished.
+        problems: concept folders that could not be indexed, and conflicts between manifests.
+    """
+
+    indexed: int
+    cleaned: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"indexed": self.indexed, "cleaned": list(self.cleaned), "problems": [p.to_dict() for p in self.problems]}
+
+
+@dataclass
+class VerifyReport:
+    """What :meth:`Library.verify` found (after repairing, when asked to).
+
+    Attributes:
+        checked: concept folders checked.
+        problems: what is still wrong; empty means the library is clean.
+        repaired: what ``repair=True`` fixed.
+    """
+
+    checked: int
+    problems: list[Problem] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong."""
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "problems": [p.to_dict() for p in self.problems],
+            "repaired": list(self.repaired),
+        }
+
+
+@dataclass
+class ExportedConcept:
+    """One concept written by :meth:`Library.export`.
+
+    Attributes:
+        name: the concept.
+        format: the format written.
+        files: the files written.
+        prompt_word: what to type in a prompt to use it from there (the token for diffusers
+            formats, the file stem for AUTOMATIC1111 and ComfyUI).
+    """
+
+    name: str
+    format: str
+    files: list[Path]
+    prompt_word: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "format": self.format, "files": [str(p) for p in self.files], "prompt_word": self.prompt_word}
+
+
+def _summary_dict(concept: Concept) -> dict[str, Any]:
+    return {
+        "name": concept.name,
+        "token": concept.token,
+        "type": concept.type,
+        "family": concept.family,
+        "vectors": concept.vectors,
+        "content_hash": concept.content_hash,
+        "path": str(concept.path) if concept.path else None,
+    }
+
+
+# --- validation helpers ------------------------------------------------------------------------
+
+
+def check_token(token: str) -> str:
+    """Return ``token`` stripped, or raise :class:`InvalidNameError` if it cannot be stored.
+
+    Tokens are stored as text only, never used as paths, so any printable text is accepted;
+    control characters (NUL, newlines) are not, because no prompt can contain them.
+    """
+    value = token.strip()
+    if not value:
+        raise InvalidNameError("the token is empty", hint="pass --token WORD")
+    if _CONTROL.search(value):
+        raise InvalidNameError(f"the token {value!r} contains control characters", hint="pass --token with printable text")
+    if len(value) > MAX_TOKEN_CHARS:
+        raise InvalidNameError(f"the token is {len(value)} characters long (at most {MAX_TOKEN_CHARS})", hint="pass a shorter --token")
+    return value
+
+
+def check_tag(tag: str) -> str:
+    """Normalise a tag (stripped, lowercase) or raise :class:`InvalidNameError`."""
+    value = tag.strip().lower()
+    if not value or _CONTROL.search(value) or len(value) > MAX_TAG_CHARS:
+        raise InvalidNameError(f"invalid tag {tag!r}", hint=f"tags are 1 to {MAX_TAG_CHARS} printable characters")
+    return value
+
+
+def check_type(concept_type: str) -> str:
+    """Normalise a concept type or raise :class:`UsageError` naming the allowed ones."""
+    value = concept_type.strip().lower()
+    if value not in CONCEPT_TYPES:
+        raise UsageError(f"unknown concept type {concept_type!r}", hint=f"use one of: {', '.join(CONCEPT_TYPES)}")
+    return value
+
+
+def family_key(base: str) -> str:
+    """Normalise a base-model family (``sd15``, ``SD 1.x``, ``xl``...) to ``sd1``/``sd2``/``sdxl``."""
+    key = _FAMILY_ALIASES.get(base.strip().lower())
+    if key is None:
+        raise UsageError(f"unknown base family {base!r}", hint="use sd1, sd2 or sdxl")
+    return key
+
+
+def check_name(name: str) -> str:
+    """The slug for a user-given name, or :class:`InvalidNameError` when nothing usable is left."""
+    slug = slugify(name)
+    if not slug:
+        raise InvalidNameError(f"the name {name!r} has no letters or digits", hint="pass --name with letters or digits")
+    return slug
+
+
+def _strip_brackets(token: str) -> str:
+    token = token.strip()
+    if len(token) > 2 and token[0] == "<" and token[-1] == ">":
+        return token[1:-1]
+    return token
+
+
+# --- file helpers ------------------------------------------------------------------------------
+
+
+def _copy(src: Path, dst: Path) -> FileRecord:
+    """Copy ``src`` to a new file ``dst``, fsynced, hashing the bytes actually written."""
+    digest = hashlib.sha256()
+    size = 0
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        for block in iter(lambda: fin.read(1 << 20), b""):
+            digest.update(block)
+            fout.write(block)
+            size += len(block)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return FileRecord("", digest.hexdigest(), size)
+
+
+def _write_new(dst: Path, data: bytes) -> FileRecord:
+    """Write a new file, fsynced (inside a staging folder, where atomicity comes from the rename)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(dst, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return FileRecord("", hashlib.sha256(data).hexdigest(), len(data))
+
+
+def _sha256(path: Path) -> str:
+    from conceptlib.hashing import sha256_file
+
+    return sha256_file(path)
+
+
+def _unique_name(stem: str, suffix: str, taken: set[str]) -> str:
+    stem = safe_stem(stem) or "file"
+    candidate = f"{stem}{suffix}"
+    n = 2
+    while candidate.lower() in taken:
+        candidate = f"{stem}-{n}{suffix}"
+        n += 1
+    taken.add(candidate.lower())
+    return candidate
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists() or path.is_symlink():
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+@dataclass(frozen=True)
+class _AddOptions:
+    """The per-call options of :meth:`Library.add`, validated once for every input."""
+
+    name: str | None
+    token: str | None
+    type: str | None
+    images: list[Path]
+    tags: list[str]
+    license: str | None
+    description: str | None
+    source: dict[str, Any] | None
+    metadata: dict[str, str]
+
+
+# --- the library -------------------------------------------------------------------------------
+
+
+class Library:
+    """A concept library on disk: ``concepts/<name>/`` folders plus their index.
+
+    Use :meth:`open`. Queries (:meth:`list`, :meth:`search`, :meth:`show`) read the index
+    through the standard library's ``sqlite3`` and never import sqlmodel or torch; writes open
+    the SQLModel registry on first use.
+
+    Args:
+        home: the library folder (created if missing).
+        database_url: the index URL; default ``CONCEPTLIB_DATABASE_URL``, else
+            ``sqlite:///<home>/index.sqlite``.
+    """
+
+    def __init__(self, home: str | os.PathLike[str], *, database_url: str | None = None) -> None:
+        self.home = Path(home)
+        self.url = database_url or default_url(self.home)
+        self.concepts_dir = self.home / CONCEPTS_DIR
+        self.staging_dir = self.home / STAGING_DIR
+        self.concepts_dir.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(exist_ok=True)
+        self._registry: Registry | None = None
+        self._reader: IndexReader | None = None
+
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None, *, database_url: str | None = None) -> Library:
+        """Open the library at ``home`` (``--home``), else ``CONCEPTLIB_HOME``, else the user data folder.
+
+        Args:
+            home: the library folder; created with its index when missing.
+            database_url: override the index URL (default ``CONCEPTLIB_DATABASE_URL``).
+
+        Returns:
+            The library.
+
+        Example:
+            >>> lib = Library.open("~/concepts")
+        """
+        return cls(config.home(home), database_url=database_url)
+
+    def close(self) -> None:
+        """Release database connections."""
+        if isinstance(self._reader, SqliteReader):
+            self._reader.close()
+        if self._registry is not None:
+            self._registry.close()
+        self._reader = self._registry = None
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Library({str(self.home)!r})"
+
+    # --- plumbing -----------------------------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        """The SQLModel side of the index (opened, and migrated, on first use)."""
+        if self._registry is None:
+            from conceptlib.registry.store import Registry
+
+            self._registry = Registry(self.url)
+        return self._registry
+
+    @property
+    def index(self) -> IndexReader:
+        """Read access to the index: plain ``sqlite3`` when possible (fast start), else the registry."""
+        if self._reader is None:
+            path = sqlite_path(self.url)
+            reader = SqliteReader.open(path) if path is not None else None
+            if reader is None:
+                # Missing or not yet migrated: the registry creates and migrates it.
+                self.registry  # noqa: B018
+                reader = SqliteReader.open(path) if path is not None else None
+            self._reader = reader or self.registry
+        return self._reader
+
+    def folder(self, name: str) -> Path:
+        """The folder of concept ``name``; refuses anything that is not a valid slug.
+
+        Every path the library builds from a name goes through here, so a name can never point
+        outside ``concepts/``.
+        """
+        if not is_slug(name):
+            raise InvalidNameError(f"{name!r} is not a valid concept name")
+        path = self.concepts_dir / name
+        if path.parent != self.concepts_dir:  # pragma: no cover - is_slug already excludes it
+            raise InvalidNameError(f"{name!r} is not a valid concept name")
+        return path
+
+    @contextlib.contextmanager
+    def _lock(self, *, exclusive: bool) -> Iterator[None]:
+        """Writers share the library lock; reindex and verify take it alone.
+
+        So ``reindex`` never mistakes a concept being written for a crash leftover. On Windows
+        (no shared ``flock``) this is a no-op: run reindex/verify when no writer is running.
+        """
+        if fcntl is None:  # pragma: no cover - Windows
+            yield
+            return
+        fd = os.open(self.home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+            deadline = time.monotonic() + LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(fd, mode)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LibraryBusyError(f"the library {self.home} stayed locked for {LOCK_TIMEOUT_S:.0f} s") from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock, as does the process dying
+
+    def _stage(self, prefix: str, *, create: bool = True) -> Path:
+        """A new unique path in ``.staging/`` (created unless ``create`` is False).
+
+        Not ``tempfile.mkdtemp``: its folders are private (0700) and a staged folder becomes
+        the concept's folder, which should get the user's usual permissions (umask).
+        """
+        self.staging_dir.mkdir(exist_ok=True)
+        while True:
+            path = self.staging_dir / f"{prefix}{secrets.token_hex(8)}"
+            try:
+                if create:
+                    path.mkdir()
+                elif path.exists():
+                    continue
+                return path
+            except FileExistsError:
+                continue
+
+    def _read_manifest(self, folder: Path) -> tuple[Concept, str]:
+        try:
+            text = (folder / MANIFEST_NAME).read_text(encoding="utf-8")
+            concept = Concept.from_json(text)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise LibraryCorruptError(f"unreadable manifest: {exc}", path=folder / MANIFEST_NAME) from exc
+        return concept.attach(folder), text
+
+    def _write_manifest(self, folder: Path, concept: Concept) -> str:
+        text = concept.to_json()
+        atomic_write_bytes(folder / MANIFEST_NAME, text.encode("utf-8"))
+        return text
+
+    def _suggest(self, name: str) -> builtins.list[str]:
+        return difflib.get_close_matches(name, self.index.names(), n=3, cutoff=0.6)
+
+    def resolve(self, name: str) -> str:
+        """The name of the concept ``name`` refers to: its name, its slug, or its token.
+
+        Raises:
+            ConceptNotFoundError: nothing matches; the error lists the closest names.
+        """
+        index = self.index
+        if index.has(name):
+            return name
+        slug = slugify(name)
+        if slug and slug != name and index.has(slug):
+            return slug
+        by_token = index.by_token(name.strip())
+        if len(by_token) == 1:
+            return by_token[0]
+        raise ConceptNotFoundError(name, suggestions=self._suggest(slug or name))
+
+    # --- queries ------------------------------------------------------------------------------
+    def list(
+        self,
+        *,
+        type: str | None = None,
+        base: str | None = None,
+        tag: str | None = None,
+        compatible_with: str | None = None,
+    ) -> builtins.list[ConceptSummary]:
+        """Concepts matching every filter given, sorted by name.
+
+        Args:
+            type: ``object``, ``style`` or ``negative``.
+            base: base-model family: ``sd1``, ``sd2``, ``sdxl`` (``sd15``, ``xl``... accepted).
+            tag: a tag the concept carries.
+            compatible_with: a base model (registered name, path or family name): only the
+                concepts whose encoders and widths it accepts.
+
+        Returns:
+            Summaries (the indexed fields; :meth:`show` gives the whole record).
+
+        Example:
+            >>> [c.name for c in lib.list(type="negative", base="sd1")]
+            ['bad-artist', 'easynegative']
+        """
+        summaries = self.index.summaries(
+            type=check_type(type) if type is not None else None,
+            family=family_key(base) if base is not None else None,
+            tag=check_tag(tag) if tag is not None else None,
+        )
+        if compatible_with is None:
+            return summaries
+        from conceptlib.models import compatible, resolve_model
+
+        # Resolve once: a model name may point at a folder whose hashing costs seconds.
+        model = resolve_model(compatible_with, home=self.home, hash_files=False)
+        return [s for s in summaries if compatible(s, model)]
+
+    def search(self, query: str, *, limit: int | None = None) -> builtins.list[ConceptSummary]:
+        """Full-text search over names, tokens, descriptions and tags, best matches first.
+
+        Args:
+            query: words (each matched as a prefix, all required) or any substring.
+            limit: at most this many results.
+
+        Example:
+            >>> [c.name for c in lib.search("cat")]
+            ['cat-toy']
+        """
+        return self.index.search(query, limit=limit)
+
+    def show(self, name: str) -> Concept:
+        """The full record of a concept (by name, or by token when unambiguous).
+
+        The index finds the concept; the record comes from its ``concept.json``, the source of
+        truth.
+
+        Raises:
+            ConceptNotFoundError: no such concept; the error lists the closest names.
+            LibraryCorruptError: the concept is indexed but its manifest is missing or damaged.
+
+        Example:
+            >>> lib.show("cat-toy").token
+            '<cat-toy>'
+        """
+        return self._read_manifest(self.folder(self.resolve(name)))[0]
+
+    def find_by_source(self, repo_id: str) -> Concept | None:
+        """The concept imported from Hub repository ``repo_id``, if any."""
+        name = self.index.by_repo(repo_id)
+        return self._read_manifest(self.folder(name))[0] if name else None
+
+    def embedding(self, name: str) -> Embedding:
+        """The concept's vectors, from its canonical file, with its current token.
+
+        Raises:
+            ConceptNotFoundError: no such concept.
+            LibraryCorruptError: the canonical file is missing or damaged.
+        """
+        from conceptlib.formats import read
+
+        concept = self.show(name)
+        path = self.folder(concept.name) / EMBEDDING_NAME
+        try:
+            emb = read(path)
+        except (OSError, BadInputError) as exc:
+            raise LibraryCorruptError(f"cannot read the concept's embedding: {exc}", path=path) from exc
+        emb.token = concept.token
+        return emb
+
+    # --- add ----------------------------------------------------------------------------------
+    def _candidates(self, paths: Sequence[Path], report: AddReport) -> builtins.list[Path]:
+        from conceptlib.formats import FOLDER_FILES, SDXL_PAIR_SUFFIX
+
+        def is_concept_folder(folder: Path) -> bool:
+            return any((folder / n).is_file() for n in FOLDER_FILES)
+
+        found: builtins.list[Path] = []
+
+        def walk(folder: Path) -> None:
+            try:
+                entries = sorted(folder.iterdir(), key=lambda p: p.name)
+            except OSError as exc:
+                report.rejected.append(Rejected(str(folder), f"cannot list the folder: {exc.strerror or exc}", exc))
+                return
+            names = {p.name for p in entries}
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    if is_concept_folder(entry):
+                        found.append(entry)
+                    elif entry.name not in _SKIP_DIRS:
+                        walk(entry)
+                elif entry.suffix.lower() in EMBEDDING_SUFFIXES:
+                    # The second file of a diffusers SDXL pair is read with the first one.
+                    stem = entry.stem
+                    if entry.suffix == ".safetensors" and stem.endswith(SDXL_PAIR_SUFFIX) and (
+                        stem[: -len(SDXL_PAIR_SUFFIX)] + ".safetensors" in names
+                    ):
+                        continue
+                    found.append(entry)
+
+        for path in paths:
+            if path.is_dir() and not is_concept_folder(path):
+                before = len(found) + len(report.rejected)
+                walk(path)
+                if len(found) + len(report.rejected) == before:
+                    report.rejected.append(Rejected(str(path), "the folder holds no embedding files (.pt, .bin, .safetensors, .png)"))
+            elif path.exists():
+                found.append(path)
+            else:
+                report.rejected.append(
+                    Rejected(str(path), "no such file or folder", FileNotFoundError(2, "No such file or directory", str(path)))
+                )
+        return found
+
+    @staticmethod
+    def _image_files(images: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None) -> builtins.list[Path]:
+        if images is None:
+            return []
+        items = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+        files: builtins.list[Path] = []
+        for item in items:
+            path = Path(item)
+            if path.is_dir():
+                files += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            elif path.is_file():
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    raise UsageError(f"not an image ({', '.join(IMAGE_SUFFIXES)})", path=path)
+                files.append(path)
+            else:
+                raise UsageError("no such image file or folder", path=path, hint="check the --images path")
+        return files
+
+    def add(
+        self,
+        paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+        *,
+        name: str | None = None,
+        token: str | None = None,
+        type: str | None = None,
+        images: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+        tags: Iterable[str] = (),
+        license: str | None = None,
+        description: str | None = None,
+        source: dict[str, Any] | None = None,
+        metadata: dict[str, str] | None = None,
+        progress: Progress | None = None,
+    ) -> AddReport:
+        """Add embedding files, concept folders, or folders of them to the library.
+
+        Each input becomes one concept, written atomically. A bad input is reported and
+        skipped, never half-added; the others are still added.
+
+        Args:
+            paths: files in any format, sd-concepts-library / diffusers folders, or folders
+                holding such files and folders (searched recursively).
+            name: the concept's name (one input only); default: from the token or file name.
+            token: the word to type (one input only); default: the token stored in the file,
+                else its A1111 name, else its file name.
+            type: ``object``, ``style`` or ``negative``; default: the folder's
+                ``type_of_concept.txt``, else ``object``.
+            images: an image folder or image files (one input only); sd-concepts-library
+                folders bring their ``concept_images/`` anyway.
+            tags: tags for every concept added.
+            license: license for every concept added.
+            description: description for every concept added.
+            source: provenance to record instead of the local path (the Hub importer passes
+                repository, revision and URL).
+            metadata: extra string facts to keep (``concept_type`` also sets the type).
+            progress: called as ``progress(done, total, path)`` after each input.
+
+        Returns:
+            An :class:`AddReport` of added concepts, duplicates (same vectors already in the
+            library) and rejected inputs with reasons. ``report.one()`` returns the concept of
+            a single-input add or raises its error.
+
+        Raises:
+            UsageError: ``name``/``token``/``images`` given for several inputs, bad ``type``.
+            InvalidNameError: an unusable ``name``, ``token`` or tag.
+
+        Example:
+            >>> lib.add("learned_embeds.bin", token="<cat-toy>", tags=["toy"]).one().name
+            'cat-toy'
+        """
+        items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        report = AddReport()
+        candidates = self._candidates([Path(p) for p in items], report)
+        if len(candidates) > 1 and (name or token or images):
+            raise UsageError(
+                f"--name, --token and --images apply to one concept, and the inputs hold {len(candidates)}",
+                hint="add them one at a time, or leave those options out",
+            )
+        options = _AddOptions(
+            name=check_name(name) if name is not None else None,
+            token=check_token(token) if token is not None else None,
+            type=check_type(type) if type is not None else None,
+            images=self._image_files(images),
+            tags=sorted({check_tag(t) for t in tags}),
+            license=(license.strip() or None) if license is not None else None,
+            description=(description.strip() or None) if description is not None else None,
+            source=source,
+            metadata=dict(metadata or {}),
+        )
+        for done, path in enumerate(candidates, start=1):
+            try:
+                report.added.append(self._add_one(path, options))
+            except DuplicateConceptError as exc:
+                report.duplicates.append(Duplicate(str(path), exc.existing, exc.content_hash, exc))
+            except (BadInputError, OSError) as exc:
+                report.rejected.append(Rejected(str(path), _reason(exc), exc))
+            if progress is not None:
+                progress(done, len(candidates), path)
+        return report
+
+    def _read_input(self, path: Path) -> Embedding:
+        from conceptlib.formats import read
+
+        emb = read(path, strict=True)
+        family = emb.family
+        if family is None:
+            raise EmbeddingStructureError(f"its vectors ({emb.width_label} wide) fit no base-model family", path=path)
+        if set(family.encoders) != set(emb.vectors):
+            raise EmbeddingStructureError(
+                f"holds only {', '.join(emb.vectors)} vectors, half of an SDXL embedding",
+                path=path,
+                hint="add the first file of the diffusers SDXL pair (learned_embeds.safetensors) or its folder",
+            )
+        return emb
+
+    @staticmethod
+    def _original_files(path: Path, emb: Embedding) -> tuple[builtins.list[Path], Path]:
+        """The files to keep byte for byte, and the one whose sha256 is the file hash."""
+        from conceptlib.formats import FOLDER_FILES, SDXL_PAIR_SUFFIX
+
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            primary = next((path / n for n in ("learned_embeds.safetensors", *FOLDER_FILES) if (path / n).is_file()), files[0])
+            return files, primary
+        files = [path]
+        if emb.source_format == "diffusers-sdxl" and emb.source_path:
+            first = Path(emb.source_path)
+            second = first.with_name(first.stem + SDXL_PAIR_SUFFIX + first.suffix)
+            files = [first, second]
+            path = first
+        return files, path
+
+    def _add_one(self, path: Path, options: _AddOptions) -> Concept:
+        name, token, images, tags, metadata = options.name, options.token, options.images, options.tags, options.metadata
+        emb = self._read_input(path)
+        family = emb.family
+        assert family is not None
+        word = token or check_token(emb.prompt_word() or path.stem)
+        content_hash = emb.content_hash()
+        base_name = name or slugify(_strip_brackets(word)) or slugify(path.stem) or "concept"
+        concept_type = options.type
+        if concept_type is None:
+            guess = (metadata.get("concept_type") or emb.metadata.get("concept_type") or "").strip().lower()
+            concept_type = guess if guess in CONCEPT_TYPES else "object"
+        # Cheap checks before writing anything; repeated under the write lock below.
+        self._check_unique(self.index, content_hash, family.key, word, path=path)
+
+        extra_images = [path / "concept_images"] if path.is_dir() and (path / "concept_images").is_dir() else []
+        image_files = images + self._image_files(extra_images)
+        timestamp = now()
+        with self._lock(exclusive=False):
+            staging = self._stage("add-")
+            try:
+                records = self._copy_originals(path, emb, staging)
+                image_records = self._copy_images(image_files, staging)
+                canonical = self._canonical_bytes(emb)
+                embedding_record = _write_new(staging / EMBEDDING_NAME, canonical)
+                concept = Concept(
+                    name=base_name,
+                    token=word,
+                    type=concept_type,
+                    description=options.description,
+                    tags=list(tags),
+                    license=options.license or metadata.get("license") or emb.metadata.get("license"),
+                    family=family.key,
+                    encoders=dict(emb.widths),
+                    vectors=emb.num_vectors,
+                    dtype=emb.dtype,
+                    content_hash=content_hash,
+                    file_sha256=records[0].sha256 if records else None,
+                    embedding_sha256=embedding_record.sha256,
+                    format=emb.source_format,
+                    checkpoint_hash=emb.checkpoint_hash,
+                    checkpoint_name=emb.checkpoint_name,
+                    steps=emb.step,
+                    source=dict(options.source) if options.source else {"type": "local", "path": str(path.resolve())},
+                    files=records,
+                    images=image_records,
+                    metadata={**emb.metadata, **metadata},
+                    created=timestamp,
+                    updated=timestamp,
+                )
+                self._fsync_tree(staging)
+                return self._commit_new(staging, concept, explicit_name=name is not None, path=path)
+            finally:
+                if staging.exists():
+                    _rmtree(staging)
+
+    def _copy_originals(self, path: Path, emb: Embedding, staging: Path) -> builtins.list[FileRecord]:
+        """Copy the input's files into ``staging/original/``; the primary file's record first."""
+        originals, primary = self._original_files(path, emb)
+        records: builtins.list[FileRecord] = []
+        taken: set[str] = set()
+        for src in sorted(originals, key=lambda p: p != primary):
+            stored = _unique_name(src.stem, src.suffix, taken)
+            record = _copy(src, staging / ORIGINAL_DIR / stored)
+            record.path = f"{ORIGINAL_DIR}/{stored}"
+            records.append(record)
+        return records
+
+    @staticmethod
+    def _copy_images(files: builtins.list[Path], staging: Path) -> builtins.list[FileRecord]:
+        records: builtins.list[FileRecord] = []
+        taken: set[str] = set()
+        for src in files:
+            stored = _unique_name(src.stem, src.suffix.lower(), taken)
+            record = _copy(src, staging / IMAGES_DIR / stored)
+            record.path = f"{IMAGES_DIR}/{stored}"
+            records.append(record)
+        return records
+
+    @staticmethod
+    def _fsync_tree(staging: Path) -> None:
+        # File contents were fsynced as written; the folders' entries need it too, before the
+        # rename publishes them.
+        for sub in (staging / ORIGINAL_DIR, staging / IMAGES_DIR):
+            if sub.is_dir():
+                fsync_dir(sub)
+        fsync_dir(staging)
+
+    @staticmethod
+    def _canonical_bytes(emb: Embedding) -> bytes:
+        from conceptlib.formats import plan
+
+        # The token lives in concept.json only: it can be renamed, the vectors cannot, so the
+        # canonical file never holds a stale token.
+        _fmt, files = plan(replace(emb, token=None), EMBEDDING_NAME, format="conceptlib")
+        return files[0][1]
+
+    def _check_unique(self, index: IndexReader, content_hash: str, family: str, token: str, *, path: Path | None = None, exclude: str = "") -> None:
+        owner = index.content_hash_owner(content_hash, exclude=exclude)
+        if owner is not None:
+            raise DuplicateConceptError(owner, content_hash, path=str(path) if path else None)
+        user = index.token_owner(family, token, exclude=exclude)
+        if user is not None:
+            raise TokenInUseError(token, family=FAMILIES[family].label, used_by=user, path=str(path) if path else None)
+
+    def _name_free(self, tx: Writer, name: str) -> bool:
+        folder = self.concepts_dir / name
+        return not tx.has(name) and not (folder.exists() or folder.is_symlink())
+
+    def _commit_new(self, staging: Path, concept: Concept, *, explicit_name: bool, path: Path) -> Concept:
+        moved: Path | None = None
+        try:
+            with self.registry.transaction() as tx:
+                self._check_unique(tx, concept.content_hash, concept.family or "", concept.token, path=path)
+                name = concept.name
+                if not self._name_free(tx, name):
+                    if explicit_name:
+                        raise ConceptExistsError(name)
+                    # Derived names take the first free suffix (cat-toy, cat-toy-2, ...).
+                    n = 2
+                    while not self._name_free(tx, f"{concept.name}-{n}"):
+                        n += 1
+                    name = f"{concept.name}-{n}"
+                concept.name = name
+                manifest = concept.to_json()
+                _write_new(staging / MANIFEST_NAME, manifest.encode("utf-8"))
+                fsync_dir(staging)
+                target = self.folder(name)
+                os.rename(staging, target)
+                moved = target
+                fsync_dir(self.concepts_dir)
+                tx.insert(concept, manifest)
+            moved = None  # committed: the folder stays
+        finally:
+            if moved is not None:
+                # The transaction failed after the move: take the folder back out, so index
+                # and files agree (a crash here instead leaves it for reindex to index).
+                with contextlib.suppress(OSError):
+                    os.rename(moved, staging)
+        return concept.attach(self.concepts_dir / concept.name)
+
+    # --- update (new vectors for an existing concept) -----------------------------------------
+    def update(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        token: str | None = None,
+        type: str | None = None,
+        images: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+        source: dict[str, Any] | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Concept:
+        """Replace a concept's embedding (e.g. a newer revision from the Hub), keeping its history.
+
+        Name, tags, description and creation time are kept; the previous content hash and
+        source go to ``history`` when the vectors change. The files are swapped as a whole
+        folder, so a crash leaves the old or the new version (``reindex`` finishes the swap).
+
+        Args:
+            name: the concept to update.
+            path: the new embedding file or folder.
+            token: a new token (default: keep the current one).
+            type: a new type (default: keep).
+            images: new images, replacing the old ones (default: keep the old ones).
+            source: the new provenance (default: the local path).
+            metadata: facts to merge into the record's metadata.
+
+        Returns:
+            The updated concept.
+
+        Raises:
+            ConceptNotFoundError: no such concept.
+            DuplicateConceptError: another concept already holds these vectors.
+            TokenInUseError: the token is taken in the family.
+        """
+        current = self.show(name)
+        src = Path(path)
+        emb = self._read_input(src)
+        family = emb.family
+        assert family is not None
+        word = check_token(token) if token is not None else current.token
+        concept_type = check_type(type) if type is not None else current.type
+        meta = dict(metadata or {})
+        # None keeps the current images; a list (even empty) replaces them.
+        image_files = None if images is None else self._image_files(images)
+        with self._lock(exclusive=False):
+            staging = self._stage("update-")
+            parked = self.staging_dir / ("old-" + staging.name.removeprefix("update-"))
+            folder = self.folder(current.name)
+            swapped = False
+            try:
+                with self.registry.transaction() as tx:
+                    before, _text = self._read_manifest(folder)
+                    self._check_unique(tx, emb.content_hash(), family.key, word, path=src, exclude=before.name)
+                    records = self._copy_originals(src, emb, staging)
+                    if image_files is None:
+                        image_records = [FileRecord(i.path, i.sha256, i.size) for i in before.images]
+                        for record in image_records:
+                            _copy(folder / record.path, staging / record.path)
+                    else:
+                        image_records = self._copy_images(image_files, staging)
+                    embedding_record = _write_new(staging / EMBEDDING_NAME, self._canonical_bytes(emb))
+                    history = list(before.history)
+                    if emb.content_hash() != before.content_hash:
+                        history.append({"content_hash": before.content_hash, "replaced": now(), "source": dict(before.source)})
+                    concept = replace(
+                        before,
+                        token=word,
+                        type=concept_type,
+                        license=before.license or meta.get("license"),
+                        family=family.key,
+                        encoders=dict(emb.widths),
+                        vectors=emb.num_vectors,
+                        dtype=emb.dtype,
+                        content_hash=emb.content_hash(),
+                        file_sha256=records[0].sha256 if records else None,
+                        embedding_sha256=embedding_record.sha256,
+                        format=emb.source_format,
+                        checkpoint_hash=emb.checkpoint_hash,
+                        checkpoint_name=emb.checkpoint_name,
+                        steps=emb.step,
+                        source=dict(source) if source else {"type": "local", "path": str(src.resolve())},
+                        files=records,
+                        images=image_records,
+                        history=history,
+                        metadata={**before.metadata, **emb.metadata, **meta},
+                        updated=now(),
+                    )
+                    manifest = concept.to_json()
+                    _write_new(staging / MANIFEST_NAME, manifest.encode("utf-8"))
+                    # Written last: its presence says the staged folder is complete, so
+                    # reindex can finish the swap if a crash separates the two renames.
+                    _write_new(staging / REPLACES_MARKER, concept.name.encode("utf-8"))
+                    self._fsync_tree(staging)
+                    os.rename(folder, parked)
+                    try:
+                        os.rename(staging, folder)
+                    except OSError:
+                        os.rename(parked, folder)
+                        raise
+                    swapped = True
+                    (folder / REPLACES_MARKER).unlink()
+                    fsync_dir(self.concepts_dir)
+                    tx.replace(before.name, concept, manifest)
+                swapped = False  # committed: the old version is history
+            except BaseException:
+                if swapped:
+                    # The index transaction failed after the swap: put the old folder back.
+                    with contextlib.suppress(OSError):
+                        os.rename(folder, staging)
+                        os.rename(parked, folder)
+                        swapped = False
+                raise
+            finally:
+                if not folder.exists() and parked.exists():
+                    # Interrupted between the two renames: the old version goes back.
+                    with contextlib.suppress(OSError):
+                        os.rename(parked, folder)
+                if folder.exists() and not swapped:
+                    _rmtree(parked)
+                    _rmtree(staging)
+        return concept.attach(folder)
+
+    # --- changes to the record ----------------------------------------------------------------
+    def _modify(self, name: str, change: Callable[[Concept, Writer], Concept]) -> Concept:
+        """Rewrite one concept's manifest and index row in one write transaction."""
+        resolved = self.resolve(name)
+        with self._lock(exclusive=False), self.registry.transaction() as tx:
+            folder = self.folder(resolved)
+            if not folder.is_dir():
+                raise ConceptNotFoundError(resolved, suggestions=[])
+            before, _text = self._read_manifest(folder)
+            after = change(replace(before, tags=list(before.tags), history=list(before.history)), tx)
+            after.updated = now()
+            # Manifest first, then the index: a crash in between leaves a newer manifest,
+            # which `reindex` picks up (the manifest is the truth).
+            manifest = self._write_manifest(folder, after)
+            if after.name != before.name:
+                target = self.folder(after.name)
+                os.rename(folder, target)
+                fsync_dir(self.concepts_dir)
+                folder = target
+            tx.replace(before.name, after, manifest)
+        return after.attach(folder)
+
+    def tag(self, name: str, *, add: Iterable[str] = (), remove: Iterable[str] = ()) -> Concept:
+        """Add and remove tags.
+
+        Args:
+            name: the concept.
+            add: tags to add (normalised to lowercase).
+            remove: tags to remove (absent ones are ignored).
+
+        Returns:
+            The updated concept.
+
+        Example:
+            >>> lib.tag("cat-toy", add=["toy"], remove=["wip"]).tags
+            ['toy']
+        """
+        adding = {check_tag(t) for t in add}
+        removing = {check_tag(t) for t in remove}
+
+        def change(concept: Concept, _tx: Writer) -> Concept:
+            concept.tags = sorted((set(concept.tags) | adding) - removing)
+            return concept
+
+        return self._modify(name, change)
+
+    def rename(self, name: str, new: str | None = None, *, token: str | None = None) -> Concept:
+        """Give a concept a new name, a new token, or both.
+
+        Args:
+            name: the concept.
+            new: the new name (made a slug); None keeps the name.
+            token: the new token; None keeps it.
+
+        Returns:
+            The renamed concept.
+
+        Raises:
+            ConceptExistsError: the new name is taken.
+            TokenInUseError: the new token is used by another concept of the family.
+            UsageError: nothing to change.
+
+        Example:
+            >>> lib.rename("cat-toy", "kitty", token="<kitty>").name
+            'kitty'
+        """
+        new_name = check_name(new) if new is not None else None
+        new_token = check_token(token) if token is not None else None
+
+        def change(concept: Concept, tx: Writer) -> Concept:
+            old_name = concept.name
+            if new_name in (None, concept.name) and new_token in (None, concept.token):
+                raise UsageError(f"{concept.name!r} already has that name and token", hint="give a new name or --token")
+            if new_name is not None and new_name != concept.name:
+                if not self._name_free(tx, new_name):
+                    raise ConceptExistsError(new_name, hint="choose another name")
+                concept.name = new_name
+            if new_token is not None and new_token != concept.token:
+                user = tx.token_owner(concept.family, new_token, exclude=old_name)
+                if user is not None:
+                    raise TokenInUseError(new_token, family=concept.family_label, used_by=user)
+                concept.token = new_token
+            return concept
+
+        return self._modify(name, change)
+
+    def remove(self, names: str | Iterable[str]) -> builtins.list[str]:
+        """Delete concepts (their folders and index rows).
+
+        Every name is resolved before anything is deleted, so a typo removes nothing.
+
+        Args:
+            names: concept names (or tokens).
+
+        Returns:
+            The names removed.
+
+        Raises:
+            ConceptNotFoundError: a name matches no concept (nothing was removed).
+        """
+        items = [names] if isinstance(names, str) else list(names)
+        resolved = list(dict.fromkeys(self.resolve(n) for n in items))
+        removed: builtins.list[str] = []
+        for name in resolved:
+            with self._lock(exclusive=False):
+                trash = self._stage("remove-", create=False)
+                with self.registry.transaction() as tx:
+                    folder = self.folder(name)
+                    if folder.exists():
+                        # Out of concepts/ in one rename; deleting the files can then take its
+                        # time (a crash leaves a staging leftover, not half a concept).
+                        os.rename(folder, trash)
+                        fsync_dir(self.concepts_dir)
+                    tx.delete(name)
+                _rmtree(trash)
+            removed.append(name)
+        return removed
+
+    # --- export -------------------------------------------------------------------------------
+    def export(
+        self,
+        names: str | Iterable[str],
+        format: str | None = None,
+        out_dir: str | os.PathLike[str] = ".",
+        *,
+        target: str | None = None,
+        force: bool = False,
+    ) -> builtins.list[ExportedConcept]:
+        """Write concepts to a folder in a given format, or ready for a UI's ``embeddings/``.
+
+        With ``target="a1111"`` or ``"comfyui"`` each concept becomes one safetensors file that
+        AUTOMATIC1111 and ComfyUI load (``emb_params`` for SD 1.x/2.x, ``clip_l``/``clip_g``
+        for SDXL), named so that its stem, the word those UIs expect in prompts, is the
+        concept's token without angle brackets. Formats whose loaders use the file name
+        (``a1111``, ``png``, ``sdxl``, ``emb-params``) are named the same way; the others after
+        the concept's name. Nothing is written when any destination exists (unless ``force``).
+
+        Args:
+            names: concepts to export.
+            format: a writable format of ``conceptlib formats``.
+            out_dir: the destination folder (created if missing).
+            target: ``a1111`` or ``comfyui`` instead of ``format``.
+            force: overwrite existing files.
+
+        Returns:
+            One :class:`ExportedConcept` per concept.
+
+        Raises:
+            UsageError: neither or both of ``format`` and ``target``; unknown format.
+            FormatCapabilityError: the format cannot hold a concept (SDXL into diffusers).
+            DestinationExistsError: a destination exists and ``force`` is False.
+
+        Example:
+            >>> lib.export(["easynegative"], target="a1111", out_dir="webui/embeddings")[0].prompt_word
+            'EasyNegative'
+        """
+        from conceptlib.errors import DestinationExistsError
+        from conceptlib.formats import FORMATS, WRITABLE, plan
+
+        if (format is None) == (target is None):
+            raise UsageError("choose one of --format and --for", hint=f"--for a1111, --for comfyui, or --format {{{','.join(WRITABLE)}}}")
+        if target is not None and target.lower() not in UI_FORMATS:
+            raise UsageError(f"unknown --for target {target!r}", hint=f"use one of: {', '.join(UI_FORMATS)}")
+        if format is not None and (format not in FORMATS or FORMATS[format].writer is None):
+            raise UsageError(f"unknown or read-only format {format!r}", hint=f"choose one of: {', '.join(WRITABLE)}")
+        out = Path(out_dir)
+        items = [names] if isinstance(names, str) else list(names)
+        if not items:
+            raise UsageError("name at least one concept to export")
+        concepts = [self.show(n) for n in dict.fromkeys(items)]
+        planned: builtins.list[tuple[Concept, str, str, builtins.list[tuple[Path, bytes]]]] = []
+        stems: set[str] = set()
+        for concept in concepts:
+            emb = self.embedding(concept.name)
+            if target is not None:
+                single, sdxl = UI_FORMATS[target.lower()]
+                fmt = sdxl if emb.is_sdxl else single
+            else:
+                assert format is not None
+                fmt = format
+            by_word = target is not None or fmt in STEM_IS_PROMPT_WORD
+            stem = (safe_stem(concept.prompt_word) if by_word else "") or concept.name
+            # Two concepts with one word (an SD 1.x and an SDXL "cat-toy") cannot share a file.
+            for candidate in (stem, f"{stem}-{concept.family}", f"{stem}-{concept.name}"):
+                if candidate.lower() not in stems:
+                    stem = candidate
+                    break
+            stems.add(stem.lower())
+            if by_word:
+                emb.name = stem
+            spec = FORMATS[fmt]
+            dest = out / stem if not spec.suffix or fmt == "diffusers-sdxl" else out / f"{stem}{spec.suffix}"
+            fmt, files = plan(emb, dest, format=fmt)
+            planned.append((concept, fmt, stem if by_word else concept.token, files))
+        if not force:
+            for _concept, _fmt, _word, files in planned:
+                for path, _data in files:
+                    if path.exists():
+                        raise DestinationExistsError("already exists", path=path)
+        results: builtins.list[ExportedConcept] = []
+        for concept, fmt, word, files in planned:
+            for path, data in files:
+                atomic_write_bytes(path, data)
+            results.append(ExportedConcept(concept.name, fmt, [p for p, _ in files], word))
+        return results
+
+    # --- maintenance --------------------------------------------------------------------------
+    def _clean_staging(self) -> builtins.list[str]:
+        """Finish interrupted swaps and delete everything else in ``.staging`` (lock held alone)."""
+        cleaned: builtins.list[str] = []
+        if not self.staging_dir.is_dir():
+            return cleaned
+        for entry in sorted(self.staging_dir.iterdir()):
+            marker = entry / REPLACES_MARKER
+            if entry.is_dir() and marker.is_file():
+                target_name = marker.read_text(encoding="utf-8").strip()
+                if is_slug(target_name) and not (self.concepts_dir / target_name).exists():
+                    # A swap stopped between its two renames: the complete new folder wins.
+                    os.rename(entry, self.concepts_dir / target_name)
+                    (self.concepts_dir / target_name / REPLACES_MARKER).unlink()
+                    cleaned.append(f"finished replacing {target_name}")
+                    continue
+            _rmtree(entry)
+            cleaned.append(f"deleted {STAGING_DIR}/{entry.name}")
+        return cleaned
+
+    def _scan(self, *, fix: bool) -> tuple[builtins.list[tuple[Concept, str]], builtins.list[Problem], builtins.list[str]]:
+        """Read every manifest; with ``fix``, finish interrupted renames and drop stray files."""
+        items: builtins.list[tuple[Concept, str]] = []
+        problems: builtins.list[Problem] = []
+        fixed: builtins.list[str] = []
+        for folder in sorted(self.concepts_dir.iterdir()) if self.concepts_dir.is_dir() else []:
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue
+            for stray in [folder / REPLACES_MARKER, *folder.glob(".*.tmp")]:
+                if stray.exists():
+                    if fix:
+                        stray.unlink()
+                        fixed.append(f"deleted {folder.name}/{stray.name}")
+                    else:
+                        problems.append(Problem("stray", folder.name, f"leftover {stray.name} from an interrupted write", True))
+            try:
+                concept, text = self._read_manifest(folder)
+            except LibraryCorruptError as exc:
+                problems.append(Problem("manifest", folder.name, exc.message))
+                continue
+            if concept.name != folder.name:
+                target = self.concepts_dir / concept.name
+                if fix and is_slug(concept.name) and not target.exists():
+                    # A rename stopped after writing the manifest: finish it.
+                    os.rename(folder, target)
+                    fixed.append(f"finished renaming {folder.name} to {concept.name}")
+                    folder = target
+                    concept.attach(folder)
+                else:
+                    problems.append(Problem("name", folder.name, f"its concept.json names it {concept.name!r}", is_slug(concept.name) and not target.exists()))
+                    continue
+            if not is_slug(folder.name):
+                problems.append(Problem("name", folder.name, "the folder name is not a valid concept name"))
+                continue
+            items.append((concept, text))
+        # Conflicts no single operation can create, but copying folders by hand can.
+        tokens: dict[tuple[str | None, str], str] = {}
+        hashes: dict[str, str] = {}
+        for concept, _text in items:
+            key = (concept.family, concept.token.lower())
+            if key in tokens:
+                problems.append(Problem("token", concept.name, f"uses the token {concept.token!r} of {tokens[key]!r} ({concept.family_label}); rename one with --token"))
+            tokens.setdefault(key, concept.name)
+            if concept.content_hash in hashes:
+                problems.append(Problem("duplicate", concept.name, f"holds the same vectors as {hashes[concept.content_hash]!r}; remove one"))
+            hashes.setdefault(concept.content_hash, concept.name)
+        return items, problems, fixed
+
+    def reindex(self) -> ReindexReport:
+        """Rebuild the index from the manifests, after cleaning up interrupted operations.
+
+        Deletes staging leftovers, finishes interrupted renames and swaps, then replaces the
+        whole index in one transaction. Waits for running writers to finish first.
+
+        Returns:
+            A :class:`ReindexReport`; its ``problems`` name folders that could not be indexed.
+        """
+        with self._lock(exclusive=True):
+            return self._reindex_locked()
+
+    def _reindex_locked(self) -> ReindexReport:
+        cleaned = self._clean_staging()
+        items, problems, fixed = self._scan(fix=True)
+        with self.registry.transaction() as tx:
+            count = tx.rebuild(items)
+        return ReindexReport(count, cleaned + fixed, problems)
+
+    def _check_files(self, concept: Concept) -> builtins.list[Problem]:
+        """Hash every file of a concept against its manifest; decode the canonical embedding."""
+        from conceptlib.formats import read
+
+        problems: builtins.list[Problem] = []
+        folder = concept.path
+        assert folder is not None
+        canonical = folder / EMBEDDING_NAME
+        if not canonical.is_file():
+            problems.append(Problem("embedding", concept.name, f"{EMBEDDING_NAME} is missing", bool(concept.files)))
+        elif _sha256(canonical) != concept.embedding_sha256:
+            problems.append(Problem("embedding", concept.name, f"{EMBEDDING_NAME} does not match its sha256 (damaged or changed)", bool(concept.files)))
+        else:
+            try:
+                emb = read(canonical, strict=False)
+                if emb.content_hash() != concept.content_hash:
+                    problems.append(Problem("embedding", concept.name, "the vectors do not match the content hash", bool(concept.files)))
+            except (OSError, BadInputError) as exc:
+                problems.append(Problem("embedding", concept.name, f"{EMBEDDING_NAME} cannot be read: {exc.args[0] if exc.args else exc}", bool(concept.files)))
+        for kind, records in (("original", concept.files), ("image", concept.images)):
+            for record in records:
+                path = folder / record.path
+                if not path.is_file():
+                    problems.append(Problem(kind, concept.name, f"{record.path} is missing"))
+                elif _sha256(path) != record.sha256:
+                    problems.append(Problem(kind, concept.name, f"{record.path} does not match its sha256"))
+        return problems
+
+    def _repair_embedding(self, concept: Concept) -> str | None:
+        """Rebuild a damaged canonical file from the original, if that still decodes to the same vectors."""
+        from conceptlib.formats import read
+
+        folder = concept.path
+        assert folder is not None
+        candidates = [folder / concept.files[0].path] if concept.files else []
+        candidates.append(folder / ORIGINAL_DIR)
+        for candidate in candidates:
+            try:
+                emb = read(candidate, strict=False)
+            except (OSError, BadInputError):
+                continue
+            if emb.content_hash() != concept.content_hash:
+                continue
+            data = self._canonical_bytes(emb)
+            atomic_write_bytes(folder / EMBEDDING_NAME, data)
+            sha = hashlib.sha256(data).hexdigest()
+            if sha != concept.embedding_sha256:
+                self._write_manifest(folder, replace(concept, embedding_sha256=sha))
+            return f"rebuilt {concept.name}/{EMBEDDING_NAME} from {candidate.relative_to(folder)}"
+        return None
+
+    def verify(self, *, repair: bool = False) -> VerifyReport:
+        """Check every hash, every manifest against the index, and look for orphans.
+
+        Args:
+            repair: fix what can be fixed first: delete staging leftovers, finish
+                interrupted renames, rebuild damaged canonical embeddings from the originals,
+                and rebuild the index from the manifests.
+
+        Returns:
+            A :class:`VerifyReport`; ``report.ok`` is True when nothing is wrong.
+
+        Example:
+            >>> lib.verify().ok
+            True
+        """
+        with self._lock(exclusive=True):
+            repaired: builtins.list[str] = []
+            if repair:
+                items, _problems, _fixed = self._scan(fix=False)
+                for concept, _text in items:
+                    if any(p.kind == "embedding" and p.repairable for p in self._check_files(concept)):
+                        message = self._repair_embedding(concept)
+                        if message:
+                            repaired.append(message)
+                result = self._reindex_locked()
+                repaired += result.cleaned
+            problems = [
+                Problem("staging", f"{STAGING_DIR}/{entry.name}", "leftover of an interrupted operation", True)
+                for entry in (sorted(self.staging_dir.iterdir()) if self.staging_dir.is_dir() else [])
+            ]
+            items, scan_problems, _ = self._scan(fix=False)
+            problems += scan_problems
+            for concept, _text in items:
+                problems += self._check_files(concept)
+            index = self.index
+            state = index.state()
+            on_disk = {concept.name: text for concept, text in items}
+            from conceptlib.registry.store import manifest_sha256
+
+            for name, text in on_disk.items():
+                if name not in state:
+                    problems.append(Problem("unindexed", name, "the concept folder is not in the index", True))
+                elif state[name] != manifest_sha256(text):
+                    problems.append(Problem("stale", name, "the index holds an older version of concept.json", True))
+            folders = {p.name for p in self.concepts_dir.iterdir()} if self.concepts_dir.is_dir() else set()
+            for name in state:
+                if name not in on_disk and name not in folders:
+                    problems.append(Problem("missing", name, "indexed, but its folder is gone", True))
+            if index.fts_count() != index.count():
+                problems.append(Problem("search", "index.sqlite", "the search index is out of step with the concepts", True))
+            return VerifyReport(len(items), problems, repaired)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a rejected input: the message and the next step."""
+    if isinstance(exc, ConceptlibError):
+        text = exc.message
+        if exc.hint:
+            text += f" (hint: {exc.hint})"
+        return text
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}"
+    return str(exc)

@@ -1,0 +1,395 @@
+"""The library commands through Typer's runner (exact output) and through main() (error lines)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conceptlib.cli.app import app, main
+from conceptlib.cli.library import fast_main, parse_fast
+from conceptlib.formats import read, write
+from conceptlib.library import Library
+from factory import sd1, sdxl
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def home() -> Path:
+    return Path(os.environ["CONCEPTLIB_HOME"])
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    out = tmp_path / "files"
+    paths = {
+        "cat": out / "cat.safetensors",
+        "neg": out / "EasyNegative.pt",
+        "xl": out / "xl.safetensors",
+    }
+    write(sd1(1, seed=1, token="<cat-toy>"), paths["cat"])
+    write(sd1(2, seed=2, name="EasyNegative"), paths["neg"])
+    write(sdxl(2, seed=3, token="<watercolor>"), paths["xl"])
+    return paths
+
+
+@pytest.fixture
+def filled(files: dict[str, Path]) -> dict[str, Path]:
+    ok = runner.invoke(app, ["add", str(files["cat"]), "--tag", "toy", "-d", "a plush cat"])
+    assert ok.exit_code == 0, ok.output
+    assert runner.invoke(app, ["add", str(files["neg"]), "--type", "negative"]).exit_code == 0
+    assert runner.invoke(app, ["add", str(files["xl"]), "--type", "style", "-t", "toy", "-t", "paint"]).exit_code == 0
+    return files
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --- add ---------------------------------------------------------------------------------------
+
+
+def test_add_one(files: dict[str, Path]) -> None:
+    result = runner.invoke(app, ["add", str(files["cat"])])
+    assert result.exit_code == 0
+    assert result.stdout == "added      cat-toy  (<cat-toy>, SD 1.x, 1 vector)\n"
+    assert result.stderr == "Added 1 concept, 0 duplicates, 0 rejected.\n"
+
+
+def test_add_bulk_reports_every_input(files: dict[str, Path], tmp_path: Path) -> None:
+    shutil.copy(files["cat"], files["cat"].with_name("copy.safetensors"))
+    (files["cat"].parent / "junk.pt").write_bytes(b"\x00" * 32)
+    result = runner.invoke(app, ["add", str(files["cat"].parent), str(tmp_path / "missing.pt")])
+    assert result.exit_code == 2  # something was rejected
+    folder = files["cat"].parent
+    assert result.stdout.splitlines() == [
+        "added      easynegative  (EasyNegative, SD 1.x, 2 vectors)",
+        "added      cat-toy  (<cat-toy>, SD 1.x, 1 vector)",
+        "added      watercolor  (<watercolor>, SDXL, 2 vectors)",
+        f"duplicate  {folder / 'copy.safetensors'}  (same vectors as cat-toy)",
+        f"rejected   {tmp_path / 'missing.pt'}: no such file or folder",
+        f"rejected   {folder / 'junk.pt'}: not an embedding file: unrecognised content (first bytes "
+        + repr(b"\x00" * 16) + ") (hint: run `conceptlib convert --help` for the formats conceptlib reads)",
+    ]
+    assert result.stderr == "Added 3 concepts, 1 duplicate, 2 rejected.\n"
+
+
+def test_add_json(files: dict[str, Path], home: Path) -> None:
+    result = runner.invoke(app, ["add", str(files["cat"]), str(files["cat"]), "--json"])
+    assert result.exit_code == 0 and result.stderr == ""
+    data = json.loads(result.stdout)
+    assert [a["name"] for a in data["added"]] == ["cat-toy"]
+    assert data["added"][0]["path"] == str(home / "concepts" / "cat-toy")
+    assert data["duplicates"] == [{"path": str(files["cat"]), "existing": "cat-toy", "content_hash": data["added"][0]["content_hash"]}]
+    assert data["rejected"] == []
+
+
+def test_add_errors_are_one_line(capsys: pytest.CaptureFixture[str], files: dict[str, Path], tmp_path: Path) -> None:
+    assert run_main(capsys, "add", str(files["cat"]))[0] == 0
+    other = tmp_path / "other.safetensors"
+    write(sd1(1, seed=9, token="<cat-toy>"), other)
+    code, out, err = run_main(capsys, "add", str(other))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"Error: {other}: the token '<cat-toy>' is already used by 'cat-toy' (SD 1.x) "
+        "(hint: pass --token with another word for this concept)\n"
+    )
+    code, out, err = run_main(capsys, "add", str(tmp_path / "nope.pt"))
+    assert (code, err) == (2, f"Error: {tmp_path / 'nope.pt'}: no such file or folder (hint: check the path)\n")
+    code, _out, err = run_main(capsys, "add", str(other), "--type", "person")
+    assert (code, err) == (2, "Error: unknown concept type 'person' (hint: use one of: object, style, negative)\n")
+    code, _out, err = run_main(capsys, "add", str(files["neg"]), str(files["xl"]), "--name", "x")
+    assert code == 2 and err.startswith("Error: --name, --token and --images apply to one concept")
+    code, _out, err = run_main(capsys, "add", str(other), "--name", "../..")
+    assert (code, err.count("\n")) == (2, 1) and "has no letters or digits" in err
+    assert run_main(capsys, "add", str(other), "--token", "<cat2>")[0] == 0
+
+
+def test_add_with_images_and_options(files: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (2, 2)).save(tmp_path / "imgs" / "a.png")
+    result = runner.invoke(
+        app,
+        ["add", str(files["cat"]), "--name", "Kitty", "--token", "<kitty>", "--images", str(tmp_path / "imgs"),
+         "--license", "mit", "--type", "object"],
+    )
+    assert result.exit_code == 0, result.output
+    shown = json.loads(runner.invoke(app, ["show", "kitty", "--json"]).stdout)
+    assert (shown["token"], shown["license"], [i["path"] for i in shown["images"]]) == ("<kitty>", "mit", ["images/a.png"])
+
+
+# --- queries -----------------------------------------------------------------------------------
+
+
+def test_list(filled: dict[str, Path]) -> None:
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0 and result.stderr == ""
+    assert result.stdout == (
+        "NAME          TOKEN         TYPE      BASE    VECTORS  TAGS\n"
+        "cat-toy       <cat-toy>     object    SD 1.x  1        toy\n"
+        "easynegative  EasyNegative  negative  SD 1.x  2\n"
+        "watercolor    <watercolor>  style     SDXL    2        paint, toy\n"
+    )
+    assert runner.invoke(app, ["list", "--tag", "toy", "--base", "sdxl"]).stdout.splitlines()[1].startswith("watercolor ")
+    data = json.loads(runner.invoke(app, ["list", "--type", "negative", "--json"]).stdout)
+    assert [d["name"] for d in data] == ["easynegative"] and data[0]["vectors"] == 2
+
+
+def test_list_empty_and_filtered_out(home: Path) -> None:
+    result = runner.invoke(app, ["list"])
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert result.stderr == "The library is empty: add concepts with `conceptlib add FILE...`.\n"
+    result = runner.invoke(app, ["list", "--type", "style"])
+    assert (result.stdout, result.stderr) == ("", "No concept matches these filters.\n")
+    assert runner.invoke(app, ["list", "--json"]).stdout == "[]\n"
+
+
+def test_list_bad_filter(capsys: pytest.CaptureFixture[str], home: Path) -> None:
+    code, _out, err = run_main(capsys, "list", "--base", "flux")
+    assert (code, err) == (2, "Error: unknown base family 'flux' (hint: use sd1, sd2 or sdxl)\n")
+
+
+def test_search(filled: dict[str, Path]) -> None:
+    result = runner.invoke(app, ["search", "plush"])
+    assert result.stdout == (
+        "NAME     TOKEN      TYPE    BASE    VECTORS  TAGS\n"
+        "cat-toy  <cat-toy>  object  SD 1.x  1        toy\n"
+    )
+    result = runner.invoke(app, ["search", "zebra"])
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "No concept matches 'zebra'.\n")
+    assert [d["name"] for d in json.loads(runner.invoke(app, ["search", "toy", "--json"]).stdout)] == ["cat-toy", "watercolor"]
+
+
+def test_show(filled: dict[str, Path], home: Path) -> None:
+    concept = Library.open(home).show("cat-toy")
+    result = runner.invoke(app, ["show", "cat-toy"])
+    assert result.exit_code == 0
+    assert result.stdout == (
+        "cat-toy\n"
+        "  token         <cat-toy>\n"
+        "  type          object\n"
+        "  base          SD 1.x (clip_l 768)\n"
+        "  vectors       1 × 768, float32\n"
+        "  tags          toy\n"
+        "  description   a plush cat\n"
+        f"  content hash  {concept.content_hash}\n"
+        f"  file sha256   {concept.file_sha256} (AutoV2 {concept.file_sha256[:10]})\n"  # type: ignore[index]
+        "  format        diffusers\n"
+        f"  source        {filled['cat']}\n"
+        "  files         original/cat.safetensors\n"
+        f"  created       {concept.created}\n"
+        f"  updated       {concept.updated}\n"
+        f"  folder        {home / 'concepts' / 'cat-toy'}\n"
+    )
+    data = json.loads(runner.invoke(app, ["show", "<watercolor>", "--json"]).stdout)
+    assert data["name"] == "watercolor" and data["encoders"] == {"clip_l": 768, "clip_g": 1280}
+    assert data["path"] == str(home / "concepts" / "watercolor")
+
+
+def test_show_missing(capsys: pytest.CaptureFixture[str], filled: dict[str, Path]) -> None:
+    code, out, err = run_main(capsys, "show", "catt-toy")
+    assert (code, out) == (2, "")
+    assert err == "Error: no concept named 'catt-toy' in the library (hint: did you mean cat-toy?)\n"
+
+
+# --- changes -----------------------------------------------------------------------------------
+
+
+def test_tag(filled: dict[str, Path]) -> None:
+    result = runner.invoke(app, ["tag", "cat-toy", "+Cute", "-toy", "new"])
+    assert (result.exit_code, result.stdout) == (0, "cat-toy: cute, new\n")
+    assert runner.invoke(app, ["tag", "cat-toy"]).stdout == "cat-toy: cute, new\n"
+    assert runner.invoke(app, ["tag", "cat-toy", "-cute", "-new"]).stdout == "cat-toy: (no tags)\n"
+    assert json.loads(runner.invoke(app, ["tag", "watercolor", "+x", "--json"]).stdout) == {"name": "watercolor", "tags": ["paint", "toy", "x"]}
+
+
+def test_tag_errors(capsys: pytest.CaptureFixture[str], filled: dict[str, Path]) -> None:
+    code, _out, err = run_main(capsys, "tag", "cat-toy", "+")
+    assert (code, err) == (2, "Error: an empty tag (hint: write +TAG or -TAG)\n")
+    code, _out, err = run_main(capsys, "tag", "nope", "+x")
+    assert code == 2 and err.startswith("Error: no concept named 'nope'")
+
+
+def test_rename(capsys: pytest.CaptureFixture[str], filled: dict[str, Path]) -> None:
+    result = runner.invoke(app, ["rename", "cat-toy", "kitty", "--token", "<kitty>"])
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "kitty\n", "cat-toy is now kitty (token <kitty>).\n")
+    assert runner.invoke(app, ["rename", "kitty", "--token", "<k2>", "--json"]).stdout == '{\n  "name": "kitty",\n  "token": "<k2>"\n}\n'
+    code, _out, err = run_main(capsys, "rename", "kitty")
+    assert code == 2 and err.startswith("Error: give a new name, --token, or both")
+    code, _out, err = run_main(capsys, "rename", "kitty", "watercolor")
+    assert code == 2 and err.startswith("Error: a concept named 'watercolor' already exists")
+    code, _out, err = run_main(capsys, "rename", "kitty", "--token", "EasyNegative")
+    assert code == 2 and "already used by 'easynegative'" in err and "--token" in err
+
+
+def test_remove(capsys: pytest.CaptureFixture[str], filled: dict[str, Path], home: Path) -> None:
+    result = runner.invoke(app, ["remove", "cat-toy", "watercolor"], input="n\n")
+    assert result.exit_code == 1 and "Remove 2 concepts: cat-toy, watercolor? [y/N]" in result.stderr
+    assert (home / "concepts" / "cat-toy").is_dir()
+    result = runner.invoke(app, ["remove", "cat-toy"], input="y\n")
+    assert result.exit_code == 0 and result.stderr.endswith("Removed cat-toy.\n")
+    code, _out, err = run_main(capsys, "remove", "watercolor", "typo", "--yes")
+    assert code == 2 and "no concept named 'typo'" in err
+    assert (home / "concepts" / "watercolor").is_dir()  # nothing removed
+    result = runner.invoke(app, ["remove", "watercolor", "-y", "--json"])
+    assert json.loads(result.stdout) == {"removed": ["watercolor"]}
+
+
+def test_export(capsys: pytest.CaptureFixture[str], filled: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "embeddings"
+    result = runner.invoke(app, ["export", "cat-toy", "easynegative", "watercolor", "--for", "a1111", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{out / 'cat-toy.safetensors'}\n{out / 'EasyNegative.safetensors'}\n{out / 'watercolor.safetensors'}\n"
+    assert result.stderr == (
+        "cat-toy: emb-params, prompt word 'cat-toy'\n"
+        "easynegative: emb-params, prompt word 'EasyNegative'\n"
+        "watercolor: sdxl, prompt word 'watercolor'\n"
+    )
+    assert read(out / "cat-toy.safetensors").same_vectors(read(filled["cat"]))
+    code, _out, err = run_main(capsys, "export", "cat-toy", "--for", "a1111", "--out", str(out))
+    assert code == 2 and err == f"Error: {out / 'cat-toy.safetensors'}: already exists (hint: pass --force to overwrite it)\n"
+    assert run_main(capsys, "export", "cat-toy", "--for", "a1111", "--out", str(out), "--force")[0] == 0
+    data = json.loads(runner.invoke(app, ["export", "cat-toy", "--format", "diffusers", "-o", str(tmp_path / "d"), "--json"]).stdout)
+    assert data == [{"name": "cat-toy", "format": "diffusers", "files": [str(tmp_path / "d" / "cat-toy.safetensors")], "prompt_word": "<cat-toy>"}]
+    code, _out, err = run_main(capsys, "export", "cat-toy", "--out", str(out))
+    assert code == 2 and err.startswith("Error: choose one of --format and --for")
+    code, _out, err = run_main(capsys, "export", "watercolor", "--format", "diffusers", "--out", str(out))
+    assert code == 2 and "SDXL" in err
+
+
+# --- maintenance -------------------------------------------------------------------------------
+
+
+def test_reindex(filled: dict[str, Path], home: Path) -> None:
+    (home / ".staging" / "add-stale").mkdir()
+    result = runner.invoke(app, ["reindex"])
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert result.stderr == "deleted .staging/add-stale\nIndexed 3 concepts.\n"
+    assert json.loads(runner.invoke(app, ["reindex", "--json"]).stdout) == {"indexed": 3, "cleaned": [], "problems": []}
+    (home / "concepts" / "broken").mkdir()
+    result = runner.invoke(app, ["reindex"])
+    assert result.exit_code == 1
+    assert result.stdout.startswith("manifest   broken: unreadable manifest:") and result.stdout.endswith("(not repairable)\n")
+
+
+def test_verify(filled: dict[str, Path], home: Path) -> None:
+    result = runner.invoke(app, ["verify"])
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "OK: 3 concepts checked, no problems.\n")
+    shutil.rmtree(home / "concepts" / "watercolor")
+    (home / ".staging" / "add-x").mkdir()
+    result = runner.invoke(app, ["verify"])
+    assert result.exit_code == 1
+    assert result.stdout == (
+        "staging    .staging/add-x: leftover of an interrupted operation\n"
+        "missing    watercolor: indexed, but its folder is gone\n"
+    )
+    assert result.stderr == "2 problems in 2 concepts. Run `conceptlib verify --repair`.\n"
+    data = json.loads(runner.invoke(app, ["verify", "--json"]).stdout)
+    assert data["ok"] is False and [p["kind"] for p in data["problems"]] == ["staging", "missing"]
+    result = runner.invoke(app, ["verify", "--repair"])
+    assert result.exit_code == 0
+    assert result.stderr == "repaired: deleted .staging/add-x\nOK: 2 concepts checked, no problems.\n"
+
+
+def test_home_option(files: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "elsewhere"
+    assert runner.invoke(app, ["add", str(files["cat"]), "--home", str(other)]).exit_code == 0
+    assert (other / "concepts" / "cat-toy" / "concept.json").is_file()
+    assert runner.invoke(app, ["list", "--home", str(other)]).stdout.splitlines()[1].startswith("cat-toy ")
+    assert runner.invoke(app, ["list"]).stdout == ""  # the default home is untouched
+
+
+@pytest.mark.parametrize("command", ["add", "list", "search", "show", "remove", "tag", "rename", "export", "reindex", "verify"])
+def test_every_command_has_help(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Example: conceptlib" in result.stdout and "--home" in result.stdout
+
+
+# --- the fast path for list/search/show --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list"],
+        ["list", "--json"],
+        ["list", "--type", "style"],
+        ["list", "--type=negative", "--json"],
+        ["list", "--base", "sd1", "-t", "toy"],
+        ["list", "--tag=toy"],
+        ["list", "--base", "flux"],
+        ["search", "toy"],
+        ["search", "--json", "plush"],
+        ["search", "zebra"],
+        ["show", "cat-toy"],
+        ["show", "<watercolor>", "--json"],
+        ["show", "nope"],
+    ],
+)
+def test_fast_path_matches_typer(capsys: pytest.CaptureFixture[str], filled: dict[str, Path], argv: list[str]) -> None:
+    """Same stdout, stderr and exit code with and without the fast path, errors included."""
+    assert parse_fast(argv) is not None
+    assert run_via(capsys, argv, fast_main) == run_via(capsys, argv, lambda _argv: None)
+
+
+def run_via(capsys: pytest.CaptureFixture[str], argv: list[str], fast: Callable[[list[str]], int | None]) -> tuple[int, str, str]:
+    """``fast`` in front of main(), inside the same error boundary (as cli/app.py would wire it)."""
+    from conceptlib.cli._errors import render_error
+
+    capsys.readouterr()
+    try:
+        rc = fast(argv)
+        if rc is None:
+            rc = main(argv)
+    except Exception as exc:
+        message, rc = render_error(exc)
+        print(message, file=sys.stderr)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list", "--help"], ["list", "-h"], ["list", "extra"], ["list", "--type"], ["list", "-tx"],
+        ["list", "--tag", "a", "--tag", "b"], ["list", "--type", "--json"], ["list", "--unknown"],
+        ["search"], ["search", "a", "b"], ["search", "--", "-x"], ["show"], ["add", "x"], [],
+        ["show", "a", "--home="],
+    ],
+)
+def test_fast_path_leaves_the_rest_to_typer(argv: list[str]) -> None:
+    assert parse_fast(argv) is None
+
+
+def test_fast_path_arguments() -> None:
+    assert parse_fast(["list", "--home", "/h", "--base=sdxl", "--json"]) == (
+        "list", {"json_": True, "home": Path("/h"), "base": "sdxl"},
+    )
+    assert parse_fast(["show", "--home=/h", "x"]) == ("show", {"json_": False, "home": Path("/h"), "name": "x"})
+
+
+def test_bulk_add_shows_progress_on_a_terminal(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    import conceptlib.cli.library as cli_library
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli_library, "err", Console(file=screen, force_terminal=True, width=100))
+    result = runner.invoke(app, ["add", str(files["cat"].parent)])
+    assert result.exit_code == 0
+    assert "Adding" in screen.getvalue() and "3/3" in screen.getvalue()
+    assert "Adding" not in result.stderr  # on a pipe: no bar, only the summary
