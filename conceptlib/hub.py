@@ -1,0 +1,1467 @@
+"""Pull concepts from the Hugging Face Hub and push them back, through ``huggingface_hub`` only.
+
+>>> from conceptlib.library import Library
+>>> from conceptlib import hub
+>>> lib = Library.open()
+>>> hub.pull(lib, "sd-concepts-library/cat-toy").status
+'added'
+>>> hub.push(lib, "cat-toy", "me/cat-toy").commit_url
+'https://huggingface.co/me/cat-toy/commit/...'
+
+Every request goes through ``HfApi``, ``hf_hub_download`` and ``snapshot_download``, so the
+client's own settings apply: ``HF_TOKEN`` and ``hf auth login``, ``HF_ENDPOINT``,
+``HF_HUB_OFFLINE`` (pull resolves from the local cache), ``HF_HOME``/``HF_HUB_CACHE``. They are
+read here at call time (:func:`hub_settings`) and handed to the client explicitly, because the
+client reads them once at import.
+
+A pull never leaves half a concept behind: files land in the Hugging Face cache (content
+addressed, so an interrupted download resumes), are checked against the hashes the Hub lists,
+copied to a private staging folder, decoded, and only then handed to the library in one call.
+
+Recognised repository layouts (see ``docs/formats.md`` b.12):
+
+* sd-concepts-library: ``learned_embeds.bin`` or ``.safetensors``, ``token_identifier.txt``,
+  ``type_of_concept.txt``, ``concept_images/``, a README model card;
+* diffusers textual-inversion training output: ``learned_embeds.safetensors`` (SDXL: plus
+  ``learned_embeds_2.safetensors``);
+* AUTOMATIC1111 / kohya files: one ``.pt``/``.safetensors``/``.bin`` embedding anywhere in the
+  repository (pick one with ``filename=`` when there are several).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from conceptlib import config
+from conceptlib.errors import (
+    ConceptlibError,
+    DuplicateConceptError,
+    HubAuthError,
+    HubIntegrityError,
+    HubUnavailableError,
+    NotAConceptRepoError,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+    from conceptlib.concept import Concept
+    from conceptlib.embedding import Embedding
+    from conceptlib.library import Library
+
+__all__ = [
+    "AuthorItem",
+    "AuthorSummary",
+    "HubSettings",
+    "Layout",
+    "PullResult",
+    "PushResult",
+    "RemoteFile",
+    "detect_layout",
+    "get_hub_api",
+    "hub_settings",
+    "model_card",
+    "parse_repo_ref",
+    "pull",
+    "pull_author",
+    "push",
+]
+
+T = TypeVar("T")
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+#: Retries after the first attempt for transient faults (5xx, 429, dropped connections).
+RETRIES = 4
+#: First back-off delay in seconds; doubles each retry up to RETRY_MAX_DELAY.
+RETRY_BASE_DELAY = 1.0
+RETRY_MAX_DELAY = 30.0
+#: A Retry-After longer than this is not waited for: the error is reported instead.
+MAX_RETRY_AFTER = 120.0
+#: Parallel file downloads inside one repository (org pulls multiply this by ``jobs``).
+FILE_WORKERS = 4
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+SIDE_FILES = ("token_identifier.txt", "type_of_concept.txt", "README.md")
+#: Folders and names of full-pipeline or training artefacts that are never embeddings.
+_NOT_EMBEDDING_DIRS = {
+    "unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler",
+    "feature_extractor", "safety_checker", "transformer", "logs", "optimizer",
+}
+_NOT_EMBEDDING_NAME = re.compile(
+    r"^(diffusion_pytorch_model|pytorch_model|model|optimizer|scheduler|training_args|random_states?|scaler|"
+    r"adapter_model|pytorch_lora_weights)([._-].*)?\.(bin|safetensors|pt)$",
+    re.I,
+)
+#: Default base model per family for the model card when the concept records none.
+BASE_MODELS = {
+    "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd2": "stabilityai/stable-diffusion-2-1",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
+CARD_TAGS = ("textual_inversion", "stable-diffusion", "stable-diffusion-diffusers", "text-to-image")
+
+
+# --- settings and the client seam -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """The Hub settings in effect for one call, read from the environment at call time.
+
+    Attributes:
+        endpoint: ``HF_ENDPOINT`` without a trailing slash, or None for the client's default.
+        cache_dir: the Hugging Face hub cache (``HF_HUB_CACHE``, else ``$HF_HOME/hub``).
+        offline: ``HF_HUB_OFFLINE`` is set: resolve from the cache, never touch the network.
+        token: a token found through ``HF_TOKEN`` or ``$HF_HOME/token``, or None to let the
+            client look further (Colab secrets, OIDC).
+    """
+
+    endpoint: str | None
+    cache_dir: str
+    offline: bool
+    token: str | None
+
+    @property
+    def base_url(self) -> str:
+        """The endpoint used for links (provenance URLs, model cards)."""
+        if self.endpoint:
+            return self.endpoint
+        from huggingface_hub import constants
+
+        return str(constants.ENDPOINT).rstrip("/") or DEFAULT_ENDPOINT
+
+
+def _hf_home() -> str:
+    # Same resolution as huggingface_hub.constants, but per call instead of at import.
+    default = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
+    return os.path.expandvars(os.path.expanduser(os.environ.get("HF_HOME") or default))
+
+
+def hub_settings() -> HubSettings:
+    """Read ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE``, ``HF_HUB_OFFLINE`` and ``HF_TOKEN`` now.
+
+    Returns:
+        The settings to hand to ``huggingface_hub`` calls.
+
+    Example:
+        >>> hub_settings().offline
+        False
+    """
+    endpoint = (os.environ.get("HF_ENDPOINT") or "").strip().rstrip("/") or None
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    cache_dir = os.path.expandvars(os.path.expanduser(cache)) if cache else os.path.join(_hf_home(), "hub")
+    offline = config.is_true(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"))
+    if not offline:
+        # The client fixed its own offline switch at import; if that says offline, every
+        # request would fail, so resolve from the cache instead.
+        from huggingface_hub import constants
+
+        offline = bool(constants.is_offline_mode())
+    token = (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or "").strip() or None
+    if token is None:
+        # `hf auth login` stores the token under HF_HOME; read it from the HF_HOME in effect now.
+        token_path = Path(os.environ.get("HF_TOKEN_PATH") or os.path.join(_hf_home(), "token"))
+        with contextlib.suppress(OSError):
+            token = token_path.read_text(encoding="utf-8").strip() or None
+    return HubSettings(endpoint=endpoint, cache_dir=cache_dir, offline=offline, token=token)
+
+
+def get_hub_api(settings: HubSettings | None = None) -> HfApi:
+    """The one place conceptlib builds its Hub client (tests and embedders may replace it).
+
+    Args:
+        settings: the settings to use; read from the environment when omitted.
+
+    Returns:
+        An ``HfApi`` bound to the endpoint and token in effect.
+
+    Example:
+        >>> get_hub_api().endpoint
+        'https://huggingface.co'
+    """
+    from huggingface_hub import HfApi
+
+    settings = settings or hub_settings()
+    return HfApi(endpoint=settings.endpoint, token=settings.token, library_name="conceptlib")
+
+
+# --- errors and retries -----------------------------------------------------------------------
+
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# httpx (or httpx2, which huggingface_hub 2.x uses) transport errors, matched by class name so
+# this module does not import the HTTP library the client happens to use.
+_TRANSPORT_ERRORS = frozenset({"TransportError", "TimeoutException", "NetworkError", "RemoteProtocolError", "ProxyError"})
+
+
+class _Changed(Exception):
+    """The repository moved to another commit between two calls of one pull."""
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if type(exc).__name__ in ("LocalEntryNotFoundError", "IncompleteSnapshotError"):
+        return False  # snapshot_download's "not cached" after a failed call: look at its cause
+    return isinstance(exc, (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError))
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether trying again can help: 5xx, 429, timeouts, dropped connections, changed repo."""
+    for err in _causes(exc):
+        if isinstance(err, _Changed):
+            return True
+        if _is_not_found(err):
+            return False
+        status = _status(err)
+        if status is not None:
+            return status in _TRANSIENT_STATUS
+        if {t.__name__ for t in type(err).__mro__} & _TRANSPORT_ERRORS:
+            return True
+        if isinstance(err, (ConnectionError, TimeoutError)) and type(err).__name__ != "OfflineModeIsEnabled":
+            return True
+        if isinstance(err, OSError) and "Consistency check failed" in str(err):
+            return True  # a body shorter than announced: the connection dropped
+    return False
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    for err in _causes(exc):
+        response = getattr(err, "response", None)
+        headers = getattr(response, "headers", None)
+        if headers is None:
+            continue
+        value = headers.get("Retry-After")
+        if value is not None:
+            with contextlib.suppress(ValueError):
+                return max(0.0, float(value))
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _translate(exc: BaseException, repo_id: str | None, what: str, attempts: int = 1) -> BaseException:
+    """Turn a client error the CLI has no words for into a conceptlib error with a next step."""
+    if isinstance(exc, ConceptlibError) or _is_not_found(exc):
+        return exc
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    for err in _causes(exc):
+        status = _status(err)
+        if status == 401:
+            return HubAuthError(f"{what}: the Hub refused the credentials (401)", repo_id=repo_id)
+        if status == 403:
+            return HubAuthError(
+                f"{what}: the token has no rights to do this (403)",
+                repo_id=repo_id,
+                hint="use a token with write access to that namespace (`hf auth login`), or open a pull request with --create-pr",
+            )
+        if status == 429:
+            after = _retry_after(err)
+            wait_s = f"; the Hub asks to wait {after:.0f} s" if after is not None else ""
+            return HubUnavailableError(f"{what}: rate limited by the Hub (429){wait_s}", repo_id=repo_id)
+        if status is not None and status >= 500:
+            tries = f" after {attempts} attempts" if attempts > 1 else ""
+            return HubUnavailableError(f"{what}: the Hub answered {status}{tries}", repo_id=repo_id)
+    if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is None and exc.__context__ is None:
+        return exc  # a plain offline cache miss: the CLI explains it
+    if _transient(exc):
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        return HubUnavailableError(f"{what}: the connection failed{tries} ({_first_line(_root_cause(exc))})", repo_id=repo_id)
+    return exc
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    last = exc
+    for err in _causes(exc):
+        last = err
+    return last
+
+
+def _status_transient(exc: BaseException) -> bool:
+    """Only an HTTP error status: the server answered, so it did not act on the request."""
+    return any(_status(err) in _TRANSIENT_STATUS for err in _causes(exc))
+
+
+def _with_retries(
+    fn: Callable[[], T],
+    *,
+    repo_id: str | None,
+    what: str,
+    retries: int | None = None,
+    retry_if: Callable[[BaseException], bool] = _transient,
+) -> T:
+    """Call ``fn``; on a transient fault wait (Retry-After, else exponential back-off) and retry.
+
+    huggingface_hub already retries some calls internally (downloads resume after a dropped
+    connection, list pagination backs off); this outer loop covers the calls it does not
+    (repository info, tree listing) and gives up with a conceptlib error after ``retries``.
+    """
+    budget = RETRIES if retries is None else retries
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt >= budget or not retry_if(exc):
+                translated = _translate(exc, repo_id, what, attempt + 1)
+                if translated is exc:
+                    raise
+                raise translated from exc
+            after = _retry_after(exc)
+            if after is not None and after > MAX_RETRY_AFTER:
+                raise _translate(exc, repo_id, what, attempt + 1) from exc
+            delay = after if after is not None else min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2**attempt)
+            time.sleep(delay)
+            attempt += 1
+
+
+# --- repository references and layouts --------------------------------------------------------
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def parse_repo_ref(text: str) -> tuple[str, str | None]:
+    """Split ``REPO_ID[@REVISION]`` (or a Hub URL) into the repository id and the revision.
+
+    Args:
+        text: ``ns/name``, ``ns/name@rev`` (rev may hold slashes: ``refs/pr/3``), or a URL such
+            as ``https://huggingface.co/ns/name/tree/rev``.
+
+    Returns:
+        ``(repo_id, revision)``; revision is None when not given.
+
+    Raises:
+        UsageError: not a model repository id.
+
+    Example:
+        >>> parse_repo_ref("sd-concepts-library/cat-toy@refs/pr/1")
+        ('sd-concepts-library/cat-toy', 'refs/pr/1')
+    """
+    value = text.strip()
+    revision: str | None = None
+    url = re.match(r"^(?:https?://[^/]+/|hf://)(?:models/)?([^/@]+/[^/@]+)(?:/(?:tree|blob|resolve)/([^/]+))?", value)
+    if url:
+        repo_id, revision = url.group(1), url.group(2)
+        if revision:
+            from urllib.parse import unquote
+
+            revision = unquote(revision)
+        value = repo_id + (f"@{revision}" if revision else "")
+    repo_id, sep, rev = value.partition("@")
+    if sep:
+        if not rev:
+            raise UsageError(f"{text!r}: empty revision after '@'")
+        revision = rev
+    if not _REPO_ID.match(repo_id) or ".." in repo_id or repo_id.endswith((".", "-")):
+        raise UsageError(
+            f"{text!r} is not a Hub model repository id",
+            hint="write it as NAMESPACE/NAME, e.g. sd-concepts-library/cat-toy, optionally @REVISION",
+        )
+    return repo_id, revision
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file of a repository at one commit, with the hashes the Hub lists for it.
+
+    Attributes:
+        path: path inside the repository (``/``-separated).
+        size: size in bytes, when listed.
+        sha256: content sha256 (listed for LFS files).
+        blob_id: git blob id; the content's git-sha1 for regular (non-LFS) files.
+        lfs: stored in LFS (then ``blob_id`` hashes the pointer, not the content).
+    """
+
+    path: str
+    size: int | None = None
+    sha256: str | None = None
+    blob_id: str | None = None
+    lfs: bool = False
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which files of a repository make up its concept.
+
+    Attributes:
+        kind: ``sd-concepts-library``, ``diffusers``, ``diffusers-sdxl`` or ``a1111``.
+        embedding: the embedding file(s): one, or the SDXL pair.
+        side_files: token_identifier.txt, type_of_concept.txt and README.md, when present.
+        images: ``concept_images/*`` (training images).
+    """
+
+    kind: str
+    embedding: tuple[str, ...]
+    side_files: tuple[str, ...] = ()
+    images: tuple[str, ...] = ()
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file to download."""
+        return self.embedding + self.side_files + self.images
+
+
+def _is_embedding_candidate(path: str) -> bool:
+    p = PurePosixPath(path)
+    if p.suffix.lower() not in EMBEDDING_SUFFIXES:
+        return False
+    if any(part in _NOT_EMBEDDING_DIRS or part.startswith("checkpoint-") for part in p.parts[:-1]):
+        return False
+    return not _NOT_EMBEDDING_NAME.match(p.name) and not p.name.endswith(".optim")
+
+
+def detect_layout(paths: list[str] | tuple[str, ...], *, repo_id: str = "", filename: str | None = None) -> Layout:
+    """Decide which files of a repository hold its concept.
+
+    Args:
+        paths: every file path in the repository at the chosen revision.
+        repo_id: the repository (names it in errors; a file named like it wins ties).
+        filename: the embedding file to take, when the repository holds several.
+
+    Returns:
+        The :class:`Layout`.
+
+    Raises:
+        NotAConceptRepoError: no embedding file, several and no ``filename``, or ``filename``
+            missing.
+
+    Example:
+        >>> detect_layout(["learned_embeds.bin", "token_identifier.txt"]).kind
+        'sd-concepts-library'
+    """
+    files = set(paths)
+    side = tuple(f for f in SIDE_FILES if f in files)
+    images = tuple(sorted(f for f in files if f.startswith("concept_images/") and f.lower().endswith(IMAGE_SUFFIXES)))
+    if filename is not None:
+        name = filename.strip("/")
+        if name not in files:
+            raise NotAConceptRepoError(f"{repo_id}: no file {name!r} in the repository", repo_id=repo_id)
+        pair = name[: -len(".safetensors")] + "_2.safetensors" if name.endswith(".safetensors") else None
+        if name == "learned_embeds.safetensors" and pair in files:
+            return Layout("diffusers-sdxl", (name, pair), side, images)
+        kind = "sd-concepts-library" if PurePosixPath(name).name.startswith("learned_embeds") and "token_identifier.txt" in files else "a1111"
+        return Layout(kind, (name,), side, images)
+    if "learned_embeds.safetensors" in files and "learned_embeds_2.safetensors" in files:
+        return Layout("diffusers-sdxl", ("learned_embeds.safetensors", "learned_embeds_2.safetensors"), side, images)
+    for name in ("learned_embeds.safetensors", "learned_embeds.bin"):
+        # safetensors first: the same vectors without a pickle (the Hub bot's converted variant).
+        if name in files:
+            kind = "sd-concepts-library" if "token_identifier.txt" in files else "diffusers"
+            return Layout(kind, (name,), side, images)
+    candidates = sorted(f for f in files if _is_embedding_candidate(f))
+    if len(candidates) == 1:
+        return Layout("a1111", (candidates[0],), side, images)
+    if not candidates:
+        raise NotAConceptRepoError(
+            f"{repo_id}: holds no textual-inversion embedding (no learned_embeds.* and no .pt/.safetensors/.bin file)",
+            repo_id=repo_id,
+            hint="check the repository id; conceptlib pulls embedding repositories, not full models",
+        )
+    stem = repo_id.rsplit("/", 1)[-1].lower()
+    named = [c for c in candidates if PurePosixPath(c).stem.lower() == stem]
+    if len(named) == 1:
+        return Layout("a1111", (named[0],), side, images)
+    shown = ", ".join(candidates[:8]) + (f", ... ({len(candidates) - 8} more)" if len(candidates) > 8 else "")
+    raise NotAConceptRepoError(
+        f"{repo_id}: holds {len(candidates)} embedding files ({shown})",
+        repo_id=repo_id,
+        hint="pick one with --file PATH",
+    )
+
+
+# --- download, verification, staging ----------------------------------------------------------
+
+
+def _hashes(path: Path) -> tuple[str, str]:
+    """(sha256, git blob sha1) of a file, in one pass."""
+    size = path.stat().st_size
+    sha256 = hashlib.sha256()
+    sha1 = hashlib.sha1(b"blob %d\0" % size)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha256.update(block)
+            sha1.update(block)
+    return sha256.hexdigest(), sha1.hexdigest()
+
+
+def _check_file(path: Path, expected: RemoteFile | None) -> tuple[str, str | None]:
+    """sha256 of a downloaded file and, if it does not match what the Hub lists, why."""
+    sha256, sha1 = _hashes(path)
+    if expected is not None:
+        if expected.sha256 and expected.sha256 != sha256:
+            return sha256, f"sha256 {sha256[:12]}… but the Hub lists {expected.sha256[:12]}…"
+        if not expected.lfs and expected.blob_id and expected.blob_id != sha1:
+            return sha256, f"git blob id {sha1[:12]}… but the Hub lists {expected.blob_id[:12]}…"
+    # The cache names each blob by its ETag: the sha256 for LFS files, the git-sha1 otherwise.
+    # Offline this is the only record of what the Hub promised.
+    blob = Path(os.path.realpath(path))
+    if blob != path.absolute() and blob.parent.name == "blobs":
+        name = blob.name
+        if re.fullmatch(r"[0-9a-f]{64}", name) and name != sha256:
+            return sha256, f"sha256 {sha256[:12]}… but the cache entry is {name[:12]}…"
+        if re.fullmatch(r"[0-9a-f]{40}", name) and name != sha1:
+            return sha256, f"git blob id {sha1[:12]}… but the cache entry is {name[:12]}…"
+    return sha256, None
+
+
+def _evict(path: Path) -> None:
+    """Remove a bad blob and its snapshot link so neither a retry nor an offline pull reuses it."""
+    blob = Path(os.path.realpath(path))
+    for target in (path, blob):
+        with contextlib.suppress(OSError):
+            target.unlink()
+
+
+@dataclass
+class _Fetched:
+    commit: str
+    folder: Path
+    layout: Layout
+    sha256: dict[str, str]
+    card: dict[str, Any]
+    last_modified: str | None = None
+
+
+def _remote_files(info: Any) -> dict[str, RemoteFile]:
+    out: dict[str, RemoteFile] = {}
+    for sibling in info.siblings or []:
+        lfs = getattr(sibling, "lfs", None)
+        out[sibling.rfilename] = RemoteFile(
+            path=sibling.rfilename,
+            size=getattr(sibling, "size", None),
+            sha256=getattr(lfs, "sha256", None) if lfs else None,
+            blob_id=getattr(sibling, "blob_id", None),
+            lfs=lfs is not None,
+        )
+    return out
+
+
+def _snapshot(settings: HubSettings, repo_id: str, revision: str, files: tuple[str, ...], *, offline: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    folder = snapshot_download(
+        repo_id,
+        revision=revision,
+        cache_dir=settings.cache_dir,
+        endpoint=settings.endpoint,
+        token=settings.token,
+        # Escaped: a path holding [ ] * ? must match itself only.
+        allow_patterns=[glob.escape(f) for f in files],
+        local_files_only=offline,
+        max_workers=FILE_WORKERS,
+    )
+    return Path(folder)
+
+
+def _redownload(settings: HubSettings, repo_id: str, commit: str, path: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    return Path(
+        hf_hub_download(
+            repo_id,
+            path,
+            revision=commit,
+            cache_dir=settings.cache_dir,
+            endpoint=settings.endpoint,
+            token=settings.token,
+            force_download=True,
+        )
+    )
+
+
+def _fetch_online(
+    settings: HubSettings, api: HfApi, repo_id: str, revision: str, filename: str | None, known_commit: str | None
+) -> _Fetched | str:
+    """Resolve ``revision``, and unless it is ``known_commit`` download and verify the concept.
+
+    Returns:
+        The fetched files, or the commit id when it equals ``known_commit`` (nothing downloaded).
+    """
+    info = _with_retries(
+        lambda: api.model_info(repo_id, revision=revision, files_metadata=True),
+        repo_id=repo_id,
+        what=f"{repo_id}: reading the repository",
+    )
+    commit = str(info.sha)
+    if known_commit is not None and commit == known_commit:
+        return commit
+    remote = _remote_files(info)
+    layout = detect_layout(list(remote), repo_id=repo_id, filename=filename)
+
+    def download() -> Path:
+        folder = _snapshot(settings, repo_id, revision, layout.files, offline=False)
+        if folder.name != commit:
+            raise _Changed(f"{repo_id} moved from {commit[:7]} to {folder.name[:7]} during the pull")
+        return folder
+
+    folder = _with_retries(download, repo_id=repo_id, what=f"{repo_id}: downloading")
+    sha256: dict[str, str] = {}
+    for path in layout.files:
+        local = folder / path
+        digest, problem = _check_file(local, remote.get(path))
+        if problem is not None:
+            # Once more from scratch: a proxy or a flaky link may have mangled one transfer.
+            _evict(local)
+            _with_retries(
+                lambda p=path: _redownload(settings, repo_id, commit, p),  # type: ignore[misc]
+                repo_id=repo_id,
+                what=f"{repo_id}: downloading {path}",
+            )
+            digest, problem = _check_file(local, remote.get(path))
+            if problem is not None:
+                _evict(local)
+                raise HubIntegrityError(
+                    f"{repo_id}@{commit[:7]}: {path} does not match its hash ({problem}); nothing was imported",
+                    repo_id=repo_id,
+                )
+        sha256[path] = digest
+    card_data = getattr(info, "card_data", None)
+    card = dict(card_data.to_dict()) if card_data is not None else {}
+    last_modified = getattr(info, "last_modified", None)
+    modified = last_modified.isoformat() if last_modified is not None else None
+    return _Fetched(commit, folder, layout, sha256, card, modified)
+
+
+def _fetch_offline(settings: HubSettings, repo_id: str, revision: str, filename: str | None) -> _Fetched:
+    from huggingface_hub import get_cached_repo_tree
+
+    try:
+        paths = [f.path for f in get_cached_repo_tree(repo_id, revision=revision, cache_dir=settings.cache_dir)]
+    except Exception:
+        paths = []
+    if paths:
+        layout = detect_layout(paths, repo_id=repo_id, filename=filename)
+        folder = _snapshot(settings, repo_id, revision, layout.files, offline=True)
+    else:
+        # No cached listing: take whatever the cached snapshot holds.
+        folder = _snapshot(settings, repo_id, revision, (), offline=True)
+        listed = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        layout = detect_layout(listed, repo_id=repo_id, filename=filename)
+    sha256: dict[str, str] = {}
+    for path in layout.files:
+        local = folder / path
+        if not local.is_file():
+            from huggingface_hub.errors import LocalEntryNotFoundError
+
+            raise LocalEntryNotFoundError(f"{repo_id}: {path} is not in the local cache (HF_HUB_OFFLINE is set)")
+        digest, problem = _check_file(local, None)
+        if problem is not None:
+            _evict(local)
+            raise HubIntegrityError(f"{repo_id}: cached {path} is damaged ({problem}); nothing was imported", repo_id=repo_id)
+        sha256[path] = digest
+    card: dict[str, Any] = {}
+    if "README.md" in layout.side_files:
+        card = _read_card(folder / "README.md")
+    return _Fetched(folder.name, folder, layout, sha256, card)
+
+
+def _read_card(path: Path) -> dict[str, Any]:
+    from huggingface_hub import ModelCard
+
+    try:
+        return dict(ModelCard(path.read_text(encoding="utf-8", errors="replace"), ignore_metadata_errors=True).data.to_dict())
+    except Exception:
+        return {}
+
+
+def _stage(fetched: _Fetched, staging: Path) -> tuple[Path, list[Path]]:
+    """Copy the concept's files out of the cache; returns (what to read, image paths)."""
+    for path in fetched.layout.files:
+        target = staging.joinpath(*path.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(fetched.folder / path, target)  # follows the cache's symlinks
+    layout = fetched.layout
+    images = [staging.joinpath(*p.split("/")) for p in layout.images]
+    if layout.kind == "a1111":
+        return staging.joinpath(*layout.embedding[0].split("/")), images
+    if layout.kind == "sd-concepts-library" and len(layout.embedding) == 1 and layout.embedding[0] not in (
+        "learned_embeds.safetensors", "learned_embeds.bin"
+    ):
+        return staging.joinpath(*layout.embedding[0].split("/")), images
+    return staging, images
+
+
+def _read_embedding(source: Path, fetched: _Fetched, repo_id: str) -> Embedding:
+    from conceptlib.formats import read
+
+    emb = read(source)
+    token_file = source / "token_identifier.txt" if source.is_dir() else source.parent / "token_identifier.txt"
+    if not source.is_dir() and token_file.is_file():
+        token = token_file.read_text(encoding="utf-8", errors="replace").strip()
+        if token:
+            emb.token = token
+    type_file = (source if source.is_dir() else source.parent) / "type_of_concept.txt"
+    if type_file.is_file() and "concept_type" not in emb.metadata:
+        concept_type = type_file.read_text(encoding="utf-8", errors="replace").strip().lower()
+        if concept_type:
+            emb.metadata["concept_type"] = concept_type
+    if not emb.token and fetched.card.get("instance_prompt"):
+        emb.token = str(fetched.card["instance_prompt"]).strip() or None
+    if not emb.token and fetched.layout.kind == "a1111":
+        # AUTOMATIC1111 prompts with the file name.
+        emb.token = PurePosixPath(fetched.layout.embedding[0]).stem
+    return emb
+
+
+# --- the library side ---------------------------------------------------------------------------
+# Everything the hub needs from conceptlib.library.Library: show, find_by_source, add (whose
+# report's one() gives the concept or raises), update (keeps the previous content hash in the
+# concept's history), embedding. Concept records are conceptlib.concept.Concept.
+
+
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _source_of(concept: Any) -> dict[str, Any] | None:
+    """The Hub provenance of a concept record, or None for concepts from elsewhere."""
+    source = _field(concept, "source")
+    if not isinstance(source, dict) or not source.get("repo_id"):
+        return None
+    return source
+
+
+def _find_concept(library: Library, name: str) -> Concept | None:
+    """The concept named exactly ``name`` (``show`` also resolves tokens, which is not wanted here)."""
+    from conceptlib.errors import ConceptNotFoundError
+
+    try:
+        concept = library.show(name)
+    except ConceptNotFoundError:
+        return None
+    return concept if concept.name == name else None
+
+
+def _default_name(repo_id: str) -> str:
+    from conceptlib.slug import slugify
+
+    return slugify(repo_id.rsplit("/", 1)[-1]) or "concept"
+
+
+# --- pull ---------------------------------------------------------------------------------------
+
+PullStatus = Literal["added", "updated", "unchanged"]
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What :func:`pull` did.
+
+    Attributes:
+        repo_id: the repository.
+        name: the concept's name in the library.
+        status: ``added``, ``updated`` or ``unchanged``.
+        commit: the commit the concept now comes from.
+        previous_commit: the commit it came from before (updates and unchanged pulls).
+        content_hash: the vectors' content hash.
+        previous_content_hash: the content hash before an update.
+        layout: the repository layout recognised (None when unchanged).
+        files: path → sha256 of the files imported.
+        url: the repository at that commit.
+    """
+
+    repo_id: str
+    name: str
+    status: PullStatus
+    commit: str
+    previous_commit: str | None = None
+    content_hash: str | None = None
+    previous_content_hash: str | None = None
+    layout: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    url: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what ``conceptlib pull --json`` prints)."""
+        return {
+            "repo_id": self.repo_id,
+            "name": self.name,
+            "status": self.status,
+            "commit": self.commit,
+            "previous_commit": self.previous_commit,
+            "content_hash": self.content_hash,
+            "previous_content_hash": self.previous_content_hash,
+            "layout": self.layout,
+            "files": dict(self.files),
+            "url": self.url,
+        }
+
+
+# One library write at a time: org pulls download concurrently but import serially, so the
+# library never sees two writers from this process.
+_LIBRARY_LOCK = threading.RLock()
+
+
+def pull(
+    library: Library,
+    repo_id: str,
+    revision: str | None = None,
+    name: str | None = None,
+    *,
+    filename: str | None = None,
+    force: bool = False,
+    token: str | None = None,
+    api: HfApi | None = None,
+) -> PullResult:
+    """Import (or update) the concept a Hub repository holds, with its provenance and images.
+
+    Args:
+        library: the :class:`~conceptlib.library.Library` to import into.
+        repo_id: ``namespace/name`` (``@revision`` and Hub URLs are accepted too).
+        revision: branch, tag, ``refs/pr/N`` or commit; default ``main``.
+        name: the concept's name in the library; default: the one already pulled from this
+            repository, else the repository's name.
+        filename: the embedding file to take when the repository holds several.
+        force: download and re-import even when the revision is unchanged.
+        token: the word to type, instead of the repository's (e.g. when another concept of
+            the same family already uses it); an update keeps the concept's current token.
+        api: the client to use (default :func:`get_hub_api`).
+
+    Returns:
+        A :class:`PullResult`: ``added``, ``updated`` (the previous content hash stays in the
+        concept's history) or ``unchanged`` (nothing downloaded).
+
+    Raises:
+        UsageError: a malformed repository id.
+        NotAConceptRepoError: the repository holds no embedding (or several: pass ``filename``).
+        HubIntegrityError: downloaded bytes do not match their listed hash (nothing imported).
+        HubAuthError: 401/403.
+        HubUnavailableError: 5xx, 429 or dropped connections persisted through the retries.
+        huggingface_hub.errors.RepositoryNotFoundError: no such repository (or private).
+        huggingface_hub.errors.RevisionNotFoundError: no such revision.
+        huggingface_hub.errors.LocalEntryNotFoundError: offline and not in the cache.
+        EmbeddingFileError: the embedding file cannot be read (a subclass names why).
+        ConceptExistsError: ``name`` (or the repository's name) belongs to another concept.
+        TokenInUseError, DuplicateConceptError: the library already has the token or vectors.
+
+    Example:
+        >>> pull(lib, "sd-concepts-library/cat-toy").status
+        'added'
+        >>> pull(lib, "sd-concepts-library/cat-toy").status
+        'unchanged'
+    """
+    parsed_id, parsed_rev = parse_repo_ref(repo_id)
+    if parsed_rev and revision and parsed_rev != revision:
+        raise UsageError(f"two revisions given for {parsed_id}: {parsed_rev!r} and {revision!r}")
+    repo_id, revision = parsed_id, revision or parsed_rev
+    requested = revision or "main"
+    settings = hub_settings()
+
+    with _LIBRARY_LOCK:
+        existing = _find_concept(library, name) if name else library.find_by_source(repo_id)
+        if existing is None and not name:
+            existing = _find_concept(library, _default_name(repo_id))
+    target = name or (existing.name if existing is not None else _default_name(repo_id))
+    source = _source_of(existing) if existing is not None else None
+    if existing is not None and (source is None or source.get("repo_id") != repo_id):
+        from conceptlib.errors import ConceptExistsError
+
+        origin = f"pulled from {source['repo_id']}" if source else "not from the Hub"
+        raise ConceptExistsError(target, hint=f"it is {origin}; pull this one under another name with --as NAME")
+    known = None if force or source is None else source.get("commit")
+
+    if settings.offline:
+        fetched: _Fetched | str = _fetch_offline(settings, repo_id, requested, filename)
+        if known is not None and isinstance(fetched, _Fetched) and fetched.commit == known:
+            fetched = fetched.commit
+    else:
+        fetched = _fetch_online(settings, api or get_hub_api(settings), repo_id, requested, filename, known)
+    base = settings.base_url
+    if isinstance(fetched, str):
+        return PullResult(
+            repo_id, target, "unchanged", fetched, previous_commit=fetched,
+            content_hash=existing.content_hash if existing is not None else None,
+            url=f"{base}/{repo_id}/tree/{fetched}",
+        )
+
+    staging = Path(tempfile.mkdtemp(prefix="conceptlib-pull-"))
+    try:
+        read_from, images = _stage(fetched, staging)
+        emb = _read_embedding(read_from, fetched, repo_id)
+        provenance = _provenance(settings, repo_id, requested, fetched)
+        metadata = _concept_metadata(emb, fetched)
+        with _LIBRARY_LOCK:
+            if existing is None:
+                concept = library.add(
+                    read_from,
+                    name=target,
+                    token=token or emb.token,
+                    # A concept folder brings its concept_images/ itself.
+                    images=None if read_from.is_dir() else images,
+                    license=metadata.get("license"),
+                    source=provenance,
+                    metadata=metadata,
+                ).one()
+                status: PullStatus = "added"
+            else:
+                concept = library.update(
+                    existing.name, read_from, token=token, images=images, source=provenance, metadata=metadata
+                )
+                status = "updated"
+    except ConceptlibError as exc:
+        # Name the file as it is on the Hub, not by its throw-away staging path.
+        if exc.path and Path(exc.path).is_relative_to(staging):
+            relative = Path(exc.path).relative_to(staging).as_posix()
+            where = f"{repo_id}@{fetched.commit[:7]}"
+            exc.path = where if relative == "." else f"{where}/{relative}"
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return PullResult(
+        repo_id,
+        concept.name,
+        status,
+        fetched.commit,
+        previous_commit=source.get("commit") if source else None,
+        content_hash=concept.content_hash,
+        previous_content_hash=existing.content_hash if existing is not None else None,
+        layout=fetched.layout.kind,
+        files=dict(fetched.sha256),
+        url=provenance["url"],
+    )
+
+
+def _provenance(settings: HubSettings, repo_id: str, revision: str, fetched: _Fetched) -> dict[str, Any]:
+    base = settings.base_url
+    embedding = fetched.layout.embedding[0]
+    return {
+        "type": "huggingface",
+        "repo_id": repo_id,
+        "revision": revision,
+        "commit": fetched.commit,
+        "endpoint": base,
+        "url": f"{base}/{repo_id}/tree/{fetched.commit}",
+        "file": embedding,
+        "file_url": f"{base}/{repo_id}/resolve/{fetched.commit}/{embedding}",
+        "files": dict(fetched.sha256),
+        "sha256": fetched.sha256[embedding],
+        "layout": fetched.layout.kind,
+        "card": {k: v for k, v in fetched.card.items() if k in ("license", "base_model", "tags", "instance_prompt")},
+        "last_modified": fetched.last_modified,
+        "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _concept_metadata(emb: Embedding, fetched: _Fetched) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    if emb.metadata.get("concept_type"):
+        meta["concept_type"] = emb.metadata["concept_type"]
+    for key in ("license", "base_model"):
+        value = fetched.card.get(key)
+        if isinstance(value, list) and value:
+            value = value[0]
+        if isinstance(value, str) and value:
+            meta[key] = value
+    return meta
+
+
+# --- pull a whole organisation ----------------------------------------------------------------
+
+AuthorStatus = Literal["added", "updated", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class AuthorItem:
+    """One repository's outcome in :func:`pull_author`.
+
+    Attributes:
+        repo_id: the repository.
+        status: ``added``, ``updated``, ``skipped`` (unchanged, holds no concept, or holds
+            vectors the library already has) or ``failed``.
+        name: the concept's name in the library, when imported.
+        commit: the commit imported or found unchanged.
+        reason: why it was skipped or failed (one line).
+    """
+
+    repo_id: str
+    status: AuthorStatus
+    name: str | None = None
+    commit: str | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"repo_id": self.repo_id, "status": self.status, "name": self.name, "commit": self.commit, "reason": self.reason}
+
+
+@dataclass
+class AuthorSummary:
+    """What :func:`pull_author` did, repository by repository (in listing order)."""
+
+    author: str
+    items: list[AuthorItem] = field(default_factory=list)
+
+    def of(self, status: AuthorStatus) -> list[AuthorItem]:
+        """The items with ``status``."""
+        return [i for i in self.items if i.status == status]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """``{"added": n, "updated": n, "skipped": n, "failed": n}``."""
+        statuses: tuple[AuthorStatus, ...] = ("added", "updated", "skipped", "failed")
+        return {s: len(self.of(s)) for s in statuses}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``conceptlib pull --author ORG --json``)."""
+        return {"author": self.author, "total": len(self.items), **self.counts, "items": [i.to_dict() for i in self.items]}
+
+
+#: progress(done, total, item): called with (0, total, None) after listing, then once per repository.
+Progress = Callable[[int, int, "AuthorItem | None"], None]
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line reason for a summary: the conceptlib message, or the Hub's first line.
+
+    Args:
+        exc: what a pull raised.
+
+    Returns:
+        One line without the traceback.
+    """
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(exc, ConceptlibError):
+        return str(exc)
+    if isinstance(exc, RepositoryNotFoundError):
+        return "repository not found (or private)"
+    if isinstance(exc, RevisionNotFoundError):
+        return "revision not found"
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+def pull_author(
+    library: Library,
+    author: str,
+    *,
+    limit: int | None = None,
+    jobs: int = 4,
+    progress: Progress | None = None,
+    api: HfApi | None = None,
+) -> AuthorSummary:
+    """Pull every concept repository of a user or organisation, several at a time.
+
+    Each repository is pulled as by :func:`pull`: it is imported whole or not at all, so an
+    interrupted run leaves only finished concepts, and running it again skips those whose
+    commit has not changed (the listing carries each repository's commit, so they cost no
+    further request) and resumes the rest; files already in the Hugging Face cache are not
+    downloaded again.
+
+    Args:
+        library: the library to import into.
+        author: the user or organisation, e.g. ``sd-concepts-library``.
+        limit: pull at most this many repositories (in the Hub's listing order).
+        jobs: repositories pulled at once.
+        progress: called as ``progress(done, total, item)``; see :data:`Progress`.
+        api: the client to use (default :func:`get_hub_api`).
+
+    Returns:
+        An :class:`AuthorSummary`: added, updated, skipped and failed, with reasons.
+
+    Raises:
+        UsageError: ``jobs`` < 1, ``limit`` < 0 or an offline session (listing needs the Hub).
+        HubAuthError, HubUnavailableError: the listing itself failed.
+        KeyboardInterrupt: after the repositories in flight have finished (or failed) cleanly.
+
+    Example:
+        >>> s = pull_author(lib, "sd-concepts-library", limit=20, jobs=8)
+        >>> s.counts
+        {'added': 19, 'updated': 0, 'skipped': 1, 'failed': 0}
+    """
+    if jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if limit is not None and limit < 0:
+        raise UsageError("--limit must be 0 or more")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", author):
+        raise UsageError(f"{author!r} is not a Hub user or organisation name")
+    settings = hub_settings()
+    if settings.offline:
+        raise UsageError(
+            "listing an organisation needs the Hub, and HF_HUB_OFFLINE is set",
+            hint="unset HF_HUB_OFFLINE, or pull single repositories from the cache",
+        )
+    client = api or get_hub_api(settings)
+    listed = _with_retries(
+        lambda: [(m.id, getattr(m, "sha", None)) for m in client.list_models(author=author, limit=limit, expand=["sha", "lastModified"])],
+        repo_id=None,
+        what=f"listing {author}'s repositories",
+    )
+    summary = AuthorSummary(author)
+    total = len(listed)
+    if progress:
+        progress(0, total, None)
+
+    def one(repo_id: str, listed_sha: str | None) -> AuthorItem:
+        try:
+            with _LIBRARY_LOCK:
+                existing = library.find_by_source(repo_id)
+            source = _source_of(existing) if existing is not None else None
+            if existing is not None and source and listed_sha and source.get("commit") == listed_sha:
+                return AuthorItem(repo_id, "skipped", existing.name, listed_sha, f"unchanged at {listed_sha[:7]}")
+            result = pull(library, repo_id, api=client)
+        except NotAConceptRepoError as exc:
+            return AuthorItem(repo_id, "skipped", reason=exc.message.removeprefix(f"{repo_id}: "))
+        except DuplicateConceptError as exc:
+            # Organisations hold re-uploads of the same vectors; the library keeps one copy.
+            return AuthorItem(repo_id, "skipped", exc.existing, reason=exc.message)
+        except Exception as exc:  # one broken repository must not stop the others
+            return AuthorItem(repo_id, "failed", reason=describe_error(exc).removeprefix(f"{repo_id}: "))
+        if result.status == "unchanged":
+            return AuthorItem(repo_id, "skipped", result.name, result.commit, f"unchanged at {result.commit[:7]}")
+        return AuthorItem(repo_id, result.status, result.name, result.commit)
+
+    results: dict[str, AuthorItem] = {}
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="conceptlib-pull")
+    pending: dict[Future[AuthorItem], str] = {}
+    try:
+        for repo_id, sha in listed:
+            pending[pool.submit(one, repo_id, sha)] = repo_id
+        while pending:
+            # A short timeout keeps the main thread responsive to Ctrl-C.
+            done, _ = wait(list(pending), timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = future.result()
+                results[pending.pop(future)] = item
+                if progress:
+                    progress(len(results), total, item)
+    except BaseException:
+        # Interrupted: drop what has not started, let what is running finish whole.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    summary.items = [results[repo_id] for repo_id, _ in listed]
+    return summary
+
+
+# --- push ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What :func:`push` did.
+
+    Attributes:
+        name: the concept pushed.
+        repo_id: the repository.
+        revision: the branch committed to (``main`` unless given), or the PR's ``refs/pr/N``.
+        commit: the new commit id (the current one when nothing changed).
+        commit_url: link to the commit.
+        pr_url: link to the pull request, with ``create_pr``.
+        files: paths uploaded, in commit order.
+        repo_url: link to the repository.
+    """
+
+    name: str
+    repo_id: str
+    revision: str
+    commit: str
+    commit_url: str
+    pr_url: str | None
+    files: list[str]
+    repo_url: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (what ``conceptlib push --json`` prints)."""
+        return {
+            "name": self.name, "repo_id": self.repo_id, "revision": self.revision, "commit": self.commit,
+            "commit_url": self.commit_url, "pr_url": self.pr_url, "files": list(self.files), "repo_url": self.repo_url,
+        }
+
+
+def _concept_parts(library: Library, name: str) -> tuple[Concept, Embedding, list[Path]]:
+    """The concept record, its vectors (with its current token) and its image files."""
+    concept = library.show(name)
+    emb = library.embedding(concept.name)
+    images = [Path(record) for record in concept.images]
+    return concept, emb, images
+
+
+def model_card(
+    *,
+    name: str,
+    token: str,
+    concept_type: str,
+    base_model: str | None,
+    license: str,
+    images: list[str],
+    description: str | None = None,
+    num_vectors: int = 1,
+    family_label: str | None = None,
+    repo_id: str | None = None,
+) -> str:
+    """The README.md for a concept repository, in the sd-concepts-library style.
+
+    Args:
+        name: the concept's name (the heading).
+        token: the placeholder token users type.
+        concept_type: ``object``, ``style`` or ``negative``.
+        base_model: the base model id for the metadata (``base_model``).
+        license: the license id (``mit`` is the sd-concepts-library convention).
+        images: repository paths of the sample images to show.
+        description: an optional paragraph.
+        num_vectors: vectors per token (said in the card).
+        family_label: e.g. ``SD 1.x`` (said in the card).
+        repo_id: the repository, for the loading example.
+
+    Returns:
+        The card: YAML front matter (license, base_model, tags, instance_prompt), then Markdown.
+
+    Example:
+        >>> print(model_card(name="cat-toy", token="<cat-toy>", concept_type="object",
+        ...                  base_model=None, license="mit", images=[]).splitlines()[1])
+        license: mit
+    """
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(
+        license=license,
+        base_model=base_model,
+        tags=[*CARD_TAGS, "conceptlib"],
+        library_name="diffusers",
+        instance_prompt=token,
+    )
+    sdxl = family_label == "SDXL"
+    pipeline = "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
+    where = repr(repo_id or "REPO_ID")
+    if sdxl:
+        load = [
+            f"pipe.load_textual_inversion({where}, weight_name='learned_embeds.safetensors', token={token!r}, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)",
+            f"pipe.load_textual_inversion({where}, weight_name='learned_embeds_2.safetensors', token={token!r}, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)",
+        ]
+    else:
+        load = [f"pipe.load_textual_inversion({where})"]
+    lines = [
+        "---",
+        data.to_yaml().strip(),
+        "---",
+        f"### {name} on Stable Diffusion",
+        f"This is the `{token}` concept taught to Stable Diffusion via Textual Inversion"
+        + (f" ({num_vectors} vector{'s' if num_vectors != 1 else ''}, {family_label})" if family_label else "")
+        + ".",
+        "",
+        "Load it with diffusers:",
+        "",
+        "```python",
+        f"from diffusers import {pipeline}",
+        f"pipe = {pipeline}.from_pretrained({(base_model or 'BASE_MODEL')!r})",
+        *load,
+        f"image = pipe('a photo of {token}').images[0]",
+        "```",
+        "",
+    ]
+    if description:
+        lines += [description.strip(), ""]
+    if concept_type == "negative":
+        lines += [f"Use `{token}` in the negative prompt.", ""]
+    if images:
+        word = "a `style`" if concept_type == "style" else "an `object`" if concept_type == "object" else f"a `{concept_type}`"
+        lines.append(f"Here is the new concept you will be able to use as {word}:")
+        lines += [f"![{token} {i}](./{path})" for i, path in enumerate(images)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _push_files(
+    emb: Embedding, concept: Concept, images: list[Path], *, include_bin: bool, license: str | None, repo_id: str
+) -> list[tuple[str, bytes]]:
+    """(repository path, bytes) of everything a concept repository holds, README last."""
+    from conceptlib.formats import plan
+
+    token = concept.token
+    emb = emb.with_token(token)
+    files: list[tuple[str, bytes]] = []
+    if emb.is_sdxl:
+        if include_bin:
+            raise UsageError("--with-bin: learned_embeds.bin holds one text encoder and this concept is SDXL")
+        _fmt, planned = plan(emb, "learned_embeds.safetensors", format="diffusers-sdxl")
+    else:
+        _fmt, planned = plan(emb, "learned_embeds.safetensors", format="diffusers")
+    files += [(p.name, data) for p, data in planned]
+    if include_bin:
+        # The old loaders (the sd-concepts notebooks, early diffusers) only read the .bin.
+        _fmt, planned = plan(emb, "learned_embeds.bin", format="diffusers-bin")
+        files += [(p.name, data) for p, data in planned]
+    concept_type = concept.type or "object"
+    files.append(("token_identifier.txt", token.encode("utf-8")))
+    files.append(("type_of_concept.txt", concept_type.encode("utf-8")))
+    image_paths: list[str] = []
+    for i, image in enumerate(images):
+        suffix = image.suffix.lower() if image.suffix.lower() in IMAGE_SUFFIXES else ".png"
+        repo_path = f"concept_images/{i}{suffix}"
+        files.append((repo_path, image.read_bytes()))
+        image_paths.append(repo_path)
+    source = _source_of(concept) or {}
+    card_meta = source.get("card") or {}
+    family = emb.family
+    base_model: Any = concept.metadata.get("base_model") or card_meta.get("base_model")
+    if isinstance(base_model, list):
+        base_model = base_model[0] if base_model else None
+    if not base_model and family is not None:
+        base_model = BASE_MODELS.get(family.key)
+    chosen_license = license or concept.license or card_meta.get("license") or "mit"
+    card = model_card(
+        name=concept.name,
+        token=token,
+        concept_type=concept_type,
+        base_model=base_model,
+        license=str(chosen_license),
+        images=image_paths,
+        description=concept.description,
+        num_vectors=emb.num_vectors,
+        family_label=family.label if family else None,
+        repo_id=repo_id,
+    )
+    files.append(("README.md", card.encode("utf-8")))
+    return files
+
+
+def push(
+    library: Library,
+    name: str,
+    repo_id: str,
+    private: bool = False,
+    create_pr: bool = False,
+    revision: str | None = None,
+    include_bin: bool = False,
+    *,
+    license: str | None = None,
+    commit_message: str | None = None,
+    api: HfApi | None = None,
+) -> PushResult:
+    """Publish a concept in sd-concepts-library layout, in one commit.
+
+    Uploads ``learned_embeds.safetensors`` (SDXL: plus ``learned_embeds_2.safetensors``),
+    optionally ``learned_embeds.bin`` for old loaders, ``token_identifier.txt``,
+    ``type_of_concept.txt``, ``concept_images/`` and a README model card whose YAML front matter
+    holds the license, base model, tags (textual_inversion, stable-diffusion, ...) and the token.
+
+    Args:
+        library: the library holding the concept.
+        name: the concept's name.
+        repo_id: ``namespace/name`` on the Hub.
+        private: create the repository private (ignored when it exists).
+        create_pr: open a pull request on an existing repository instead of committing to it.
+        revision: the branch to commit to (created from ``main`` when missing).
+        include_bin: also upload ``learned_embeds.bin`` (SD 1.x/2.x only).
+        license: license id for the card (default: the concept's, else ``mit``).
+        commit_message: default ``Upload <token> concept with conceptlib``.
+        api: the client to use (default :func:`get_hub_api`).
+
+    Returns:
+        A :class:`PushResult` with the commit, and the pull request's URL with ``create_pr``.
+
+    Raises:
+        UsageError: bad repository id, offline, --create-pr with another branch, SDXL + bin.
+        HubAuthError: no token, or no write access (use ``create_pr``).
+        HubUnavailableError: the Hub kept failing.
+        huggingface_hub.errors.RepositoryNotFoundError: ``create_pr`` on a missing repository.
+
+    Example:
+        >>> push(lib, "cat-toy", "me/cat-toy", create_pr=True).pr_url
+        'https://huggingface.co/me/cat-toy/discussions/1'
+    """
+    repo_id, parsed_rev = parse_repo_ref(repo_id)
+    revision = revision or parsed_rev
+    if create_pr and revision not in (None, "main"):
+        raise UsageError("--create-pr opens a pull request against main; drop --revision")
+    settings = hub_settings()
+    if settings.offline:
+        raise UsageError("pushing needs the Hub, and HF_HUB_OFFLINE is set", hint="unset HF_HUB_OFFLINE")
+    client = api or get_hub_api(settings)
+    concept, emb, images = _concept_parts(library, name)
+    files = _push_files(emb, concept, images, include_bin=include_bin, license=license, repo_id=repo_id)
+    name = concept.name
+    message = commit_message or f"Upload {concept.token} concept with conceptlib"
+
+    from huggingface_hub import CommitOperationAdd
+
+    what = f"pushing {name} to {repo_id}"
+    if not create_pr:
+        _with_retries(lambda: client.create_repo(repo_id, private=private, exist_ok=True), repo_id=repo_id, what=what)
+        if revision not in (None, "main"):
+            _with_retries(lambda: client.create_branch(repo_id, branch=str(revision), exist_ok=True), repo_id=repo_id, what=what)
+
+    def commit() -> Any:
+        # Fresh operations per attempt: the client marks them as committed.
+        operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files]
+        return client.create_commit(
+            repo_id,
+            operations,
+            commit_message=message,
+            commit_description=f"{name}: {emb.num_vectors} vector(s), content hash {emb.content_hash()[:16]}",
+            revision=revision,
+            create_pr=create_pr,
+        )
+
+    # A retried PR could open two PRs if the first reply was lost, so PRs retry only on
+    # faults that prove nothing was created (an HTTP error status, not a dropped connection).
+    info = _with_retries(commit, repo_id=repo_id, what=what, retry_if=_status_transient if create_pr else _transient)
+    base = settings.base_url
+    pr_url = getattr(info, "pr_url", None)
+    return PushResult(
+        name=name,
+        repo_id=repo_id,
+        revision=getattr(info, "pr_revision", None) or revision or "main",
+        commit=str(getattr(info, "oid", "")),
+        commit_url=str(getattr(info, "commit_url", "")),
+        pr_url=str(pr_url) if pr_url else None,
+        files=[path for path, _ in files],
+        repo_url=f"{base}/{repo_id}",
+    )
+
+
+@contextlib.contextmanager
+def quiet_client_progress() -> Iterator[None]:
+    """Silence huggingface_hub's own tqdm bars (a caller is drawing its own progress)."""
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()

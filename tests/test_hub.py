@@ -1,0 +1,696 @@
+"""Hub pull and push against a local Hub-protocol server, through the real huggingface_hub client.
+
+The server (tests/hubserver.py) runs on 127.0.0.1 on a random port; the client reaches it over
+HTTP because conceptlib hands ``HF_ENDPOINT`` to every call. Nothing patches huggingface_hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub.constants
+import pytest
+from hubserver import HubServer, git_blob_sha1
+
+import factory
+from conceptlib import hub as hubmod
+from conceptlib.embedding import Embedding
+from conceptlib.errors import (
+    HubIntegrityError,
+    HubUnavailableError,
+    NotAConceptRepoError,
+    UsageError,
+)
+from conceptlib.formats import plan
+from conceptlib.library import Library
+
+TOKEN = "hf_test"
+ORG = "sd-concepts-library"
+
+# huggingface_hub reads HF_HUB_OFFLINE once, at import (above, before any test changes the
+# environment); a shell that exports it would block every request the online tests make.
+pytestmark = pytest.mark.skipif(
+    huggingface_hub.constants.HF_HUB_OFFLINE, reason="HF_HUB_OFFLINE was set when huggingface_hub was imported"
+)
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
+    """A fresh local Hub; the client is pointed at it through HF_ENDPOINT and HF_TOKEN."""
+    server = HubServer().start()
+    server.add_user(TOKEN, "alice", orgs=[ORG, "acme"])
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # Our own back-off (not huggingface_hub's): keep retried tests fast.
+    monkeypatch.setattr(hubmod, "RETRY_BASE_DELAY", 0.01)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def library(home: Path) -> Iterator[Library]:
+    with Library.open(home) as lib:
+        yield lib
+
+
+@dataclass
+class Run:
+    """One in-process run of ``conceptlib``."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Any:
+    """Run ``conceptlib`` in-process through ``app.main`` (the real error boundary)."""
+    from conceptlib.cli import app as app_module
+
+    def run(*args: str) -> Run:
+        capsys.readouterr()
+        code = app_module.main(list(args))
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run
+
+
+# --- repository builders ------------------------------------------------------------------------------
+
+
+def png(color: int = 0) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), (color, 100, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sd_concepts_repo(emb: Embedding, *, images: int = 2, concept_type: str = "object", safetensors: bool = False) -> dict[str, bytes]:
+    """The files of an sd-concepts-library repository holding ``emb``."""
+    token = emb.token or "<concept>"
+    files: dict[str, bytes] = {}
+    if safetensors:
+        _, planned = plan(emb, "learned_embeds.safetensors", format="diffusers")
+        files["learned_embeds.safetensors"] = planned[0][1]
+    else:
+        _, planned = plan(emb, "folder", format="concepts-library")
+        files.update({p.name: data for p, data in planned})
+    files["token_identifier.txt"] = token.encode()
+    files["type_of_concept.txt"] = concept_type.encode()
+    for i in range(images):
+        files[f"concept_images/{i}.png"] = png(i * 40)
+    links = "\n".join(f"![{token} {i}](./concept_images/{i}.png)" for i in range(images))
+    files["README.md"] = (
+        "---\nlicense: mit\nbase_model: runwayml/stable-diffusion-v1-5\n---\n"
+        f"### {token} on Stable Diffusion\nThis is the `{token}` concept taught to Stable Diffusion via Textual Inversion.\n{links}\n"
+    ).encode()
+    return files
+
+
+def make_concept(hub: HubServer, repo_id: str, *, seed: int = 0, **kwargs: Any) -> Embedding:
+    name = repo_id.rsplit("/", 1)[1]
+    emb = factory.sd1(1, seed=seed, token=f"<{name}>")
+    hub.create_repo(repo_id, sd_concepts_repo(emb, **kwargs))
+    return emb
+
+
+def concept_dirs(home: Path) -> list[str]:
+    root = home / "concepts"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+# --- unit: repository references and layouts -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sd-concepts-library/cat-toy", ("sd-concepts-library/cat-toy", None)),
+        ("sd-concepts-library/cat-toy@v2", ("sd-concepts-library/cat-toy", "v2")),
+        ("a/b@refs/pr/3", ("a/b", "refs/pr/3")),
+        ("https://huggingface.co/sd-concepts-library/cat-toy", ("sd-concepts-library/cat-toy", None)),
+        ("https://huggingface.co/sd-concepts-library/cat-toy/tree/refs%2Fpr%2F1", ("sd-concepts-library/cat-toy", "refs/pr/1")),
+    ],
+)
+def test_parse_repo_ref(text: str, expected: tuple[str, str | None]) -> None:
+    assert hubmod.parse_repo_ref(text) == expected
+
+
+@pytest.mark.parametrize("text", ["cat-toy", "a/b/c", "a/b@", "/b", "a/..", ""])
+def test_parse_repo_ref_rejects(text: str) -> None:
+    with pytest.raises(UsageError):
+        hubmod.parse_repo_ref(text)
+
+
+def test_detect_layout_kinds() -> None:
+    sd = hubmod.detect_layout(["learned_embeds.bin", "token_identifier.txt", "type_of_concept.txt", "README.md", "concept_images/0.jpeg", ".gitattributes"])
+    assert (sd.kind, sd.embedding, sd.images) == ("sd-concepts-library", ("learned_embeds.bin",), ("concept_images/0.jpeg",))
+    both = hubmod.detect_layout(["learned_embeds.bin", "learned_embeds.safetensors", "token_identifier.txt"])
+    assert both.embedding == ("learned_embeds.safetensors",)  # no pickle when a safetensors twin exists
+    xl = hubmod.detect_layout(["learned_embeds.safetensors", "learned_embeds_2.safetensors", "README.md"])
+    assert (xl.kind, xl.embedding) == ("diffusers-sdxl", ("learned_embeds.safetensors", "learned_embeds_2.safetensors"))
+    a1111 = hubmod.detect_layout(["EasyNegative.safetensors", "README.md", "unet/diffusion_pytorch_model.safetensors"])
+    assert (a1111.kind, a1111.embedding) == ("a1111", ("EasyNegative.safetensors",))
+    with pytest.raises(NotAConceptRepoError, match="2 embedding files"):
+        hubmod.detect_layout(["a.pt", "b.pt"], repo_id="x/y")
+    assert hubmod.detect_layout(["a.pt", "b.pt"], repo_id="x/y", filename="b.pt").embedding == ("b.pt",)
+    assert hubmod.detect_layout(["y.pt", "b.pt"], repo_id="x/y").embedding == ("y.pt",)
+    with pytest.raises(NotAConceptRepoError, match="no textual-inversion embedding"):
+        hubmod.detect_layout(["README.md", "model.safetensors"], repo_id="x/y")
+
+
+def test_settings_read_at_call_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9/")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "token").write_text("hf_saved\n")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = hubmod.hub_settings()
+    assert settings.endpoint == "http://127.0.0.1:9"
+    assert settings.cache_dir == str(tmp_path / "hf" / "hub")
+    assert settings.offline is True
+    assert settings.token == "hf_saved"  # what `hf auth login` wrote under HF_HOME
+    assert hubmod.get_hub_api(settings).endpoint == "http://127.0.0.1:9"
+
+
+# --- pull ---------------------------------------------------------------------------------------------
+
+
+def test_pull_imports_concept_with_provenance_and_images(hub: HubServer, library: Any) -> None:
+    emb = make_concept(hub, f"{ORG}/cat-toy", images=2)
+    commit = hub.head(f"{ORG}/cat-toy")
+
+    result = hubmod.pull(library, f"{ORG}/cat-toy")
+
+    assert (result.status, result.name, result.commit, result.layout) == ("added", "cat-toy", commit, "sd-concepts-library")
+    assert result.content_hash == emb.content_hash()
+    files = hub.files(f"{ORG}/cat-toy")
+    assert result.files["learned_embeds.bin"] == hashlib.sha256(files["learned_embeds.bin"]).hexdigest()
+    concept = library.show("cat-toy")
+    assert concept.token == "<cat-toy>"
+    assert concept.content_hash == emb.content_hash()
+    source = hubmod._source_of(concept)
+    assert source is not None
+    assert source["repo_id"] == f"{ORG}/cat-toy"
+    assert source["commit"] == commit
+    assert source["sha256"] == hashlib.sha256(files["learned_embeds.bin"]).hexdigest()
+    assert source["url"] == f"{hub.url}/{ORG}/cat-toy/tree/{commit}"
+    images = [Path(p) for p in hubmod._field(concept, "images")]
+    assert sorted(p.read_bytes() for p in images) == sorted([files["concept_images/0.png"], files["concept_images/1.png"]])
+
+
+def test_pull_unchanged_revision_downloads_nothing(hub: HubServer, library: Any) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    first = hubmod.pull(library, f"{ORG}/cat-toy")
+    hub.clear_log()
+
+    again = hubmod.pull(library, f"{ORG}/cat-toy")
+
+    assert again.status == "unchanged"
+    assert again.commit == first.commit
+    assert hub.requests(contains="/resolve/") == []
+    assert len(hub.requests()) == 1  # one repository-info call
+
+
+def test_pull_new_revision_updates_and_keeps_history(hub: HubServer, library: Any) -> None:
+    old = make_concept(hub, f"{ORG}/cat-toy", seed=1)
+    first = hubmod.pull(library, f"{ORG}/cat-toy")
+    new = factory.sd1(1, seed=2, token="<cat-toy>")
+    hub.commit(f"{ORG}/cat-toy", sd_concepts_repo(new))
+
+    result = hubmod.pull(library, f"{ORG}/cat-toy")
+
+    assert result.status == "updated"
+    assert (result.previous_commit, result.commit) == (first.commit, hub.head(f"{ORG}/cat-toy"))
+    assert (result.previous_content_hash, result.content_hash) == (old.content_hash(), new.content_hash())
+    concept = library.show("cat-toy")
+    assert concept.content_hash == new.content_hash()
+    assert old.content_hash() in json.dumps(hubmod._field(concept, "history"), default=str)
+    source = hubmod._source_of(concept)
+    assert source is not None and source["commit"] == result.commit
+    assert len(concept.images) == 2  # the new revision's images replace the old ones
+
+
+def test_pull_pinned_revision_and_pull_request(hub: HubServer, library: Any) -> None:
+    old = make_concept(hub, f"{ORG}/cat-toy", seed=1)
+    first_commit = hub.head(f"{ORG}/cat-toy")
+    hub.commit(f"{ORG}/cat-toy", sd_concepts_repo(factory.sd1(1, seed=2, token="<cat-toy>")))
+
+    pinned = hubmod.pull(library, f"{ORG}/cat-toy@{first_commit}")
+
+    assert (pinned.commit, pinned.content_hash) == (first_commit, old.content_hash())
+
+
+def test_pull_other_layouts(hub: HubServer, library: Any) -> None:
+    xl = factory.sdxl(2, seed=3, token="<xl-thing>")
+    _, planned = plan(xl, "learned_embeds.safetensors", format="diffusers-sdxl")
+    hub.create_repo("acme/xl-thing", {p.name: data for p, data in planned})
+    a1111 = factory.sd1(3, seed=4, name="bad-hands")
+    _, planned = plan(a1111, "bad-hands.pt", format="a1111")
+    hub.create_repo("acme/bad-hands", {"embeddings/bad-hands.pt": planned[0][1], "README.md": b"# bad hands\n"})
+
+    got_xl = hubmod.pull(library, "acme/xl-thing")
+    got_a1111 = hubmod.pull(library, "acme/bad-hands", name="hands")
+
+    assert (got_xl.layout, got_xl.content_hash) == ("diffusers-sdxl", xl.content_hash())
+    assert (got_a1111.layout, got_a1111.name, got_a1111.content_hash) == ("a1111", "hands", a1111.content_hash())
+
+
+def test_pull_name_and_token_clashes(hub: HubServer, library: Library) -> None:
+    from conceptlib.errors import ConceptExistsError, TokenInUseError
+
+    make_concept(hub, f"{ORG}/cat-toy")
+    make_concept(hub, "acme/cat-toy", seed=5)  # same name, same token, other vectors
+    hubmod.pull(library, f"{ORG}/cat-toy")
+
+    with pytest.raises(ConceptExistsError) as exists:
+        hubmod.pull(library, "acme/cat-toy")
+    with pytest.raises(TokenInUseError) as in_use:
+        hubmod.pull(library, "acme/cat-toy", name="acme-cat")
+    assert str(in_use.value).startswith(f"acme/cat-toy@{hub.head('acme/cat-toy')[:7]}: the token '<cat-toy>' is already used")
+    renamed = hubmod.pull(library, "acme/cat-toy", name="acme-cat", token="<acme-cat>")
+
+    assert f"pulled from {ORG}/cat-toy" in (exists.value.hint or "")
+    assert (renamed.status, renamed.name) == ("added", "acme-cat")
+    assert library.show("acme-cat").token == "<acme-cat>"
+    assert hubmod.pull(library, "acme/cat-toy", name="acme-cat").status == "unchanged"
+    assert len(hub.state.repos) == 2
+
+
+# --- offline ------------------------------------------------------------------------------------------
+
+
+def test_offline_repull_from_cache(hub: HubServer, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    emb = make_concept(hub, f"{ORG}/cat-toy")
+    online = hubmod.pull(Library.open(home), f"{ORG}/cat-toy")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.clear_log()
+
+    fresh = Library.open(tmp_path / "other-home")
+    offline = hubmod.pull(fresh, f"{ORG}/cat-toy")
+    again = hubmod.pull(fresh, f"{ORG}/cat-toy")
+
+    assert hub.requests() == []  # not one request reached the Hub
+    assert (offline.status, offline.commit, offline.content_hash) == ("added", online.commit, emb.content_hash())
+    assert offline.files == online.files
+    assert again.status == "unchanged"
+
+
+def test_offline_without_cache_says_so(hub: HubServer, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    result = cli("pull", f"{ORG}/cat-toy")
+
+    assert result.exit_code == 2
+    assert "not in the local cache" in result.output
+    assert hub.requests() == []
+
+
+# --- faults -------------------------------------------------------------------------------------------
+
+
+def test_500s_then_success_with_retries(hub: HubServer, library: Any) -> None:
+    emb = make_concept(hub, f"{ORG}/cat-toy")
+    info_fault = hub.inject("GET", r"^/api/models/.*/revision/", status=500, times=2)
+    file_fault = hub.inject("GET", r"/resolve/.*learned_embeds", status=503, times=1)
+
+    result = hubmod.pull(library, f"{ORG}/cat-toy")
+
+    assert result.content_hash == emb.content_hash()
+    assert (info_fault.hits, file_fault.hits) == (2, 1)
+
+
+def test_429_retry_after_is_honoured(hub: HubServer, library: Any) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    fault = hub.inject("GET", r"^/api/models/", status=429, headers={"Retry-After": "0"}, times=1)
+
+    assert hubmod.pull(library, f"{ORG}/cat-toy").status == "added"
+    assert fault.hits == 1
+
+
+def test_429_with_long_retry_after_gives_up_clearly(hub: HubServer, library: Any, home: Path) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    hub.inject("GET", r"^/api/models/", status=429, headers={"Retry-After": "3600"}, times=None)
+
+    with pytest.raises(HubUnavailableError, match=r"rate limited by the Hub \(429\); the Hub asks to wait 3600 s"):
+        hubmod.pull(library, f"{ORG}/cat-toy")
+    assert concept_dirs(home) == [] or "cat-toy" not in concept_dirs(home)
+
+
+def test_persistent_500_fails_after_retries(hub: HubServer, cli: Any, home: Path) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    fault = hub.inject("GET", r"^/api/models/", status=500, times=None)
+
+    result = cli("pull", f"{ORG}/cat-toy", "--home", str(home))
+
+    assert result.exit_code == 1
+    assert "the Hub answered 500 after 5 attempts" in result.output
+    assert fault.hits == hubmod.RETRIES + 1
+
+
+def test_dropped_connection_mid_download_resumes(hub: HubServer, library: Any) -> None:
+    emb = factory.sd1(8, seed=9, token="<big>")  # 8 vectors: a body worth cutting in half
+    hub.create_repo("acme/big", sd_concepts_repo(emb, images=0, safetensors=True))
+    fault = hub.inject("GET", r"/resolve/.*learned_embeds", drop_after=5000, times=1)
+
+    result = hubmod.pull(library, "acme/big")
+
+    assert fault.hits == 1
+    assert result.content_hash == emb.content_hash()
+
+
+def test_wrong_bytes_once_are_downloaded_again(hub: HubServer, library: Any) -> None:
+    emb = make_concept(hub, f"{ORG}/cat-toy")
+    fault = hub.inject("GET", r"/resolve/.*learned_embeds", corrupt=True, times=1)
+
+    result = hubmod.pull(library, f"{ORG}/cat-toy")
+
+    assert fault.hits == 1
+    assert result.content_hash == emb.content_hash()
+
+
+def test_wrong_bytes_are_refused_and_library_unchanged(hub: HubServer, library: Any, home: Path, cli: Any) -> None:
+    old = make_concept(hub, f"{ORG}/cat-toy", seed=1)
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    before = sorted(p.relative_to(home).as_posix() for p in home.rglob("*"))
+    hub.commit(f"{ORG}/cat-toy", sd_concepts_repo(factory.sd1(1, seed=2, token="<cat-toy>")))
+    hub.inject("GET", r"/resolve/.*learned_embeds", corrupt=True, times=None)
+
+    with pytest.raises(HubIntegrityError, match="does not match its hash"):
+        hubmod.pull(library, f"{ORG}/cat-toy")
+    result = cli("pull", f"{ORG}/cat-toy", "--home", str(home))
+
+    assert result.exit_code == 2
+    assert "does not match its hash" in result.output
+    assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == before
+    assert library.show("cat-toy").content_hash == old.content_hash()
+
+
+def test_not_found_and_auth_errors(hub: HubServer, cli: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+
+    missing = cli("pull", f"{ORG}/nope", "--home", str(home))
+    bad_rev = cli("pull", f"{ORG}/cat-toy@v9", "--home", str(home))
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    bad_token = cli("pull", f"{ORG}/cat-toy", "--home", str(home))
+
+    assert (missing.exit_code, bad_rev.exit_code, bad_token.exit_code) == (2, 2, 2)
+    assert "repository not found" in missing.output
+    assert "revision not found" in bad_rev.output
+    assert "refused the credentials (401)" in bad_token.output and "hf auth login" in bad_token.output
+
+
+def test_not_a_concept_repo(hub: HubServer, cli: Any, home: Path) -> None:
+    hub.create_repo("acme/model", {"model.safetensors": b"x" * 10, "README.md": b"# a model"})
+
+    result = cli("pull", "acme/model", "--home", str(home))
+
+    assert result.exit_code == 2
+    assert "holds no textual-inversion embedding" in result.output
+
+
+# --- push ---------------------------------------------------------------------------------------------
+
+
+def test_push_then_pull_same_content_hash(hub: HubServer, library: Any, tmp_path: Path) -> None:
+    emb = make_concept(hub, f"{ORG}/cat-toy", images=2)
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    assert "alice/cat-toy" not in hub.state.repos
+
+    pushed = hubmod.push(library, "cat-toy", "alice/cat-toy", include_bin=True)
+
+    repo = hub.state.repos["alice/cat-toy"]
+    assert len(repo.commits) == 2  # the repository's initial commit + ONE upload commit
+    files = hub.files("alice/cat-toy")
+    assert sorted(files) == sorted([
+        ".gitattributes", "README.md", "learned_embeds.bin", "learned_embeds.safetensors",
+        "token_identifier.txt", "type_of_concept.txt", "concept_images/0.png", "concept_images/1.png",
+    ])
+    assert pushed.commit == hub.head("alice/cat-toy")
+    assert files["token_identifier.txt"] == b"<cat-toy>"
+    assert files["type_of_concept.txt"] == b"object"
+    card = files["README.md"].decode()
+    front = card.split("---\n")[1]
+    import yaml
+
+    meta = yaml.safe_load(front)
+    assert meta["license"] == "mit"
+    assert meta["base_model"] == "runwayml/stable-diffusion-v1-5"
+    assert {"textual_inversion", "stable-diffusion", "stable-diffusion-diffusers", "text-to-image"} <= set(meta["tags"])
+    assert meta["instance_prompt"] == "<cat-toy>"
+    assert "![<cat-toy> 0](./concept_images/0.png)" in card
+
+    other = Library.open(tmp_path / "elsewhere")
+    back = hubmod.pull(other, "alice/cat-toy")
+    assert back.content_hash == emb.content_hash() == pushed_hash(library, "cat-toy")
+    assert back.layout == "sd-concepts-library"
+    from conceptlib.formats import read_bytes
+
+    assert read_bytes(files["learned_embeds.bin"], "learned_embeds.bin").content_hash() == emb.content_hash()
+
+
+def pushed_hash(library: Any, name: str) -> str:
+    return str(library.show(name).content_hash)
+
+
+def test_push_unchanged_is_not_a_new_commit(hub: HubServer, library: Any) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    first = hubmod.push(library, "cat-toy", "alice/cat-toy")
+
+    second = hubmod.push(library, "cat-toy", "alice/cat-toy")
+
+    assert second.commit == first.commit
+
+
+def test_push_pull_request_prints_url(hub: HubServer, library: Any, cli: Any, home: Path) -> None:
+    make_concept(hub, f"{ORG}/cat-toy", seed=1)
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    hub.create_repo("acme/community", {"README.md": b"# community"})
+    main_before = hub.head("acme/community")
+
+    result = cli("push", "cat-toy", "--repo-id", "acme/community", "--create-pr", "--home", str(home))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"{hub.url}/acme/community/discussions/1"
+    assert hub.head("acme/community") == main_before  # main untouched
+    assert "learned_embeds.safetensors" in hub.files("acme/community", "refs/pr/1")
+
+
+def test_push_json_and_branch(hub: HubServer, library: Any, cli: Any, home: Path) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    hubmod.pull(library, f"{ORG}/cat-toy")
+
+    result = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--revision", "v1", "--private", "--json", "--home", str(home))
+
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["revision"] == "v1"
+    assert data["commit"] == hub.head("alice/cat-toy", "v1")
+    assert "learned_embeds.safetensors" not in hub.files("alice/cat-toy", "main")
+    assert hub.state.repos["alice/cat-toy"].private
+
+
+def test_push_errors(hub: HubServer, library: Any, cli: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    hub.create_repo("bob/theirs")
+
+    forbidden = cli("push", "cat-toy", "--repo-id", "bob/theirs", "--home", str(home))
+    no_repo_pr = cli("push", "cat-toy", "--repo-id", "acme/missing", "--create-pr", "--home", str(home))
+    pr_on_branch = cli("push", "cat-toy", "--repo-id", "acme/x", "--create-pr", "--revision", "dev", "--home", str(home))
+    monkeypatch.delenv("HF_TOKEN")
+    anonymous = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--home", str(home))
+
+    assert forbidden.exit_code == 2 and "(403)" in forbidden.output and "--create-pr" in forbidden.output
+    assert no_repo_pr.exit_code == 2 and "repository not found" in no_repo_pr.output
+    assert pr_on_branch.exit_code == 2 and "against main" in pr_on_branch.output
+    assert anonymous.exit_code == 2 and "hf auth login" in anonymous.output
+
+
+def test_push_retries_5xx_on_commit(hub: HubServer, library: Any) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    fault = hub.inject("POST", r"/commit/", status=502, times=2)
+
+    pushed = hubmod.push(library, "cat-toy", "alice/cat-toy")
+
+    assert fault.hits == 2
+    assert pushed.commit == hub.head("alice/cat-toy")
+
+
+# --- organisations ------------------------------------------------------------------------------------
+
+
+def org_with_broken_repo(hub: HubServer) -> dict[str, Embedding]:
+    hub.state.page_size = 2  # the listing pages through Link headers
+    good = {name: make_concept(hub, f"{ORG}/{name}", seed=i, images=1) for i, name in enumerate(["alpha", "beta", "gamma"])}
+    broken = sd_concepts_repo(factory.sd1(1, token="<broken>"), images=0)
+    broken["learned_embeds.bin"] = b"<!doctype html><html>Not here</html>"
+    hub.create_repo(f"{ORG}/broken", broken)
+    hub.create_repo(f"{ORG}/empty", {"README.md": b"# nothing yet"})
+    hub.create_repo("acme/elsewhere", sd_concepts_repo(factory.sd1(1, token="<x>")))
+    return good
+
+
+def test_org_sync_with_one_broken_repo(hub: HubServer, library: Any) -> None:
+    good = org_with_broken_repo(hub)
+    seen: list[tuple[int, int]] = []
+
+    summary = hubmod.pull_author(library, ORG, jobs=3, progress=lambda done, total, item: seen.append((done, total)))
+
+    assert summary.counts == {"added": 3, "updated": 0, "skipped": 1, "failed": 1}
+    (failed,) = summary.of("failed")
+    assert failed.repo_id == f"{ORG}/broken"
+    assert failed.reason == f"{ORG}/broken@{hub.head(ORG + '/broken')[:7]}/learned_embeds.bin: is an HTML page, not an embedding"
+    (skipped,) = summary.of("skipped")
+    assert skipped.repo_id == f"{ORG}/empty" and "no textual-inversion embedding" in (skipped.reason or "")
+    assert seen[0] == (0, 5) and seen[-1] == (5, 5)
+    for name, emb in good.items():
+        assert library.show(name).content_hash == emb.content_hash()
+    assert hubmod._find_concept(library, "broken") is None
+
+
+def test_org_sync_cli_summary(hub: HubServer, cli: Any, home: Path) -> None:
+    org_with_broken_repo(hub)
+
+    result = cli("pull", "--author", ORG, "--jobs", "2", "--home", str(home))
+    again = cli("pull", "--author", ORG, "--json", "--home", str(home))
+
+    assert result.exit_code == 1
+    assert f"failed    {ORG}/broken: " in result.stdout
+    assert f"{ORG}: 3 added, 0 updated, 1 skipped, 1 failed" in result.stdout
+    data = json.loads(again.stdout)
+    assert (data["added"], data["skipped"], data["failed"]) == (0, 4, 1)
+    assert {i["repo_id"] for i in data["items"] if i["status"] == "skipped" and i["reason"].startswith("unchanged")} == {
+        f"{ORG}/alpha", f"{ORG}/beta", f"{ORG}/gamma"
+    }
+
+
+def test_org_sync_resumes_after_interruption(hub: HubServer, library: Any, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    staging = tmp_path / "tmp"
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))  # see where pulls stage their files
+    good = org_with_broken_repo(hub)
+    stop_after = 2
+
+    def interrupt(done: int, total: int, item: Any) -> None:
+        if done >= stop_after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        hubmod.pull_author(library, ORG, jobs=1, progress=interrupt)
+    imported = [n for n in good if hubmod._find_concept(library, n) is not None]
+    assert 1 <= len(imported) < 3
+    for name in imported:  # whatever is there is whole
+        assert library.show(name).content_hash == good[name].content_hash()
+    hub.clear_log()
+
+    summary = hubmod.pull_author(library, ORG, jobs=2)
+
+    assert {i.repo_id.split("/")[1] for i in summary.of("added")} == set(good) - set(imported)
+    assert {i.repo_id.split("/")[1] for i in summary.of("skipped") if (i.reason or "").startswith("unchanged")} == set(imported)
+    for name in imported:  # resumed repositories cost no download
+        assert hub.requests(contains=f"/{ORG}/{name}/") == []
+    for name, emb in good.items():
+        assert library.show(name).content_hash == emb.content_hash()
+    assert list(staging.iterdir()) == []  # no staging folder left behind
+
+
+def test_org_duplicates_are_skipped(hub: HubServer, library: Library) -> None:
+    emb = factory.sd1(1, seed=7, token="<twin>")
+    hub.create_repo("acme/twin-a", sd_concepts_repo(emb, images=0))
+    hub.create_repo("acme/twin-b", sd_concepts_repo(emb, images=0))
+
+    summary = hubmod.pull_author(library, "acme", jobs=1)
+
+    assert summary.counts == {"added": 1, "updated": 0, "skipped": 1, "failed": 0}
+    (skipped,) = summary.of("skipped")
+    assert (skipped.repo_id, skipped.name) == ("acme/twin-b", "twin-a")
+    assert skipped.reason == "the same vectors are already in the library as 'twin-a'"
+
+
+def test_org_limit(hub: HubServer, library: Any) -> None:
+    org_with_broken_repo(hub)
+
+    summary = hubmod.pull_author(library, ORG, limit=2)
+
+    assert [i.repo_id for i in summary.items] == [f"{ORG}/alpha", f"{ORG}/beta"]
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+
+
+def test_cli_pull_and_json(hub: HubServer, cli: Any, home: Path) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    make_concept(hub, f"{ORG}/dog", seed=3)
+
+    first = cli("pull", f"{ORG}/cat-toy", "--as", "kitty", "--home", str(home))
+    both = cli("pull", f"{ORG}/cat-toy", f"{ORG}/dog", "--json", "--home", str(home))
+
+    assert first.exit_code == 0, first.output
+    assert first.stdout.startswith("added     kitty")
+    data = json.loads(both.stdout)
+    assert [(d["name"], d["status"]) for d in data] == [("kitty", "unchanged"), ("dog", "added")]
+
+
+def test_cli_pull_several_with_one_failure(hub: HubServer, cli: Any, home: Path) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+
+    result = cli("pull", f"{ORG}/nope", f"{ORG}/cat-toy", "--json", "--home", str(home))
+
+    assert result.exit_code == 2
+    data = json.loads(result.stdout)
+    assert [d["status"] for d in data] == ["failed", "added"]
+    assert "repository not found" in data[0]["error"]
+    assert result.stderr.startswith("Error: repository not found")
+
+
+def test_cli_pull_usage_errors(cli: Any) -> None:
+    assert cli("pull").exit_code == 2
+    assert cli("pull", "a/b", "c/d", "--as", "x").exit_code == 2
+    assert cli("pull", "a/b", "--limit", "3").exit_code == 2
+    assert cli("pull", "a/b", "--author", "org").exit_code == 2
+    assert cli("pull", "a/b", "c/d", "--token", "<x>").exit_code == 2
+    assert "not a Hub model repository id" in cli("pull", "just-a-name").output
+
+
+def test_cli_does_not_import_huggingface_hub_at_start() -> None:
+    import subprocess
+
+    code = "import sys, conceptlib.cli.hub, conceptlib.hub; print('huggingface_hub' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_git_blob_sha1_matches_git() -> None:
+    # `printf hello | git hash-object --stdin`
+    assert git_blob_sha1(b"hello") == "b6fc4c620b67d95f953a5c1c1230aaab5db5a1b0"
