@@ -12,6 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+# Read once at import (single-threaded then): os.umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def fsync_dir(path: Path) -> None:
     """Flush a folder's entries so a rename inside it survives a power cut (no-op on Windows)."""
@@ -34,6 +38,10 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name[:80]}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
+    if os.name != "nt":
+        # mkstemp creates 0600; give the file the mode open() would (exports land in shared
+        # folders such as a web UI's embeddings/).
+        os.fchmod(fd, 0o666 & ~_UMASK)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
