@@ -27,7 +27,7 @@ def inspect_path(path: Path, strict: bool) -> dict[str, Any]:
     from conceptlib.hashing import a1111_checksum
 
     emb = read(path, strict=strict)
-    info = {"file": _file_facts(path)}
+    info: dict[str, Any] = {"file": _file_facts(path)}
     info.update(emb.describe())
     info["format_description"] = FORMATS[emb.source_format].description if emb.source_format in FORMATS else None
     info["prompt_word"] = emb.prompt_word()
