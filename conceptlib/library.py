@@ -397,6 +397,19 @@ def _write_new(dst: Path, data: bytes) -> FileRecord:
     return FileRecord("", hashlib.sha256(data).hexdigest(), len(data))
 
 
+def _vector_fields(emb: Embedding) -> dict[str, Any]:
+    """The Concept fields that describe the vectors themselves (shared by add and update)."""
+    return {
+        "encoders": dict(emb.widths),
+        "vectors": emb.num_vectors,
+        "dtype": emb.dtype,
+        "format": emb.source_format,
+        "checkpoint_hash": emb.checkpoint_hash,
+        "checkpoint_name": emb.checkpoint_name,
+        "steps": emb.step,
+    }
+
+
 def _sha256(path: Path) -> str:
     from conceptlib.hashing import sha256_file
 
@@ -909,16 +922,10 @@ class Library:
                     tags=list(tags),
                     license=options.license or metadata.get("license") or emb.metadata.get("license"),
                     family=family.key,
-                    encoders=dict(emb.widths),
-                    vectors=emb.num_vectors,
-                    dtype=emb.dtype,
                     content_hash=content_hash,
                     file_sha256=records[0].sha256 if records else None,
                     embedding_sha256=embedding_record.sha256,
-                    format=emb.source_format,
-                    checkpoint_hash=emb.checkpoint_hash,
-                    checkpoint_name=emb.checkpoint_name,
-                    steps=emb.step,
+                    **_vector_fields(emb),
                     source=dict(options.source) if options.source else {"type": "local", "path": str(path.resolve())},
                     files=records,
                     images=image_records,
@@ -1088,16 +1095,10 @@ class Library:
                         type=concept_type,
                         license=before.license or meta.get("license"),
                         family=family.key,
-                        encoders=dict(emb.widths),
-                        vectors=emb.num_vectors,
-                        dtype=emb.dtype,
                         content_hash=emb.content_hash(),
                         file_sha256=records[0].sha256 if records else None,
                         embedding_sha256=embedding_record.sha256,
-                        format=emb.source_format,
-                        checkpoint_hash=emb.checkpoint_hash,
-                        checkpoint_name=emb.checkpoint_name,
-                        steps=emb.step,
+                        **_vector_fields(emb),
                         source=dict(source) if source else {"type": "local", "path": str(src.resolve())},
                         files=records,
                         images=image_records,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +15,15 @@ from factory import sd1, sdxl
 pytestmark = pytest.mark.torch
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte-level alphabet, written from its definition."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return dict(zip(printable, [chr(c) for c in chars], strict=True))
-
-
 def tiny_tokenizer(folder: Path) -> Any:
-    """A CLIP tokenizer whose vocabulary is the byte alphabet (with and without ``</w>``)."""
+    """conceptlib's built-in tiny CLIP tokenizer (byte-level BPE, generated in code)."""
     from transformers import CLIPTokenizer
 
-    alphabet = list(bytes_to_unicode().values())
-    vocab = {tok: i for i, tok in enumerate(alphabet + [c + "</w>" for c in alphabet])}
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
+    from conceptlib.tiny import tiny_tokenizer_files
+
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
+    for name, text in tiny_tokenizer_files().items():
+        (folder / name).write_text(text, encoding="utf-8")
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
 
 
