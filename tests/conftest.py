@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = (REPO.parent / "shared").resolve()  # models code reports resolved paths
 SHARED_EMBEDDINGS = SHARED / "data" / "embeddings"
 SHARED_MODELS = SHARED / "data" / "models"
 
