@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import sys
-from typing import Any
-
 from rich.console import Console
+
+from conceptlib.cli._readonly import print_json  # noqa: F401  (one JSON writer for every command)
 
 #: Human data (tables) and JSON go here.
 out = Console(soft_wrap=True, highlight=False)
 #: Messages, warnings and progress go here.
 err = Console(stderr=True, soft_wrap=True, highlight=False)
-
-
-def print_json(data: Any) -> None:
-    """Write ``data`` as indented JSON to stdout (no colour codes, stable key order)."""
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
-    sys.stdout.flush()
 
 
 def warn(message: str) -> None:

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Plain list/search/show skip Typer's per-parameter set-up (about 0.2 s), keeping them
         # under the 0.3 s start-up budget at 10,000 concepts; anything else goes to Typer.
-        from conceptlib.cli.library import fast_main
+        from conceptlib.cli._readonly import fast_main
 
         rc = fast_main(sys.argv[1:] if argv is None else argv)
         if rc is None:

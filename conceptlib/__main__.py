@@ -1,6 +1,6 @@
 """``python -m conceptlib`` (also ``accelerate launch -m conceptlib ...``)."""
 
-from conceptlib.cli.app import run
+from conceptlib.cli import run
 
 if __name__ == "__main__":
     run()

@@ -28,4 +28,4 @@ def test_wheel_has_only_the_conceptlib_namespace(tmp_path: Path) -> None:
         assert module in names
     assert any(n.startswith("conceptlib/registry/") for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "conceptlib = conceptlib.cli.app:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "conceptlib = conceptlib.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
