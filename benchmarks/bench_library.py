@@ -7,9 +7,9 @@ Usage: python benchmarks/bench_library.py [--add 1000] [--size 10000] [--runs 7]
   ``--size`` (per-file times for the first and the last thousand, to show they do not degrade).
 * ``list``, ``search``, ``show`` at ``--size`` concepts: wall time of the real ``conceptlib``
   command in a fresh process, start-up included; best and median of ``--runs`` after a warm-up.
-  For reference the same table has ``python -c pass`` and ``conceptlib --version``, and the
-  three commands run through ``conceptlib.cli.library.fast_main`` (Typer bypassed for their
-  plain forms; see that function).
+  For reference the same table has ``python -c pass``, ``conceptlib --version``, and the
+  three commands run through the Typer app (the console script runs their plain forms without
+  importing Typer; see ``conceptlib.cli.main``).
 * ``reindex`` and ``verify`` at ``--size``, in process.
 
 Files are synthesized with conceptlib.formats (no torch): 60 % diffusers ``.safetensors``
@@ -83,12 +83,11 @@ def wall(cmd: list[str], env: dict[str, str], runs: int) -> tuple[float, float]:
     return min(times), statistics.median(times)
 
 
-FAST = (
+# The same commands parsed by Typer, for comparison with the console script's fast path.
+THROUGH_TYPER = (
     "import sys\n"
-    "from conceptlib.cli.app import main\n"
-    "from conceptlib.cli.library import fast_main\n"
-    "rc = fast_main(sys.argv[1:])\n"
-    "sys.exit(main(sys.argv[1:]) if rc is None else rc)\n"
+    "from conceptlib.cli.app import app\n"
+    "sys.exit(app(args=sys.argv[1:], standalone_mode=False) or 0)\n"
 )
 
 
@@ -152,8 +151,8 @@ def main() -> None:
     name = lib.list()[count // 2].name
     word = "pastel"  # in 1 of 42 descriptions and tokens
     narrow = lib.list()[count // 3].token.strip("<>")  # one concept's own word
-    fast_script = work / "fast_conceptlib.py"
-    fast_script.write_text(FAST)
+    typer_script = work / "typer_conceptlib.py"
+    typer_script.write_text(THROUGH_TYPER)
     py = sys.executable
     refs = [("`python -c pass`", [py, "-c", "pass"]), ("`conceptlib --version`", [exe, "--version"])]
     for label, cmd in refs:
@@ -170,8 +169,8 @@ def main() -> None:
         best, med = wall([exe, *argv], env, args.runs)
         rows.append((f"`conceptlib {label}` at {count:,} concepts", f"best {best:.3f} s, median {med:.3f} s"))
     for label, argv in queries:
-        best, med = wall([py, str(fast_script), *argv], env, args.runs)
-        rows.append((f"`conceptlib {label}` at {count:,}, through `fast_main`", f"best {best:.3f} s, median {med:.3f} s"))
+        best, med = wall([py, str(typer_script), *argv], env, args.runs)
+        rows.append((f"`conceptlib {label}` at {count:,}, through Typer", f"best {best:.3f} s, median {med:.3f} s"))
     rows.append((f"(`search {word}` / `search {narrow}` match)", f"{len(lib.search(word)):,} / {len(lib.search(narrow)):,} concepts"))
 
     # --- in-process costs ----------------------------------------------------------------------
