@@ -245,3 +245,49 @@ class ModelNotFoundError(ModelError):
                 "or pass a path or a family name (sd1, sd2, sd2-v, sdxl)"
             )
         super().__init__(f"no model named {name!r}: not a path, a registered model or a family", hint=hint)
+
+
+# --- Training (conceptlib.train) -------------------------------------------------------------------
+
+
+class TrainingImageError(BadInputError):
+    """A training image is missing, unreadable or unusable; ``path`` names the file or folder."""
+
+
+class TrainingDivergedError(BadInputError):
+    """The loss became NaN or Inf; training stopped and the last good checkpoint was kept.
+
+    Attributes:
+        step: the optimizer step at which the loss stopped being finite.
+        checkpoint: the last good checkpoint file, or None when none was written yet.
+    """
+
+    def __init__(self, message: str, *, step: int, checkpoint: str | None = None, hint: str | None = None) -> None:
+        self.step = step
+        self.checkpoint = checkpoint
+        super().__init__(message, hint=hint)
+
+
+class TrainingTokenError(BadInputError):
+    """The token to train collides with the model's vocabulary (found before any step runs)."""
+
+    default_hint = "pass --token with a made-up word in angle brackets, e.g. <my-cat>"
+
+
+# --- Rendering (conceptlib.render, conceptlib.preview) -------------------------------------------
+
+
+class ConceptDoesNotFitError(BadInputError):
+    """A concept named in a prompt does not fit the model; ``findings`` holds validation's results.
+
+    Args:
+        name: the concept's name.
+        message: why, in validation's words ("embedding width 1024 fits SD 2.x, ...").
+        findings: every validation finding for the concept, when validation ran.
+        hint: the next step, when the message does not already say it.
+    """
+
+    def __init__(self, name: str, message: str, *, findings: list[object] | None = None, hint: str | None = None) -> None:
+        self.name = name
+        self.findings = list(findings or [])
+        super().__init__(f"concept {name!r} does not fit the model: {message}", hint=hint)

@@ -1,0 +1,200 @@
+"""``render`` and ``preview``: images from prompts that mix library concepts.
+
+Thin commands over :func:`conceptlib.render.render` and :func:`conceptlib.preview.preview`.
+Nothing heavy at module scope: torch and diffusers load inside the library functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from conceptlib.cli._options import HomeOpt, JsonOpt, ModelOpt
+from conceptlib.cli._output import err, info, out, print_json
+
+if TYPE_CHECKING:
+    from conceptlib.render import RenderResult
+
+SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed: image i of the run gets seed + i.")]
+StepsOpt = Annotated[int, typer.Option("--steps", help="Sampling steps.")]
+GuidanceOpt = Annotated[float, typer.Option("--guidance", help="Classifier-free guidance (CFG scale).")]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="euler, euler_a, ddim, pndm, lms, heun, dpm2, dpm2_a, dpmpp_2m, dpmpp_2m_karras, "
+        "dpmpp_2m_sde, unipc (default: the model's own).",
+        show_default=False,
+    ),
+]
+SizeOpt = Annotated[
+    str | None, typer.Option("--size", help="WIDTHxHEIGHT in pixels (default: the model's size).", show_default=False)
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per pipeline call (speed only, never results).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
+
+
+class _Bar:
+    """A rich progress bar on stderr, created on the first update (after models load)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if self._bar is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn(f"{self.what} {{task.description}}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=err, transient=True,
+            )  # fmt: skip
+            self._bar.start()
+            self._task = self._bar.add_task(message, total=total)
+        self._bar.update(self._task, completed=done, total=total, description=message)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def render_cmd(
+    model: ModelOpt,
+    prompts: Annotated[list[str] | None, typer.Argument(help="Prompts; concepts as <token> or embedding:name.", show_default=False)] = None,
+    prompts_file: Annotated[
+        Path | None,
+        typer.Option("--prompts", help="File of prompts, one a line, or JSONL with per-line prompt, negative, seed, n, steps, guidance, size.", show_default=False),
+    ] = None,
+    negative: Annotated[str, typer.Option("--negative", help="Negative prompt (negative embeddings go here).")] = "",
+    n: Annotated[int, typer.Option("-n", "--images", help="Images per prompt.")] = 1,
+    seed: SeedOpt = 0,
+    steps: StepsOpt = 20,
+    guidance: GuidanceOpt = 7.5,
+    scheduler: SchedulerOpt = None,
+    size: SizeOpt = None,
+    batch_size: BatchOpt = 1,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("renders"),
+    grid: Annotated[bool, typer.Option("--grid", help="Also write a labelled grid.png.")] = False,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+    home: HomeOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Render prompts that mix library concepts, with AUTOMATIC1111 metadata in every PNG.
+
+    Example: conceptlib render "a <cat-toy> in the style of <birb-style>" -m sd15 -n 4 --seed 42 --grid
+    """
+    from conceptlib.render import RenderConfig, parse_size, render
+
+    config = RenderConfig(
+        model=model,
+        prompts=list(prompts or []),
+        prompts_file=prompts_file,
+        negative=negative,
+        images_per_prompt=n,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        scheduler=scheduler,
+        size=parse_size(size) if size else None,
+        batch_size=batch_size,
+        out=out_dir,
+        grid=grid,
+        device=device,
+        dtype=dtype,
+        home=home,
+    )
+    bar = _Bar("render")
+    try:
+        result = render(config, progress=bar)
+    finally:
+        bar.close()
+    if json_:
+        print_json(result.to_dict())
+        return
+    _print_result(result)
+
+
+def _print_result(result: RenderResult) -> None:
+    for image in result.images:
+        out.print(str(image.path), markup=False)
+    if result.grid:
+        out.print(str(result.grid), markup=False)
+    used = ", ".join(c.name for c in result.concepts) or "none"
+    info(f"{len(result.images)} images in {result.seconds:.1f} s with {result.model}; concepts: {used}; manifest {result.manifest}")
+    for concept in result.concepts:
+        for finding in concept.findings:
+            if finding.severity == "warning":
+                info(f"Warning: {concept.name}: {finding.message}")
+
+
+def preview_cmd(
+    model: ModelOpt,
+    concepts: Annotated[list[str] | None, typer.Argument(help="Library concept names or tokens.", show_default=False)] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder (grids and preview.md).")] = Path("preview"),
+    changed: Annotated[
+        str | None,
+        typer.Option("--changed", help="A git range (origin/main...HEAD): preview the concepts it adds or changes.", show_default=False),
+    ] = None,
+    from_file: Annotated[
+        Path | None, typer.Option("--from", help="File of concept paths or names, one a line.", show_default=False)
+    ] = None,
+    repo: Annotated[Path, typer.Option("--repo", help="The repository --changed refers to.")] = Path("."),
+    seed: SeedOpt = 0,
+    steps: StepsOpt = 20,
+    guidance: GuidanceOpt = 7.5,
+    scheduler: SchedulerOpt = None,
+    size: SizeOpt = None,
+    batch_size: BatchOpt = 4,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "float32",
+    strict: Annotated[bool, typer.Option("--strict", help="Warnings fail the preview too.")] = False,
+    image_base_url: Annotated[
+        str | None, typer.Option("--image-base-url", help="URL prefix for image links in preview.md.", show_default=False)
+    ] = None,
+    home: HomeOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Validate concepts and render a preview grid of each, with a Markdown summary for a pull request.
+
+    Exits with 1 when a concept does not fit the model (or cannot be read).
+
+    Example: conceptlib preview --changed origin/main...HEAD -m sd15 --out preview
+    """
+    from conceptlib.preview import preview
+    from conceptlib.render import parse_size
+
+    bar = _Bar("preview")
+    try:
+        result = preview(
+            list(concepts or []), model=model, out=out_dir, changed=changed, from_file=from_file,
+            repo=repo, home=home, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
+            size=parse_size(size) if size else None, batch_size=batch_size, device=device,
+            dtype=dtype, strict=strict, image_base_url=image_base_url, progress=bar,
+        )  # fmt: skip
+    finally:
+        bar.close()
+    if json_:
+        print_json(result.to_dict())
+    else:
+        for item in result.items:
+            verdict = f"failed: {item.error}" if item.failed else f"ok: {item.grid}"
+            out.print(f"{item.name or item.source}: {verdict}", markup=False)
+        info(f"summary: {result.markdown}")
+    raise typer.Exit(result.exit_code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``render`` and ``preview``."""
+    app.command("render")(render_cmd)
+    app.command("preview")(preview_cmd)

@@ -1,0 +1,155 @@
+"""``train``: learn a textual-inversion concept from a folder of images.
+
+The command is a thin layer over :func:`conceptlib.train.train`: it builds a
+:class:`~conceptlib.train.TrainConfig` from the options, shows a progress bar on stderr and
+prints the result. torch, diffusers and transformers are imported only when the command runs,
+so ``conceptlib --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from conceptlib.cli._options import HomeOpt, JsonOpt
+from conceptlib.cli._output import err, info, out, print_json
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``train`` command to ``app``."""
+    app.command("train")(train)
+
+
+class _Bar:
+    """A rich progress bar on stderr (steps, loss, time left), shown only on a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled and err.is_terminal
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, step: int, total: int, loss: float | None) -> None:
+        if not self._enabled:
+            return
+        if self._bar is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("Training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                TextColumn("{task.description}"), console=err, transient=True,
+            )  # fmt: skip
+            self._bar.start()
+            self._task = self._bar.add_task("", total=total, completed=step)
+        self._bar.update(self._task, completed=step, description=f"loss {loss:.4f}" if loss is not None else "")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def train(
+    model: Annotated[str, typer.Option("--model", "-m", help="Base model: a diffusers folder or a registered model name.", show_default=False)],
+    images: Annotated[Path, typer.Option("--images", "-i", help="Folder of training images (3 to 20 is typical).", show_default=False)],
+    token: Annotated[str, typer.Option("--token", help="The new token to learn, e.g. '<my-cat>'.", show_default=False)],
+    init_word: Annotated[str | None, typer.Option("--init-word", help="Word(s) the vectors start from, e.g. 'cat' (default: '*').", show_default=False)] = None,
+    type_: Annotated[str, typer.Option("--type", help="object or style: picks the built-in prompt templates.")] = "object",
+    vectors: Annotated[int, typer.Option("--vectors", help="Vectors per token (tok, tok_1, ...).")] = 1,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 1,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Forward passes per optimizer step.")] = 1,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate [default: 0.005].", show_default=False)] = None,
+    lr_schedule: Annotated[str | None, typer.Option("--lr-schedule", help="AUTOMATIC1111 piecewise rates, e.g. '0.005:100, 1e-3:1000, 1e-5'.", show_default=False)] = None,
+    scheduler: Annotated[str, typer.Option("--scheduler", help="constant, constant_with_warmup, linear, cosine, cosine_with_restarts or polynomial.")] = "constant",
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Warm-up steps for schedulers that have one.")] = 0,
+    resolution: Annotated[int | None, typer.Option("--resolution", help="Image size in pixels [default: the model's].", show_default=False)] = None,
+    flip: Annotated[bool, typer.Option("--flip", help="Also train on mirrored images.")] = False,
+    mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="no, fp16 or bf16 (GPU only).")] = "no",
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Save GPU memory at some speed cost.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same run.")] = 0,
+    templates: Annotated[Path | None, typer.Option("--templates", help="Template file: one prompt per line with [name] and [filewords].", show_default=False)] = None,
+    captions: Annotated[str | None, typer.Option("--captions", help="[filewords] from the file name (filewords) or a .txt beside each image (sidecar).", show_default=False)] = None,
+    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every K steps (0: at the end only).")] = 500,
+    preview_every: Annotated[int, typer.Option("--preview-every", help="Render a preview every K steps (0: never).")] = 0,
+    preview_prompt: Annotated[str | None, typer.Option("--preview-prompt", help="Preview prompt; [name] or the token marks the concept.", show_default=False)] = None,
+    preview_steps: Annotated[int, typer.Option("--preview-steps", help="Sampler steps per preview.")] = 20,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
+    name: Annotated[str | None, typer.Option("--name", help="Name in the library [default: from the token].", show_default=False)] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder [default: <home>/training/<name>].", show_default=False)] = None,
+    no_add: Annotated[bool, typer.Option("--no-add", help="Do not add the finished concept to the library.")] = False,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Train a textual-inversion concept on a folder of images and add it to the library.
+
+    Only the new token's vectors are trained; checkpoints are small and --resume continues a
+    run exactly. Works with SD 1.x, SD 2.x (epsilon and v) and SDXL diffusers folders.
+
+    Example: conceptlib train --model ./sd15 --images ./cat --token '<my-cat>' --init-word cat --steps 2000
+    """
+    from conceptlib.errors import UsageError
+    from conceptlib.train import TrainConfig
+    from conceptlib.train import train as run_training
+
+    if lr is not None and lr_schedule is not None:
+        raise UsageError("--lr and --lr-schedule both set the learning rate", hint="pass one of them")
+    config = TrainConfig(
+        model=model,
+        images=str(images),
+        token=token,
+        init_word=init_word,
+        type=type_,
+        vectors=vectors,
+        steps=steps,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr_schedule=lr_schedule,
+        scheduler=scheduler,
+        warmup_steps=warmup_steps,
+        resolution=resolution,
+        flip=flip,
+        mixed_precision=mixed_precision,
+        gradient_checkpointing=gradient_checkpointing,
+        device=device,
+        seed=seed,
+        templates=str(templates) if templates is not None else None,
+        captions=captions,
+        save_every=save_every,
+        preview_every=preview_every,
+        preview_prompt=preview_prompt,
+        preview_steps=preview_steps,
+        resume=resume,
+        name=name,
+        out=str(out_dir) if out_dir is not None else None,
+        home=str(home) if home is not None else None,
+        add_to_library=not no_add,
+    )
+    if lr is not None:
+        config.lr = lr
+    bar = _Bar(enabled=not json_)
+    try:
+        result = run_training(config, progress=bar)
+    finally:
+        bar.close()
+    if json_:
+        print_json(result.to_dict())
+        return
+    for warning in result.warnings:
+        info(f"Warning: {warning}")
+    if result.concept is not None:
+        c = result.concept
+        out.print(f"added      {c.name}  ({c.token}, {c.family_label}, {c.vectors} vector{'s' if c.vectors != 1 else ''})", markup=False)
+    else:
+        out.print(f"wrote      {result.embedding_path}", markup=False)
+    info(
+        f"Trained {result.steps} steps ({result.seconds_per_step:.3f} s/step); evaluation loss "
+        f"{result.eval_loss_start:.4f} -> {result.eval_loss_end:.4f}. Run folder: {result.out}"
+    )

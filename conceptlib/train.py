@@ -1,0 +1,1314 @@
+"""Textual-inversion training for SD 1.x, SD 2.x (epsilon and v) and SDXL, in one explicit loop.
+
+>>> from conceptlib.train import TrainConfig, train
+>>> result = train(TrainConfig(model="path/to/sd15", images="photos/", token="<my-cat>",
+...                            init_word="cat", steps=2000))  # doctest: +SKIP
+>>> result.concept.name  # doctest: +SKIP
+'my-cat'
+
+This file reads top to bottom like diffusers' ``examples/textual_inversion/textual_inversion.py``
+(one dataclass of knobs, helpers, then :func:`train`), and does the same maths, with the costs
+that script pays for simplicity removed:
+
+* Only the new token vectors are trainable: one ``nn.Parameter`` of shape ``[n, width]`` per
+  text encoder, spliced into the token-embedding output in the forward pass. The optimizer holds
+  state for those few thousand numbers, not for the whole ~49,408-row embedding matrix, and no
+  rows need restoring after each step.
+* Each image is encoded to latents once (and its mirror image, when flips are on); each step
+  re-samples from the cached latent distribution, as the reference's ``latent_dist.sample()``
+  does, without running the VAE encoder.
+* Frozen models are in eval mode with ``requires_grad`` off; attention runs through PyTorch's
+  SDPA (xformers when installed, on a GPU); gradient checkpointing and fp16/bf16 are options.
+* Checkpoints hold the vectors, their optimizer state, the LR-scheduler state, RNG states, the
+  loss history and the config: a few kilobytes, whatever the vocabulary size. Every random draw
+  is a pure function of ``(seed, step)``, so a resumed run ends bit-identical (on CPU) to an
+  uninterrupted one.
+
+Placeholder tokens are added to in-memory copies of the tokenizers only. Their ids are mapped
+to negative numbers before the text encoder sees them: the embedding wrapper reads the trainable
+vectors for negative ids, and CLIP's pooled output (``argmax`` of the ids in older configs, used
+by SDXL's second encoder) keeps finding the end-of-text token, which appended ids would break.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from conceptlib.errors import (
+    ConceptExistsError,
+    DestinationExistsError,
+    TokenInUseError,
+    TrainingDivergedError,
+    TrainingImageError,
+    TrainingTokenError,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from conceptlib.embedding import Embedding
+    from conceptlib.library import Concept
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "OBJECT_TEMPLATES",
+    "STYLE_TEMPLATES",
+    "TrainConfig",
+    "TrainResult",
+    "load_checkpoint",
+    "lr_at",
+    "parse_lr_schedule",
+    "read_templates",
+    "spread",
+    "train",
+]
+
+#: Files a training folder may hold as images; anything else (captions, notes) is ignored.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+#: Below this the VAE's 8x downsampling leaves no latent pixels worth training on.
+MIN_IMAGE_SIDE = 16
+CHECKPOINT_NAME = "checkpoint.safetensors"
+CHECKPOINT_FORMAT = "conceptlib-train-checkpoint/1"
+
+# The prompt lists of the textual-inversion paper and diffusers' script ("{}" written as the
+# AUTOMATIC1111 "[name]" so built-in and file templates use one syntax).
+OBJECT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a [name]", "a rendering of a [name]", "a cropped photo of the [name]",
+    "the photo of a [name]", "a photo of a clean [name]", "a photo of a dirty [name]",
+    "a dark photo of the [name]", "a photo of my [name]", "a photo of the cool [name]",
+    "a close-up photo of a [name]", "a bright photo of the [name]", "a cropped photo of a [name]",
+    "a photo of the [name]", "a good photo of the [name]", "a photo of one [name]",
+    "a close-up photo of the [name]", "a rendition of the [name]", "a photo of the clean [name]",
+    "a rendition of a [name]", "a photo of a nice [name]", "a good photo of a [name]",
+    "a photo of the nice [name]", "a photo of the small [name]", "a photo of the weird [name]",
+    "a photo of the large [name]", "a photo of a cool [name]", "a photo of a small [name]",
+)  # fmt: skip
+STYLE_TEMPLATES: tuple[str, ...] = (
+    "a painting in the style of [name]", "a rendering in the style of [name]",
+    "a cropped painting in the style of [name]", "the painting in the style of [name]",
+    "a clean painting in the style of [name]", "a dirty painting in the style of [name]",
+    "a dark painting in the style of [name]", "a picture in the style of [name]",
+    "a cool painting in the style of [name]", "a close-up painting in the style of [name]",
+    "a bright painting in the style of [name]", "a good painting in the style of [name]",
+    "a close-up painting in the style of [name]", "a rendition in the style of [name]",
+    "a nice painting in the style of [name]", "a small painting in the style of [name]",
+    "a weird painting in the style of [name]", "a large painting in the style of [name]",
+)  # fmt: skip
+# AUTOMATIC1111's subject_filewords.txt / style_filewords.txt, used when --captions is given
+# without a template file: the caption tells the model what is *not* the concept.
+OBJECT_FILEWORDS_TEMPLATES: tuple[str, ...] = (
+    "a photo of a [name], [filewords]", "a rendering of a [name], [filewords]",
+    "a cropped photo of the [name], [filewords]", "the photo of a [name], [filewords]",
+    "a photo of a clean [name], [filewords]", "a close-up photo of a [name], [filewords]",
+    "a bright photo of the [name], [filewords]", "a good photo of the [name], [filewords]",
+    "a rendition of the [name], [filewords]", "a photo of the nice [name], [filewords]",
+)  # fmt: skip
+STYLE_FILEWORDS_TEMPLATES: tuple[str, ...] = (
+    "a painting of [filewords], art by [name]", "a rendering of [filewords], art by [name]",
+    "a cropped painting of [filewords], art by [name]", "the painting of [filewords], art by [name]",
+    "a clean painting of [filewords], art by [name]", "a close-up painting of [filewords], art by [name]",
+    "a bright painting of [filewords], art by [name]", "a good painting of [filewords], art by [name]",
+    "a rendition of [filewords], art by [name]", "a nice painting of [filewords], art by [name]",
+)  # fmt: skip
+
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+CAPTIONS = ("filewords", "sidecar")
+LATENT_SAMPLING = ("random", "deterministic")
+#: Config fields a resumed run may change; any other difference would not continue the same run.
+RESUMABLE_CHANGES = frozenset({
+    "steps", "save_every", "preview_every", "preview_prompt", "preview_steps", "preview_guidance",
+    "resume", "name", "out", "home", "add_to_library", "device", "gradient_checkpointing",
+})  # fmt: skip
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run (the CLI's options, one for one).
+
+    Attributes:
+        model: a diffusers folder, or a registered model name that points at one.
+        images: a folder of training images (or one image file).
+        token: the placeholder token to learn, e.g. ``<my-cat>``. With ``vectors`` > 1 the
+            concept uses ``tok``, ``tok_1`` ... as diffusers loads it.
+        init_word: the word(s) whose embeddings start the vectors; several tokens are spread
+            over the vectors (vector i starts from token ``i * k // n`` of k). Default ``*``,
+            as in AUTOMATIC1111.
+        type: ``object`` or ``style``: picks the built-in prompt templates.
+        vectors: number of vectors per encoder.
+        steps: optimizer steps (each ``batch_size * grad_accum`` images).
+        batch_size: images per forward pass.
+        grad_accum: forward passes per optimizer step.
+        lr: learning rate (ignored when ``lr_schedule`` is given).
+        lr_schedule: AUTOMATIC1111 piecewise syntax, e.g. ``"0.005:100, 1e-3:1000, 1e-5"``.
+        scheduler: a diffusers scheduler name (:data:`SCHEDULERS`), used with ``lr``.
+        warmup_steps: warm-up steps for the schedulers that have one.
+        adam_beta1: AdamW beta1.
+        adam_beta2: AdamW beta2.
+        adam_epsilon: AdamW epsilon.
+        weight_decay: AdamW weight decay on the vectors (AUTOMATIC1111 uses 0; diffusers 1e-2).
+        resolution: training image size in pixels (square); default: the model's native size.
+        flip: also train on mirrored images (their latents are cached too).
+        latent_sampling: ``random`` re-samples the cached latent distribution each step (what
+            the reference script does), ``deterministic`` uses its mean.
+        mixed_precision: ``no``, ``fp16`` or ``bf16`` (the last two need a GPU).
+        gradient_checkpointing: trade compute for memory in the UNet.
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1`` ...
+        seed: every random draw is a pure function of (seed, step).
+        templates: a template file, one prompt per line, with ``[name]`` and ``[filewords]``.
+        captions: ``filewords`` (caption from the file name) or ``sidecar`` (a ``.txt`` beside
+            each image); default: file names, and captions only appear through ``[filewords]``.
+        save_every: write a checkpoint (and a snapshot of the concept) every K steps; 0 = at
+            the end only.
+        preview_every: render a preview every K steps (0 = never).
+        preview_prompt: the preview prompt (default: the first template); ``[name]`` or the
+            token marks the concept.
+        preview_steps: sampler steps per preview.
+        preview_guidance: classifier-free guidance scale of previews.
+        resume: continue from the checkpoint in ``out``.
+        name: the concept's name in the library (default: from the token).
+        out: the run folder (default: ``<home>/training/<name>``).
+        home: the library folder (default: ``CONCEPTLIB_HOME``).
+        add_to_library: add the finished concept to the library.
+    """
+
+    model: str
+    images: str
+    token: str
+    init_word: str | None = None
+    type: str = "object"
+    vectors: int = 1
+    steps: int = 1000
+    batch_size: int = 1
+    grad_accum: int = 1
+    lr: float = 5e-3
+    lr_schedule: str | None = None
+    scheduler: str = "constant"
+    warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.0
+    resolution: int | None = None
+    flip: bool = False
+    latent_sampling: str = "random"
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    device: str = "auto"
+    seed: int = 0
+    templates: str | None = None
+    captions: str | None = None
+    save_every: int = 500
+    preview_every: int = 0
+    preview_prompt: str | None = None
+    preview_steps: int = 20
+    preview_guidance: float = 7.5
+    resume: bool = False
+    name: str | None = None
+    out: str | None = None
+    home: str | None = None
+    add_to_library: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (stored in checkpoints and in the concept's metadata)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes:
+        embedding: the learned vectors (``clip_l``; ``clip_h``; or ``clip_l`` + ``clip_g``).
+        embedding_path: the concept written in conceptlib's canonical format.
+        concept: the library entry, or None with ``add_to_library=False``.
+        out: the run folder.
+        checkpoint: the last checkpoint written.
+        steps: optimizer steps done in total (including those before a resume).
+        resumed_from: the step the run resumed from (0 for a fresh run).
+        losses: the mean training loss of every step.
+        eval_loss_start: loss on a fixed evaluation batch (fixed images, prompts, timesteps
+            and noise) before training.
+        eval_loss_end: the same after training: lower means the concept was learned.
+        previews: preview images, in step order.
+        preview_grid: all previews in one labelled image, or None.
+        loss_plot: the loss curve (PNG).
+        seconds: wall time of the whole call.
+        seconds_per_step: mean wall time of the optimizer steps this call ran.
+        peak_memory: peak accelerator memory in bytes (CUDA), else None.
+        warnings: things worth knowing that did not stop training.
+    """
+
+    embedding: Embedding
+    embedding_path: Path
+    concept: Concept | None
+    out: Path
+    checkpoint: Path | None
+    steps: int
+    resumed_from: int
+    losses: list[float]
+    eval_loss_start: float
+    eval_loss_end: float
+    previews: list[Path] = field(default_factory=list)
+    preview_grid: Path | None = None
+    loss_plot: Path | None = None
+    seconds: float = 0.0
+    seconds_per_step: float = 0.0
+    peak_memory: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (what ``conceptlib train --json`` prints)."""
+        return {
+            "concept": self.concept.name if self.concept else None,
+            "token": self.embedding.token,
+            "encoders": self.embedding.widths,
+            "vectors": self.embedding.num_vectors,
+            "embedding_path": str(self.embedding_path),
+            "out": str(self.out),
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "steps": self.steps,
+            "resumed_from": self.resumed_from,
+            "final_loss": self.losses[-1] if self.losses else None,
+            "eval_loss_start": self.eval_loss_start,
+            "eval_loss_end": self.eval_loss_end,
+            "previews": [str(p) for p in self.previews],
+            "preview_grid": str(self.preview_grid) if self.preview_grid else None,
+            "loss_plot": str(self.loss_plot) if self.loss_plot else None,
+            "seconds": round(self.seconds, 3),
+            "seconds_per_step": round(self.seconds_per_step, 5),
+            "peak_memory": self.peak_memory,
+            "warnings": list(self.warnings),
+        }
+
+
+#: ``progress(step, total_steps, loss)`` after every optimizer step (loss None before the first).
+Progress = Callable[[int, int, "float | None"], None]
+
+
+# --- learning rate ------------------------------------------------------------------------------
+
+_LR_USAGE = 'e.g. "0.005:100, 1e-3:1000, 1e-5" (5e-3 until step 100, 1e-3 until 1000, then 1e-5)'
+
+
+def parse_lr_schedule(text: str, max_steps: int) -> list[tuple[float, int]]:
+    """Parse AUTOMATIC1111's piecewise learning-rate syntax.
+
+    A comma-separated list of ``rate:step`` pairs, where each rate applies *until* its step;
+    ``-1`` as the step, or a bare rate, means until ``max_steps`` and ends the list; a step past
+    ``max_steps`` is clamped to it and ends the list.
+
+    Args:
+        text: the schedule, e.g. ``"0.005:100, 1e-3:1000, 1e-5"``.
+        max_steps: the run's step count.
+
+    Returns:
+        ``[(rate, end_step), ...]`` with increasing end steps; training stops at the last one.
+
+    Raises:
+        UsageError: empty or unparsable text, a rate that is not a positive number, or steps
+            that do not increase.
+
+    Example:
+        >>> parse_lr_schedule("0.005:100, 1e-3:1000, 1e-5", 3000)
+        [(0.005, 100), (0.001, 1000), (1e-05, 3000)]
+    """
+    pairs: list[tuple[float, int]] = []
+    parts = [p.strip() for p in text.split(",")]
+    if not any(parts):
+        raise UsageError("the learning-rate schedule is empty", hint=_LR_USAGE)
+    for part in parts:
+        if not part:
+            raise UsageError(f"empty entry in the learning-rate schedule {text!r}", hint=_LR_USAGE)
+        rate_text, sep, step_text = part.partition(":")
+        try:
+            rate = float(rate_text)
+            step = int(step_text) if sep else -1
+        except ValueError:
+            raise UsageError(f"cannot read {part!r} in the learning-rate schedule {text!r}", hint=_LR_USAGE) from None
+        if not math.isfinite(rate) or rate <= 0:
+            raise UsageError(f"learning rate {rate_text.strip()!r} must be a positive number", hint=_LR_USAGE)
+        last = step == -1 or step >= max_steps
+        step = max_steps if last else step
+        if step <= (pairs[-1][1] if pairs else 0):
+            raise UsageError(f"steps in the learning-rate schedule must increase, got {part!r} after {pairs[-1][1] if pairs else 0}", hint=_LR_USAGE)
+        pairs.append((rate, step))
+        if last:
+            break
+    return pairs
+
+
+def lr_at(pairs: list[tuple[float, int]], step: int) -> float:
+    """The rate for a 0-based optimizer step under a parsed schedule (the last rate past its end)."""
+    for rate, end in pairs:
+        if step < end:
+            return rate
+    return pairs[-1][0]
+
+
+# --- images, captions and prompts ---------------------------------------------------------------
+
+_LEADING_NUMBERS = re.compile(r"^[-\d]+\s*")
+
+
+@dataclass
+class _TrainImage:
+    path: Path
+    caption: str
+    pixels: np.ndarray  # [3, res, res] float32 in [-1, 1]
+    original_size: tuple[int, int]  # (height, width) before resizing, for SDXL's time_ids
+    crop_top_left: tuple[int, int]
+
+
+def _image_files(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise TrainingImageError("no such file or folder", path=source, hint="pass --images with a folder of training images")
+    files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise TrainingImageError(
+            f"holds no images (looked for {', '.join(IMAGE_SUFFIXES)})",
+            path=source,
+            hint="put 3 to 20 pictures of the concept in the folder",
+        )
+    return files
+
+
+def _caption(path: Path, mode: str | None) -> str:
+    """The ``[filewords]`` text: a sidecar .txt, or the file name (AUTOMATIC1111's rules)."""
+    if mode == "sidecar":
+        sidecar = path.with_suffix(".txt")
+        if not sidecar.is_file():
+            raise TrainingImageError(
+                f"--captions sidecar: no caption file {sidecar.name} beside it",
+                path=path,
+                hint="write one caption per image in a .txt of the same name, or use --captions filewords",
+            )
+        return " ".join(sidecar.read_text(encoding="utf-8", errors="replace").split())
+    # AUTOMATIC1111 drops a leading run of digits and dashes ("001-red hat.png" -> "red hat").
+    return _LEADING_NUMBERS.sub("", path.stem).replace("_", " ").strip()
+
+
+def _load_image(path: Path, resolution: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            img: Image.Image = ImageOps.exif_transpose(opened)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                # Transparent pixels would turn black with a plain convert; a white background
+                # is what viewers show and what people expect the model to learn.
+                rgba = img.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(background, rgba)
+            img = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise TrainingImageError(f"cannot read the image ({exc})", path=path, hint="remove the file or re-save it as PNG/JPEG") from None
+    width, height = img.size
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise TrainingImageError(
+            f"is {width}x{height} pixels, too small to train on (at least {MIN_IMAGE_SIDE} px a side)",
+            path=path,
+            hint="remove it or use a larger version",
+        )
+    # Shorter side to the resolution, then a centred square crop: keeps the aspect ratio (the
+    # reference squashes the whole image to a square instead).
+    scale = resolution / min(width, height)
+    new_w, new_h = max(resolution, round(width * scale)), max(resolution, round(height * scale))
+    img = img.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
+    left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
+    img = img.crop((left, top, left + resolution, top + resolution))
+    pixels = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+    return np.ascontiguousarray(pixels), (height, width), (top, left)
+
+
+def read_templates(path: str | os.PathLike[str]) -> list[str]:
+    """Read a template file: one prompt per line with ``[name]`` and optionally ``[filewords]``.
+
+    Args:
+        path: the file (AUTOMATIC1111's ``textual_inversion_templates/*.txt`` work as they are).
+
+    Returns:
+        The non-empty lines, stripped.
+
+    Raises:
+        UsageError: the file is missing, empty, or a line has no ``[name]`` and no ``[filewords]``.
+    """
+    file = Path(path)
+    try:
+        lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    except OSError as exc:
+        raise UsageError(f"cannot read the template file ({exc.strerror or exc})", path=file) from None
+    templates = [line for line in lines if line]
+    if not templates:
+        raise UsageError("the template file has no templates", path=file, hint="write one prompt per line, with [name] where the concept goes")
+    # A1111's none.txt is a single "picture" line: a line without placeholders is legal there,
+    # but a file where no line mentions the concept cannot teach it anything.
+    if not any("[name]" in t or "[filewords]" in t for t in templates):
+        raise UsageError("no template uses [name] or [filewords]", path=file, hint="write [name] where the concept's token goes")
+    return templates
+
+
+def spread(tokens: int, vectors: int) -> list[int]:
+    """Which init-word token starts each vector (AUTOMATIC1111's rule: ``i * k // n``).
+
+    Args:
+        tokens: how many tokens the init word has (k).
+        vectors: how many vectors the concept has (n).
+
+    Returns:
+        For each vector, the index of its init token.
+
+    Example:
+        >>> spread(2, 3)  # "red dog" over 3 vectors: red, red, dog
+        [0, 0, 1]
+        >>> spread(3, 2)  # "a red dog" over 2 vectors: a, red
+        [0, 1]
+    """
+    return [i * tokens // vectors for i in range(vectors)]
+
+
+def _prompt(template: str, token_text: str, caption: str) -> str:
+    return " ".join(template.replace("[name]", token_text).replace("[filewords]", caption).split())
+
+
+# --- randomness: a pure function of (seed, step) ------------------------------------------------
+
+
+def _generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of integers (independent streams for each key)."""
+    import torch
+
+    state = np.random.SeedSequence([k & 0xFFFFFFFF for k in key] + [len(key)]).generate_state(2, np.uint32)
+    return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+_EPOCH_STREAM, _STEP_STREAM, _EVAL_STREAM, _PREVIEW_STREAM = 1, 2, 3, 4
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def _split_tensors(obj: Any, prefix: str, tensors: dict[str, Any]) -> Any:
+    """Move every tensor of a nested state dict into ``tensors`` and leave a reference behind."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_split_tensors(k, f"{prefix}.k{i}", tensors), _split_tensors(v, f"{prefix}.{i}", tensors)] for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        items = [_split_tensors(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"__float__": repr(obj)}
+    return obj
+
+
+def _join_tensors(obj: Any, tensors: dict[str, Any]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__dict__" in obj:
+            return {_join_tensors(k, tensors): _join_tensors(v, tensors) for k, v in obj["__dict__"]}
+        if "__tuple__" in obj:
+            return tuple(_join_tensors(v, tensors) for v in obj["__tuple__"])
+        if "__ndarray__" in obj:
+            return np.array(obj["__ndarray__"], dtype=obj["dtype"])
+        if "__float__" in obj:
+            return float(obj["__float__"])
+    if isinstance(obj, list):
+        return [_join_tensors(v, tensors) for v in obj]
+    return obj
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint atomically: tensors in safetensors, everything else in its JSON header.
+
+    No pickle: a checkpoint someone sends you cannot run code, like every file conceptlib reads.
+    """
+    from safetensors.torch import save
+
+    from conceptlib._atomic import atomic_write_bytes
+
+    tensors: dict[str, Any] = {}
+    skeleton = _split_tensors(state, "s", tensors)
+    data = save(tensors, metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(skeleton)})
+    atomic_write_bytes(path, data)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a training checkpoint written by :func:`train`.
+
+    Args:
+        path: the ``checkpoint.safetensors`` of a run folder.
+
+    Returns:
+        The state: ``step``, ``vectors`` (encoder key -> tensor), ``optimizer``,
+        ``lr_scheduler``, ``scaler``, ``rng``, ``losses``, ``config``, ``model``.
+
+    Raises:
+        UsageError: not a conceptlib training checkpoint.
+    """
+    from safetensors import safe_open
+
+    file = Path(path)
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for damaged headers
+        raise UsageError(f"cannot read the training checkpoint ({exc})", path=file) from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError("not a conceptlib training checkpoint", path=file)
+    state: dict[str, Any] = _join_tensors(json.loads(meta["state"]), tensors)
+    return state
+
+
+# --- the embedding splice -------------------------------------------------------------------------
+
+
+def _injected_embedding(base: Any, vectors: Any) -> Any:
+    """Wrap a frozen ``nn.Embedding`` so that negative ids read rows of ``vectors``.
+
+    Id ``-1`` is ``vectors[0]``, ``-2`` is ``vectors[1]`` ... The output has the base
+    embedding's dtype, so fp16/bf16 models get cast copies of the fp32 trainable vectors.
+    """
+    import torch
+    from torch import nn
+
+    class InjectedEmbedding(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.base = base
+            self.vectors = vectors
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            new = input_ids < 0
+            out = self.base(input_ids.clamp(min=0))
+            # Gather for every position (index 0 where not new) and select: no data-dependent
+            # control flow, so no host sync on a GPU. Gradients reach only the selected rows.
+            rows = self.vectors[(-input_ids - 1).clamp(min=0)].to(out.dtype)
+            return torch.where(new.unsqueeze(-1), rows, out)
+
+    return InjectedEmbedding()
+
+
+# --- previews and plots ---------------------------------------------------------------------------
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        return ImageFont.load_default()
+
+
+def _grid(images: list[tuple[str, Image.Image]], path: Path) -> Path:
+    """Lay out labelled images in rows of up to 8 and save them as one PNG."""
+    from PIL import Image, ImageDraw
+
+    size = max(max(img.size) for _, img in images)
+    cols = min(8, len(images))
+    rows = math.ceil(len(images) / cols)
+    label_h = 18
+    sheet = Image.new("RGB", (cols * size, rows * (size + label_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = _font(12)
+    for i, (label, img) in enumerate(images):
+        x, y = (i % cols) * size, (i // cols) * (size + label_h)
+        sheet.paste(img.convert("RGB").resize((size, size)), (x, y + label_h))
+        draw.text((x + 3, y + 2), label, fill="black", font=font)
+    _save_png(sheet, path)
+    return path
+
+
+def _save_png(img: Image.Image, path: Path) -> None:
+    import io
+
+    from conceptlib._atomic import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _loss_plot(losses: list[float], path: Path, *, title: str) -> Path:
+    """Draw the loss curve with Pillow (matplotlib is not a dependency): raw and smoothed."""
+    from PIL import Image, ImageDraw
+
+    width, height, margin = 720, 400, 56
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font = _font(12)
+    values = [v for v in losses if math.isfinite(v)] or [0.0]
+    low, high = min(values), max(values)
+    if high - low < 1e-12:
+        low, high = low - 0.5, high + 0.5
+    x0, y0, x1, y1 = margin, 28, width - 16, height - margin + 16
+
+    def point(i: int, v: float) -> tuple[float, float]:
+        x = x0 + (x1 - x0) * (i / max(1, len(losses) - 1))
+        return x, y1 - (y1 - y0) * ((v - low) / (high - low))
+
+    draw.rectangle((x0, y0, x1, y1), outline="black")
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = y1 - (y1 - y0) * frac
+        draw.line((x0 - 4, y, x0, y), fill="black")
+        draw.text((4, y - 7), f"{low + (high - low) * frac:.4g}", fill="black", font=font)
+        if 0 < frac < 1:
+            draw.line((x0 + 1, y, x1 - 1, y), fill=(230, 230, 230))
+    for frac in (0.0, 0.5, 1.0):
+        step = round(frac * max(0, len(losses) - 1)) + 1
+        x = x0 + (x1 - x0) * frac
+        draw.line((x, y1, x, y1 + 4), fill="black")
+        draw.text((x - 10, y1 + 6), str(step), fill="black", font=font)
+    draw.text((x0, 8), title, fill="black", font=font)
+    draw.text(((x0 + x1) // 2 - 12, height - 20), "step", fill="black", font=font)
+    finite = [(i, v) for i, v in enumerate(losses) if math.isfinite(v)]
+    if len(finite) > 1:
+        draw.line([point(i, v) for i, v in finite], fill=(170, 170, 170), width=1)
+        window = max(1, len(finite) // 20)
+        cumsum = np.cumsum([0.0] + [v for _, v in finite])
+        smooth = [(finite[i][0], (cumsum[i + 1] - cumsum[max(0, i + 1 - window)]) / min(window, i + 1)) for i in range(len(finite))]
+        draw.line([point(i, v) for i, v in smooth], fill=(31, 119, 180), width=2)
+    _save_png(img, path)
+    return path
+
+
+# --- the training run -----------------------------------------------------------------------------
+
+
+def _check_config(config: TrainConfig) -> None:
+    if config.type not in ("object", "style"):
+        raise UsageError(f"unknown --type {config.type!r}", hint="use object or style")
+    for label, value, low in (("--vectors", config.vectors, 1), ("--steps", config.steps, 1), ("--batch-size", config.batch_size, 1), ("--grad-accum", config.grad_accum, 1)):
+        if value < low:
+            raise UsageError(f"{label} must be at least {low}, got {value}")
+    if config.vectors > 75:
+        raise UsageError(f"--vectors {config.vectors} leaves no room in CLIP's 75-token prompt", hint="use at most 16 or so")
+    if config.save_every < 0 or config.preview_every < 0 or config.warmup_steps < 0:
+        raise UsageError("--save-every, --preview-every and --warmup-steps must be 0 or more")
+    if config.scheduler not in SCHEDULERS:
+        raise UsageError(f"unknown --scheduler {config.scheduler!r}", hint=f"use one of: {', '.join(SCHEDULERS)}")
+    if config.lr_schedule is not None and config.scheduler != "constant":
+        raise UsageError("--lr-schedule already is a schedule: it cannot be combined with --scheduler", hint="drop one of them")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise UsageError(f"--lr must be a positive number, got {config.lr}")
+    if config.mixed_precision not in MIXED_PRECISION:
+        raise UsageError(f"unknown --mixed-precision {config.mixed_precision!r}", hint="use no, fp16 or bf16")
+    if config.captions is not None and config.captions not in CAPTIONS:
+        raise UsageError(f"unknown --captions {config.captions!r}", hint="use filewords or sidecar")
+    if config.latent_sampling not in LATENT_SAMPLING:
+        raise UsageError(f"unknown latent sampling {config.latent_sampling!r}", hint="use random or deterministic")
+    if config.resolution is not None and (config.resolution < 8 or config.resolution % 8):
+        raise UsageError(f"--resolution must be a multiple of 8 (at least 8), got {config.resolution}")
+    if config.seed < 0:
+        raise UsageError(f"--seed must be 0 or more, got {config.seed}")
+
+
+def _resume_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    now = config.to_dict()
+    return sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+
+
+def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    """Learn a textual-inversion concept and (by default) add it to the library.
+
+    Args:
+        config: the run's settings (see :class:`TrainConfig`).
+        progress: called as ``progress(step, total_steps, loss)`` after each optimizer step,
+            and once with ``loss=None`` when the loop starts.
+
+    Returns:
+        A :class:`TrainResult`: the concept, its file, the run folder, losses, previews.
+
+    Raises:
+        UsageError: contradictory or impossible settings, a model without weights, a run
+            folder that already holds a checkpoint (pass ``resume``) or none to resume.
+        TrainingImageError: no images, or an unreadable or too small one (the file is named).
+        TokenInUseError: the token collides with the tokenizer's vocabulary or with a
+            concept in the library, found before any step runs.
+        TrainingDivergedError: the loss became NaN/Inf; the last good checkpoint is kept.
+        MissingDependencyError: torch, diffusers or transformers is not installed.
+
+    Example:
+        >>> cfg = TrainConfig(model="sd15/", images="cat/", token="<my-cat>", init_word="cat")
+        >>> train(cfg).eval_loss_end < train(cfg).eval_loss_start  # doctest: +SKIP
+        True
+    """
+    from conceptlib._deps import require
+
+    started = time.perf_counter()
+    _check_config(config)
+    require("torch", "diffusers", "transformers", purpose="training")
+
+    import torch
+    import torch.nn.functional as F
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.utils import logging as diffusers_logging
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    from conceptlib import config as conceptlib_config
+    from conceptlib.embedding import Embedding
+    from conceptlib.formats import write
+    from conceptlib.library import Library, check_name, check_token
+    from conceptlib.models import resolve_model
+    from conceptlib.slug import slugify
+    from conceptlib.tensor import Tensor
+    from conceptlib.validate import expansions, validate
+
+    notes: list[str] = []  # TrainResult.warnings
+    token = check_token(config.token)
+    home = conceptlib_config.home(config.home)
+    name = check_name(config.name) if config.name else (slugify(token.strip("<>")) or "concept")
+    out = Path(config.out).expanduser().resolve() if config.out else home / "training" / name
+    checkpoint_path = out / CHECKPOINT_NAME
+
+    # Data parallel under `accelerate launch` / torchrun: each process takes every world-th
+    # sample and gradients of the vectors are averaged; rank 0 alone writes files.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    distributed = world > 1
+    if distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    main_process = rank == 0
+
+    # ---- 1. The device and precision. -----------------------------------------------------------
+    if config.device == "auto":
+        if torch.cuda.is_available():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        else:
+            device = torch.device("cpu")
+    else:
+        device = torch.device(config.device)
+    if config.mixed_precision != "no" and device.type != "cuda":
+        raise UsageError(f"--mixed-precision {config.mixed_precision} needs a GPU; this run is on {device}", hint="use --mixed-precision no on a CPU")
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
+
+    # ---- 2. The model: resolve it and check it has weights (no torch needed yet). -------------
+    info = resolve_model(config.model, home=home)
+    if info.kind != "diffusers" or not info.path:
+        what = "a family name without weights" if info.kind == "family" else "a single-file checkpoint"
+        raise UsageError(
+            f"training needs a diffusers model folder; {config.model!r} is {what}",
+            hint="pass a diffusers folder (with model_index.json); `conceptlib models create-tiny` makes a tiny one to try",
+        )
+    root = Path(info.path)
+    sdxl = info.family == "sdxl"
+    keys = info.encoder_keys  # canonical order = text_encoder, text_encoder_2
+    resolution = config.resolution or info.sample_size or 512
+    if not config.resume and checkpoint_path.exists():
+        raise DestinationExistsError(
+            "holds a checkpoint from an earlier run",
+            path=checkpoint_path,
+            hint="pass --resume to continue it, or --out another folder",
+        )
+    if config.resume and not checkpoint_path.is_file():
+        raise UsageError("--resume: no checkpoint to resume from", path=checkpoint_path, hint="run without --resume to start, or pass the run's --out")
+
+    # ---- 3. Images: check them all before loading anything heavy. --------------------------------
+    image_files = _image_files(Path(config.images).expanduser())
+    images = []
+    for path in image_files:
+        pixels, original_size, crop = _load_image(path, resolution)
+        images.append(_TrainImage(path, _caption(path, config.captions), pixels, original_size, crop))
+        if min(original_size) < resolution:
+            notes.append(f"{path.name} is {original_size[1]}x{original_size[0]}, upscaled to {resolution} px")
+    if config.templates:
+        templates = read_templates(config.templates)
+    elif config.captions is not None:
+        templates = list(STYLE_FILEWORDS_TEMPLATES if config.type == "style" else OBJECT_FILEWORDS_TEMPLATES)
+    else:
+        templates = list(STYLE_TEMPLATES if config.type == "style" else OBJECT_TEMPLATES)
+
+    # ---- 4. The token: validate it against the model and the library. ---------------------------
+    # Against the model (vocabulary, multi-vector expansions) and the library (a token already
+    # used in this family), before anything expensive runs. The widths are all the probe needs.
+    names = expansions(token, config.vectors)
+    token_text = " ".join(names)
+    probe = Embedding({k: Tensor.from_numpy(np.full((config.vectors, w), 0.01, np.float32)) for k, w in info.widths.items()}, token=token)
+    clashes = [f for f in validate(probe, info, token=token, home=home) if f.severity == "error" and f.code.startswith(("token", "expansion"))]
+    if clashes:
+        raise TrainingTokenError(clashes[0].message)
+    if config.add_to_library and main_process:
+        library = Library.open(home)
+        try:
+            owner = library.index.token_owner(info.family, token)
+            if owner is not None:
+                raise TokenInUseError(token, family=info.family_label, used_by=owner)
+            if config.name and library.index.has(name):
+                raise ConceptExistsError(name)
+        finally:
+            library.close()
+
+    # ---- 5. Load the components. -----------------------------------------------------------------
+    components = ["text_encoder", "text_encoder_2"][: len(keys)]
+    transformers_verbosity = transformers_logging.get_verbosity()
+    diffusers_verbosity = diffusers_logging.get_verbosity()
+    transformers_bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # one bar per component is noise on stderr
+    diffusers_logging.set_verbosity_error()
+    try:
+        tokenizers = [CLIPTokenizer.from_pretrained(root / c.replace("text_encoder", "tokenizer")) for c in components]
+        encoders = []
+        for component in components:
+            cls = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
+            encoders.append(cls.from_pretrained(root / component, attn_implementation="sdpa", torch_dtype=weight_dtype))
+        # The VAE only encodes once (and decodes previews): fp32 always, which also avoids the
+        # SDXL VAE's fp16 overflow.
+        vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=torch.float32)
+        unet = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=weight_dtype)
+        noise_scheduler = DDPMScheduler.from_pretrained(root / "scheduler")
+    finally:
+        transformers_logging.set_verbosity(transformers_verbosity)
+        diffusers_logging.set_verbosity(diffusers_verbosity)
+        if transformers_bars:
+            transformers_logging.enable_progress_bar()
+    for key, enc in zip(keys, encoders, strict=True):
+        if enc.config.hidden_size != info.widths[key]:
+            raise UsageError(f"text encoder width {enc.config.hidden_size} does not match {key} ({info.widths[key]})", path=root)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise UsageError(f"prediction type {prediction_type!r} is not supported (epsilon or v_prediction)", path=root / "scheduler")
+
+    # ---- 6. Freeze everything; only the vectors will have gradients. -----------------------------
+    for module in (vae, unet, *encoders):
+        module.requires_grad_(False)
+        module.eval()
+        module.to(device)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if device.type == "cuda":
+        from conceptlib._deps import available
+
+        if available("xformers"):
+            unet.enable_xformers_memory_efficient_attention()
+
+    # ---- 7. Placeholder tokens: add to the tokenizers, splice in trainable vectors. ------------
+    base_sizes: list[int] = []
+    for tokenizer in tokenizers:
+        base = len(tokenizer)
+        added = tokenizer.add_tokens(names)
+        ids = tokenizer.convert_tokens_to_ids(names)
+        if added != len(names) or ids != list(range(base, base + len(names))):
+            raise TrainingTokenError(f"the tokenizer already knows {token!r} (or one of {', '.join(names[1:]) or 'its expansions'})")
+        if tokenizer(token_text, add_special_tokens=False).input_ids != ids:
+            raise TrainingTokenError(f"the tokenizer does not read {token_text!r} back as {len(names)} tokens")
+        base_sizes.append(base)
+
+    init_text = config.init_word if config.init_word is not None else "*"
+    vectors: dict[str, torch.nn.Parameter] = {}
+    for key, tokenizer, enc, base in zip(keys, tokenizers, encoders, base_sizes, strict=True):
+        init_ids = tokenizer(init_text, add_special_tokens=False).input_ids
+        if not init_ids:
+            raise UsageError(f"--init-word {init_text!r} has no tokens", hint="pass a word such as 'cat' or 'painting'")
+        if any(i >= base for i in init_ids):
+            raise UsageError("--init-word cannot contain the token being trained", hint="pass an ordinary word such as 'cat'")
+        embeddings: Any = getattr(enc, "text_model", enc).embeddings
+        table = embeddings.token_embedding.weight.detach()
+        rows = [init_ids[i] for i in spread(len(init_ids), config.vectors)]
+        vectors[key] = torch.nn.Parameter(table[rows].float().clone())
+        embeddings.token_embedding = _injected_embedding(embeddings.token_embedding, vectors[key])
+
+    # ---- 8. Encode each image (and its mirror image) to latents once. -------------------------------
+    scaling = float(vae.config.scaling_factor)
+    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
+    flips = (False, True) if config.flip else (False,)
+    means_by_flip: list[torch.Tensor] = []
+    stds_by_flip: list[torch.Tensor] = []
+    with torch.no_grad():
+        for flipped in flips:
+            means, stds = [], []
+            # Batches of 8 only for small images: a 1024 px VAE encode needs gigabytes per image.
+            chunk = 8 if resolution <= 256 else 1
+            for start in range(0, len(images), chunk):
+                batch = torch.from_numpy(np.stack([img.pixels for img in images[start : start + chunk]])).to(device)
+                if flipped:
+                    batch = batch.flip(-1)
+                dist = vae.encode(batch).latent_dist
+                means.append(dist.mean.float())
+                stds.append(dist.std.float())
+            means_by_flip.append(torch.cat(means))
+            stds_by_flip.append(torch.cat(stds))
+    # [flip, image, 4, h, w]: a few hundred kilobytes per image even at 1024 px.
+    latent_mean, latent_std = torch.stack(means_by_flip), torch.stack(stds_by_flip)
+
+    # ---- 9. Optimizer (only the vectors) and learning-rate schedule. ----------------------------
+    total_steps = config.steps
+    schedule = None
+    if config.lr_schedule is not None:
+        schedule = parse_lr_schedule(config.lr_schedule, config.steps)
+        if schedule[-1][1] < total_steps:
+            notes.append(f"the learning-rate schedule ends at step {schedule[-1][1]}: training stops there")
+            total_steps = schedule[-1][1]
+    params = list(vectors.values())
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=1.0 if schedule else config.lr,  # with a schedule, LambdaLR's factor *is* the rate
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+        weight_decay=config.weight_decay,
+    )
+    if schedule is not None:
+        pairs = schedule
+        lr_scheduler: Any = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(pairs, step))
+    else:
+        from diffusers.optimization import get_scheduler
+
+        lr_scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps)
+    scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
+
+    # ---- 10. Resume, or refuse to overwrite another run's checkpoint. ----------------------------
+    losses: list[float] = []
+    start_step = 0
+    if config.resume:
+        state = load_checkpoint(checkpoint_path)
+        changed = _resume_differences(state["config"], config)
+        if changed:
+            raise UsageError(
+                f"--resume: these settings differ from the checkpoint's: {', '.join(changed)}",
+                path=checkpoint_path,
+                hint="resume with the same settings (only --steps, --save-every, previews and output options may change)",
+            )
+        if state["model"] != info.fingerprints():
+            raise UsageError("--resume: the checkpoint was trained on another model (text-encoder fingerprints differ)", path=checkpoint_path)
+        with torch.no_grad():
+            for key, param in vectors.items():
+                param.copy_(state["vectors"][key])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        start_step = int(state["step"])
+        losses = [float(v) for v in state["losses"].tolist()]
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+
+    # ---- 11. The pieces of one step. ---------------------------------------------------------------
+    id_cache: dict[str, list[torch.Tensor]] = {}
+    truncated: list[str] = []
+
+    def token_ids(prompts: list[str]) -> list[torch.Tensor]:
+        """Tokenize (cached per prompt), mapping placeholder ids to -1, -2, ..."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in id_cache]
+        for prompt in missing:
+            per_encoder = []
+            for tokenizer, base in zip(tokenizers, base_sizes, strict=True):
+                ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids[0]
+                mapped = torch.where(ids >= base, base - 1 - ids, ids)
+                if token_text in prompt and int((mapped < 0).sum()) < len(names) and not truncated:
+                    # Past CLIP's 75 tokens the concept is cut off: such samples teach nothing.
+                    truncated.append(prompt)
+                    notes.append(f"the prompt {prompt[:60]!r}... is longer than the text encoder's context and loses the token: shorten the caption or template")
+                per_encoder.append(mapped)
+            id_cache[prompt] = per_encoder
+        return [torch.stack([id_cache[p][i] for p in prompts]).to(device) for i in range(len(tokenizers))]
+
+    def encode_prompts(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text conditioning: last hidden state (SD 1/2), or SDXL's penultimate states of both
+        encoders concatenated plus the second encoder's pooled projection."""
+        ids = token_ids(prompts)
+        if not sdxl:
+            return encoders[0](ids[0])[0], None
+        states, pooled = [], None
+        for enc, enc_ids in zip(encoders, ids, strict=True):
+            output = enc(enc_ids, output_hidden_states=True)
+            states.append(output.hidden_states[-2])
+            if isinstance(enc, CLIPTextModelWithProjection):
+                pooled = output.text_embeds
+        return torch.cat(states, dim=-1), pooled
+
+    def time_ids(indices: list[int]) -> torch.Tensor:
+        """SDXL's micro-conditioning: original size, crop top-left, target size."""
+        rows = [[*images[i].original_size, *images[i].crop_top_left, resolution, resolution] for i in indices]
+        return torch.tensor(rows, dtype=weight_dtype, device=device)
+
+    def diffusion_loss(indices: list[int], flipped: torch.Tensor, prompts: list[str], timesteps: torch.Tensor, latent_noise: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The textual-inversion objective: MSE between the UNet's prediction and its target."""
+        index = torch.tensor(indices, device=device)
+        which = flipped.to(device).long()
+        mean, std = latent_mean[which, index], latent_std[which, index]
+        latents = mean if config.latent_sampling == "deterministic" else mean + std * latent_noise.to(device)
+        latents = (latents - shift) * scaling
+        noise = noise.to(device)
+        timesteps = timesteps.to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        hidden, pooled = encode_prompts(prompts)
+        extra = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids(indices)}} if sdxl else {}
+        pred = unet(noisy.to(weight_dtype), timesteps, hidden.to(weight_dtype), **extra).sample
+        target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
+        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+    n_images = len(images)
+    latent_shape = tuple(latent_mean.shape[2:])
+    n_timesteps = int(noise_scheduler.config.num_train_timesteps)
+    epoch_orders: dict[int, list[int]] = {}
+
+    def sample_batch(step: int, micro: int) -> tuple[list[int], torch.Tensor, list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything random about one micro-batch, as a pure function of (seed, step, micro)."""
+        indices = []
+        for b in range(config.batch_size):
+            k = ((step * config.grad_accum + micro) * world + rank) * config.batch_size + b
+            epoch = k // n_images
+            if epoch not in epoch_orders:
+                epoch_orders.clear()  # one epoch at a time is all a run ever needs
+                epoch_orders[epoch] = torch.randperm(n_images, generator=_generator(config.seed, _EPOCH_STREAM, epoch)).tolist()
+            indices.append(epoch_orders[epoch][k % n_images])
+        g = _generator(config.seed, _STEP_STREAM, step, micro, rank)
+        size = config.batch_size
+        flipped = torch.rand(size, generator=g) < 0.5 if config.flip else torch.zeros(size, dtype=torch.bool)
+        picks = torch.randint(len(templates), (size,), generator=g).tolist()
+        prompts = [_prompt(templates[t], token_text, images[i].caption) for t, i in zip(picks, indices, strict=True)]
+        timesteps = torch.randint(0, n_timesteps, (size,), generator=g)
+        latent_noise = torch.randn((size, *latent_shape), generator=g)
+        noise = torch.randn((size, *latent_shape), generator=g)
+        return indices, flipped, prompts, timesteps, latent_noise, noise
+
+    def evaluation_loss() -> float:
+        """Loss on a fixed batch (up to 8 images x 4 timesteps, fixed prompts and noise), no grad.
+
+        The same samples before and after training make the difference a paired comparison:
+        it shows what the vectors changed, not sampling noise.
+        """
+        g = _generator(config.seed, _EVAL_STREAM)
+        shown = list(range(min(n_images, 8)))
+        indices = shown * 4
+        fixed_t = torch.linspace(50, n_timesteps - 50, 4).long().repeat_interleave(len(shown))
+        prompts = [_prompt(templates[i % len(templates)], token_text, images[i].caption) for i in indices]
+        latent_noise = torch.randn((len(indices), *latent_shape), generator=g)
+        noise = torch.randn((len(indices), *latent_shape), generator=g)
+        with torch.no_grad():
+            return float(diffusion_loss(indices, torch.zeros(len(indices), dtype=torch.bool), prompts, fixed_t, latent_noise, noise))
+
+    preview_pipe: Any = None
+    previews: list[tuple[int, Path]] = []
+    preview_prompt = config.preview_prompt or templates[0]
+    preview_prompt = re.sub(re.escape(token) + r"(?!_\d)", token_text, preview_prompt.replace("[name]", token)).replace("[filewords]", "")
+
+    def preview(step: int) -> None:
+        """Render the preview prompt with the current vectors; the pipeline is built once."""
+        nonlocal preview_pipe
+        from diffusers import DPMSolverMultistepScheduler
+        from PIL import Image
+
+        if preview_pipe is None:
+            from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+            sampler = DPMSolverMultistepScheduler.from_pretrained(root / "scheduler")
+            if sdxl:
+                preview_pipe = StableDiffusionXLPipeline(vae, encoders[0], encoders[1], tokenizers[0], tokenizers[1], unet, sampler, force_zeros_for_empty_prompt=False, add_watermarker=False)
+            else:
+                preview_pipe = StableDiffusionPipeline(vae, encoders[0], tokenizers[0], unet, sampler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            preview_pipe.set_progress_bar_config(disable=True)
+        with torch.no_grad(), warnings.catch_warnings():
+            # diffusers' DPM-Solver builds its sigmas with np.array(tensor), which numpy 2 flags.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            cond, pooled = encode_prompts([preview_prompt])
+            uncond, uncond_pooled = encode_prompts([""])
+            kwargs: dict[str, Any] = {"prompt_embeds": cond.to(weight_dtype), "negative_prompt_embeds": uncond.to(weight_dtype)}
+            if pooled is not None and uncond_pooled is not None:
+                kwargs.update(pooled_prompt_embeds=pooled.to(weight_dtype), negative_pooled_prompt_embeds=uncond_pooled.to(weight_dtype))
+            latents = preview_pipe(
+                **kwargs,
+                num_inference_steps=config.preview_steps,
+                guidance_scale=config.preview_guidance,
+                height=resolution,
+                width=resolution,
+                generator=_generator(config.seed, _PREVIEW_STREAM),
+                output_type="latent",
+            ).images
+            # Decode here in fp32: the pipelines would feed fp16 latents to the fp32 VAE.
+            decoded = vae.decode(latents.float() / scaling + shift).sample[0]
+        pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        path = out / "previews" / f"{name}-{step:06d}.png"
+        _save_png(Image.fromarray(pixels), path)
+        previews.append((step, path))
+
+    def save_checkpoint(step: int) -> None:
+        state = {
+            "step": step,
+            "vectors": {k: v.detach() for k, v in vectors.items()},
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+            "losses": torch.tensor(losses, dtype=torch.float64),
+            "config": config.to_dict(),
+            "model": info.fingerprints(),
+        }
+        _save_checkpoint(checkpoint_path, state)
+        # A usable concept file per checkpoint, like AUTOMATIC1111's <name>-<step>.pt.
+        write(current_embedding(step), out / "embeddings" / f"{name}-{step:06d}.safetensors", format="conceptlib", force=True)
+
+    def current_embedding(step: int) -> Embedding:
+        return Embedding(
+            {k: Tensor.from_numpy(v.detach().float().cpu().numpy()) for k, v in vectors.items()},
+            token=token,
+            name=name,
+            step=step,
+            checkpoint_hash=info.hashes.get("autov2"),
+            checkpoint_name=info.display_name,
+        )
+
+    def diverged(step: int, what: str) -> TrainingDivergedError:
+        kept = checkpoint_path if checkpoint_path.is_file() else None
+        rate = lr_at(schedule, step) if schedule else config.lr
+        precision = " or switch --mixed-precision fp16 to bf16 (or no)" if config.mixed_precision == "fp16" else ""
+        where = f"the last good checkpoint is kept: {kept} (resume with --resume)" if kept else "no checkpoint had been written yet"
+        return TrainingDivergedError(
+            f"{what} at step {step}: training stopped; {where}",
+            step=step,
+            checkpoint=str(kept) if kept else None,
+            hint=f"lower the learning rate (it was {rate:g}; try {rate / 10:g}){precision}",
+        )
+
+    # ---- 12. Train. ---------------------------------------------------------------------------------
+    eval_loss_start = evaluation_loss()
+    if main_process and config.preview_every and start_step == 0:
+        preview(0)
+    if progress is not None:
+        progress(start_step, total_steps, None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    loop_started = time.perf_counter()
+    step = start_step
+    while step < total_steps:
+        step_loss = torch.zeros((), device=device)
+        for micro in range(config.grad_accum):
+            loss = diffusion_loss(*sample_batch(step, micro))
+            backward = loss / config.grad_accum
+            (scaler.scale(backward) if scaler is not None else backward).backward()
+            step_loss += loss.detach() / config.grad_accum
+        if distributed:
+            # SUM then divide: gloo (CPU) has no AVG. The tensors are n x width, so cheap.
+            for param in params:
+                assert param.grad is not None
+                torch.distributed.all_reduce(param.grad)
+                param.grad /= world
+            torch.distributed.all_reduce(step_loss)
+            step_loss /= world
+        value = float(step_loss)
+        if not math.isfinite(value):
+            raise diverged(step + 1, f"the loss became {value}")
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        losses.append(value)
+        if not all(bool(torch.isfinite(p).all()) for p in params):
+            raise diverged(step, "the vectors became NaN/Inf")
+        if main_process and ((config.save_every and step % config.save_every == 0) or step == total_steps):
+            save_checkpoint(step)
+        if main_process and config.preview_every and step % config.preview_every == 0:
+            preview(step)
+        if progress is not None:
+            progress(step, total_steps, value)
+    steps_run = step - start_step
+    seconds_per_step = (time.perf_counter() - loop_started) / steps_run if steps_run else 0.0
+    peak_memory = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    eval_loss_end = evaluation_loss()
+    if distributed:
+        torch.distributed.barrier()
+
+    # ---- 13. Results: the concept file, plots, the library entry. --------------------------------
+    embedding = current_embedding(step)
+    metadata = {
+        "trained_by": "conceptlib",
+        "train_steps": str(step),
+        "train_config": json.dumps(config.to_dict(), sort_keys=True),
+        "train_resolution": str(resolution),
+        "train_final_loss": f"{losses[-1]:.6g}" if losses else "",
+        "train_eval_loss": f"{eval_loss_start:.6g} -> {eval_loss_end:.6g}",
+        "base_model": info.display_name,
+        "base_model_family": info.family,
+        "base_model_prediction": str(prediction_type),
+        "base_model_fingerprints": json.dumps(info.fingerprints(), sort_keys=True),
+        "base_model_hashes": json.dumps(info.files or info.hashes, sort_keys=True),
+        "concept_type": config.type,
+    }
+    embedding.metadata.update(metadata)
+    embedding_path = out / f"{name}.safetensors"
+    concept = None
+    grid = plot = None
+    if main_process:
+        write(embedding, embedding_path, format="conceptlib", force=True)
+        plot = _loss_plot(losses, out / "loss.png", title=f"{token}: training loss ({prediction_type}), {step} steps")
+        if previews:
+            from PIL import Image
+
+            grid = _grid([(f"step {s}", Image.open(p)) for s, p in previews], out / "previews" / "grid.png")
+        if config.add_to_library:
+            library = Library.open(home)
+            try:
+                concept = library.add(
+                    embedding_path,
+                    name=config.name,
+                    token=token,
+                    type=config.type,
+                    images=image_files,
+                    metadata=metadata,
+                ).one()
+            finally:
+                library.close()
+    return TrainResult(
+        embedding=embedding,
+        embedding_path=embedding_path,
+        concept=concept,
+        out=out,
+        checkpoint=checkpoint_path if checkpoint_path.is_file() else None,
+        steps=step,
+        resumed_from=start_step,
+        losses=losses,
+        eval_loss_start=eval_loss_start,
+        eval_loss_end=eval_loss_end,
+        previews=[p for _, p in previews],
+        preview_grid=grid,
+        loss_plot=plot,
+        seconds=time.perf_counter() - started,
+        seconds_per_step=seconds_per_step,
+        peak_memory=peak_memory,
+        warnings=notes,
+    )

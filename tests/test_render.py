@@ -1,0 +1,466 @@
+"""conceptlib.render and conceptlib.preview on the built-in tiny models (CPU, 32 px, 2 steps)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import factory
+from conceptlib.embedding import Embedding
+from conceptlib.errors import ConceptDoesNotFitError, ConceptNotFoundError, UsageError
+from conceptlib.tensor import Tensor
+
+pytestmark = pytest.mark.torch
+
+STEPS = 2
+SIZE = (32, 32)
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Tiny SD 1.x and SDXL models, a library of concepts, and their loaded pipelines."""
+    from conceptlib.formats import write
+    from conceptlib.library import Library
+    from conceptlib.models import resolve_model
+    from conceptlib.render import load_pipeline
+    from conceptlib.tiny import create_tiny
+
+    base = tmp_path_factory.mktemp("render")
+    sd1 = create_tiny(base / "tiny-sd1", "sd1", seed=0)
+    sdxl = create_tiny(base / "tiny-sdxl", "sdxl", seed=0)
+    home = base / "home"
+    src = base / "src"
+    src.mkdir()
+    # Vectors as strong as trained ones (about 8x the tiny vocabulary's norms), so each concept
+    # visibly moves the encoder output.
+    specs = [
+        ("cat-toy", "<cat-toy>", "object", factory.sd1(2, seed=1)),
+        ("fancy-chair", "<fancy-chair>", "object", factory.sd1(1, seed=2)),
+        ("birb-style", "<birb-style>", "style", factory.sd1(3, seed=3)),
+        ("easynegative", "easynegative", "negative", factory.sd1(2, seed=4)),
+        ("wide-thing", "<wide-thing>", "object", factory.sd2(1, seed=5)),
+        ("xl-toy", "<xl-toy>", "object", factory.sdxl(2, seed=6)),
+    ]
+    with Library.open(home) as lib:
+        for name, token, concept_type, emb in specs:
+            vectors = {k: Tensor.from_numpy(v.to_float32() * 8) for k, v in emb.vectors.items()}
+            path = src / f"{name}.safetensors"
+            write(Embedding(vectors, token=token), path)
+            lib.add(path, name=name, token=token, type=concept_type).one()
+    return {
+        "home": home,
+        "sd1": sd1,
+        "sdxl": sdxl,
+        "sd1_model": resolve_model(sd1),
+        "sdxl_model": resolve_model(sdxl),
+        "sd1_pipe": load_pipeline(resolve_model(sd1, hash_files=False)),
+        "sdxl_pipe": load_pipeline(resolve_model(sdxl, hash_files=False)),
+    }
+
+
+def run(world: dict[str, Any], tmp_path: Path, prompts: list[str] | None = None, *, xl: bool = False, **kw: Any) -> Any:
+    """Render with the shared pipelines and small defaults."""
+    from conceptlib.render import RenderConfig, render
+
+    options: dict[str, Any] = {"steps": STEPS, "size": SIZE, "out": tmp_path / "out", "home": world["home"]}
+    options.update(kw)
+    model = world["sdxl_model"] if xl else world["sd1_model"]
+    pipe = world["sdxl_pipe"] if xl else world["sd1_pipe"]
+    return render(RenderConfig(model=model.path, prompts=prompts or [], **options), pipeline=pipe)
+
+
+def encode(pipe: Any, text: str, tokenizer: str = "tokenizer", encoder: str = "text_encoder") -> Any:
+    """The text encoder's last hidden state for ``text`` (what the UNet sees)."""
+    import torch
+
+    tok = getattr(pipe, tokenizer)
+    ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return getattr(pipe, encoder)(ids)[0]
+
+
+def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
+    """Parse AUTOMATIC1111 infotext as its ``parse_generation_parameters`` does.
+
+    The last line holds ``Key: value`` pairs (values with commas JSON-quoted); lines before it
+    are the prompt until one starts with ``Negative prompt:``.
+    """
+    re_param = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+    *lines, last = text.strip().split("\n")
+    params: dict[str, str] = {}
+    for key, value in re_param.findall(last):
+        params[key] = json.loads(value) if value.startswith('"') else value
+    assert len(params) >= 3, last
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:") :].strip()
+        (negative if in_negative else prompt).append(line)
+    return "\n".join(prompt), "\n".join(negative), params
+
+
+def pixels(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+# --- concepts in prompts -------------------------------------------------------------------------
+
+
+def test_three_concepts_composed_each_change_the_encoder_output(world: dict[str, Any]) -> None:
+    from conceptlib.render import (
+        encoder_components,
+        load_concepts,
+        resolve_concepts,
+        unload_concepts,
+    )
+
+    model, pipe = world["sd1_model"], world["sd1_pipe"]
+    prompt = "a photo of <cat-toy> on a <fancy-chair> in the style of <birb-style>"
+    concepts = resolve_concepts([prompt], model, home=world["home"])
+    assert [c.name for c in concepts.used] == ["cat-toy", "fancy-chair", "birb-style"]
+    expanded, names = concepts.expand(prompt)
+    assert names == ["cat-toy", "fancy-chair", "birb-style"]
+    # Multi-vector tokens are written out, one token per vector.
+    assert "<cat-toy> <cat-toy>_1 on" in expanded
+    assert "<birb-style> <birb-style>_1 <birb-style>_2" in expanded
+
+    loaded = load_concepts(pipe, concepts.used, encoder_components(model))
+    try:
+        ids = pipe.tokenizer(expanded).input_ids
+        assert set(loaded.ids("tokenizer")) <= set(ids)  # every vector's token reaches the encoder
+        full = encode(pipe, expanded)
+        for concept in concepts.used:
+            without = expanded.replace(" ".join(concept.tokens), "")
+            assert not np.allclose(encode(pipe, without).numpy(), full.numpy(), atol=1e-4), concept.name
+    finally:
+        unload_concepts(loaded)
+
+
+def test_embedding_syntax_bare_tokens_and_negative_embeddings(world: dict[str, Any], tmp_path: Path) -> None:
+    result = run(world, tmp_path, ["embedding:cat-toy, a chair"], negative="easynegative, blurry")
+    assert [c.name for c in result.concepts] == ["cat-toy", "easynegative"]
+    image = result.images[0]
+    assert image.concepts == ["cat-toy", "easynegative"]
+    prompt, negative, params = parse_parameters(image.parameters)
+    assert prompt == "embedding:cat-toy, a chair"  # as written, not expanded
+    assert negative == "easynegative, blurry"
+    assert [h.split(": ")[0] for h in params["TI hashes"].split(", ")] == ["cat-toy", "easynegative"]
+
+
+def test_unknown_token_names_the_closest_concepts(world: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(ConceptNotFoundError) as info:
+        run(world, tmp_path, ["a <cat-toi> on a table"])
+    assert info.value.name == "<cat-toi>"
+    assert "<cat-toy>" in info.value.suggestions
+    with pytest.raises(ConceptNotFoundError) as info:
+        run(world, tmp_path, ["a embedding:fancy-chiar"])
+    assert "fancy-chair" in info.value.suggestions
+    assert not (tmp_path / "out").exists()  # nothing rendered before the error
+
+
+def test_width_mismatch_gets_the_validation_message(world: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(ConceptDoesNotFitError) as info:
+        run(world, tmp_path, ["a <wide-thing> in a garden"])
+    assert info.value.name == "wide-thing"
+    assert "embedding width 1024 fits SD 2.x, this model is SD 1.x (768)" in str(info.value)
+    assert any(f.code == "width-mismatch" for f in info.value.findings)
+
+
+# --- loading and unloading ---------------------------------------------------------------------
+
+
+def test_unloading_restores_tokenizer_and_embedding_exactly(world: dict[str, Any], tmp_path: Path) -> None:
+    import torch
+
+    pipe = world["sd1_pipe"]
+    tok, enc = pipe.tokenizer, pipe.text_encoder
+    before = {
+        "len": len(tok),
+        "added": tok.get_added_vocab(),
+        "ids": tok("a <cat-toy> on a chair").input_ids,
+        "backend": tok._tokenizer.to_str(),
+        "module": enc.get_input_embeddings(),
+        "weight": enc.get_input_embeddings().weight.detach().clone(),
+        "scheduler": pipe.scheduler,
+    }
+    run(world, tmp_path, ["a <cat-toy> on a <fancy-chair>"], negative="easynegative", scheduler="euler_a")
+    assert len(tok) == before["len"]
+    assert tok.get_added_vocab() == before["added"]
+    assert tok("a <cat-toy> on a chair").input_ids == before["ids"]
+    assert tok._tokenizer.to_str() == before["backend"]
+    assert enc.get_input_embeddings() is before["module"]
+    assert torch.equal(enc.get_input_embeddings().weight, before["weight"])
+    assert pipe.scheduler is before["scheduler"]
+    assert "maybe_convert_prompt" not in vars(pipe)
+
+
+def test_failed_load_leaves_nothing_behind(world: dict[str, Any]) -> None:
+    from conceptlib.render import UsedConcept, load_concepts
+
+    pipe = world["sd1_pipe"]
+    n = len(pipe.tokenizer)
+    emb = factory.sd1(1, seed=9)
+    # "cat" is an ordinary word of the tiny vocabulary: loading must refuse it and undo.
+    clash = UsedConcept("clash", "cat", "object", "sd1", "0" * 64, "x", emb)
+    ok = UsedConcept("fine", "<fine>", "object", "sd1", "1" * 64, "y", emb)
+    with pytest.raises(ConceptDoesNotFitError, match="already in the model's tokenizer vocabulary"):
+        load_concepts(pipe, [ok, clash], {"clip_l": ("tokenizer", "text_encoder")})
+    assert len(pipe.tokenizer) == n
+    assert pipe.text_encoder.get_input_embeddings().weight.shape[0] == n
+
+
+def test_sdxl_concept_goes_to_both_encoders(world: dict[str, Any], tmp_path: Path) -> None:
+    import torch
+
+    from conceptlib.render import (
+        encoder_components,
+        load_concepts,
+        resolve_concepts,
+        unload_concepts,
+    )
+
+    model, pipe = world["sdxl_model"], world["sdxl_pipe"]
+    assert encoder_components(model) == {"clip_l": ("tokenizer", "text_encoder"), "clip_g": ("tokenizer_2", "text_encoder_2")}
+    concepts = resolve_concepts(["a <xl-toy>"], model, home=world["home"])
+    (concept,) = concepts.used
+    loaded = load_concepts(pipe, concepts.used, encoder_components(model))
+    try:
+        for key, tok_attr, enc_attr in (("clip_l", "tokenizer", "text_encoder"), ("clip_g", "tokenizer_2", "text_encoder_2")):
+            ids = getattr(pipe, tok_attr).convert_tokens_to_ids(concept.tokens)
+            assert ids == loaded.ids(tok_attr)
+            rows = getattr(pipe, enc_attr).get_input_embeddings().weight[ids]
+            assert torch.equal(rows, torch.from_numpy(concept.embedding.vectors[key].to_float32()))
+    finally:
+        unload_concepts(loaded)
+    result = run(world, tmp_path, ["a <xl-toy> on a table"], xl=True)
+    assert result.images[0].path.is_file()
+    assert len(pipe.tokenizer_2) == len(pipe.tokenizer)  # both back to the tiny vocabulary
+
+
+# --- batching, seeds, output -------------------------------------------------------------------
+
+
+def same_image(a: Path, b: Path) -> bool:
+    """Equal pixels, up to one rounding step.
+
+    Seeds and noise are identical whatever the batch size (one generator per image), but CPU
+    and GPU kernels (convolution, GroupNorm) sum in a different order for a different batch
+    size, which moves latents by about 1e-5: after decoding, a pixel channel can land on the
+    other side of a rounding boundary. Any real difference of seed or prompt moves them by far
+    more than 1/255.
+    """
+    diff = np.abs(pixels(a).astype(int) - pixels(b).astype(int))
+    return int(diff.max()) <= 1 and float(diff.mean()) < 0.05
+
+
+def test_seeds_do_not_depend_on_batch_size(world: dict[str, Any], tmp_path: Path) -> None:
+    prompts = ["a <cat-toy> on a table", "a <fancy-chair> in a room"]
+    one = run(world, tmp_path, prompts, images_per_prompt=2, seed=100, batch_size=1, out=tmp_path / "b1")
+    three = run(world, tmp_path, prompts, images_per_prompt=2, seed=100, batch_size=3, out=tmp_path / "b3")
+    assert [i.seed for i in one.images] == [i.seed for i in three.images] == [100, 101, 102, 103]
+    assert [i.path.name for i in one.images] == [i.path.name for i in three.images]
+    for a, b in zip(one.images, three.images, strict=True):
+        assert same_image(a.path, b.path), a.path.name
+    # Any image can be reproduced alone from its seed.
+    alone = run(world, tmp_path, [prompts[1]], seed=103, out=tmp_path / "alone")
+    assert same_image(alone.images[0].path, one.images[3].path)
+    assert not same_image(one.images[0].path, one.images[1].path)
+
+
+def test_parameters_chunk_and_manifest(world: dict[str, Any], tmp_path: Path) -> None:
+    from PIL import Image
+
+    result = run(
+        world, tmp_path, ["a <cat-toy>, on a chair"], negative="easynegative", seed=7,
+        guidance=6.5, scheduler="euler_a", grid=True,
+    )  # fmt: skip
+    (image,) = result.images
+    with Image.open(image.path) as im:
+        text = im.text["parameters"]  # type: ignore[attr-defined]
+        assert im.size == SIZE
+    assert text == image.parameters
+    prompt, negative, params = parse_parameters(text)
+    assert prompt == "a <cat-toy>, on a chair"
+    assert negative == "easynegative"
+    assert params["Steps"] == str(STEPS)
+    assert params["Sampler"] == "Euler a"
+    assert params["CFG scale"] == "6.5"
+    assert params["Seed"] == "7"
+    assert params["Size"] == "32x32"
+    assert re.fullmatch(r"[0-9a-f]{10}", params["Model hash"])
+    hashes = dict(h.split(": ") for h in params["TI hashes"].split(", "))
+    concepts = {c.name: c for c in result.concepts}
+    assert hashes == {"cat-toy": concepts["cat-toy"].sha256[:12], "easynegative": concepts["easynegative"].sha256[:12]}
+
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["format"] == "conceptlib-render"
+    assert manifest["images"][0]["file"] == image.path.name
+    assert manifest["images"][0]["seed"] == 7
+    assert [c["name"] for c in manifest["concepts"]] == ["cat-toy", "easynegative"]
+    assert manifest["settings"]["sampler"] == "Euler a"
+    assert result.grid is not None
+    with Image.open(result.grid) as grid:
+        assert grid.width == SIZE[0] and grid.height > SIZE[1]  # room for the label
+
+
+def test_jsonl_overrides(world: dict[str, Any], tmp_path: Path) -> None:
+    from PIL import Image
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "# a comment\n"
+        "a plain <cat-toy> line\n"
+        + json.dumps({"prompt": "a <fancy-chair>", "seed": 50, "n": 2, "steps": 1, "size": "48x32", "negative": "easynegative"}) + "\n"
+        + json.dumps({"prompt": "a red car", "guidance": 3}) + "\n",
+        encoding="utf-8",
+    )  # fmt: skip
+    result = run(world, tmp_path, ["first"], prompts_file=prompts, seed=10, batch_size=4)
+    got = [(i.prompt, i.seed, i.steps, i.width, i.height, i.guidance, i.negative) for i in result.images]
+    assert got == [
+        ("first", 10, STEPS, 32, 32, 7.5, ""),
+        ("a plain <cat-toy> line", 11, STEPS, 32, 32, 7.5, ""),
+        ("a <fancy-chair>", 50, 1, 48, 32, 7.5, "easynegative"),
+        ("a <fancy-chair>", 51, 1, 48, 32, 7.5, "easynegative"),
+        ("a red car", 14, STEPS, 32, 32, 3.0, ""),
+    ]
+    with Image.open(result.images[2].path) as im:
+        assert im.size == (48, 32)
+
+
+def test_bad_prompt_files_and_options(world: dict[str, Any], tmp_path: Path) -> None:
+    from conceptlib.render import parse_size, read_prompts
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "sede": 1}\n', encoding="utf-8")
+    with pytest.raises(UsageError, match="line 1: unknown key"):
+        read_prompts(bad)
+    assert parse_size("768x512") == (768, 512)
+    assert parse_size(64) == (64, 64)
+    with pytest.raises(UsageError):
+        parse_size("30x30")
+    with pytest.raises(UsageError, match="unknown scheduler"):
+        run(world, tmp_path, ["a cat"], scheduler="eulr")
+    with pytest.raises(UsageError, match="nothing to render"):
+        run(world, tmp_path, [])
+
+
+# --- previews for pull requests ------------------------------------------------------------------
+
+
+def test_preview_markdown_and_exit_code(world: dict[str, Any], tmp_path: Path) -> None:
+    from conceptlib.preview import preview
+
+    out = tmp_path / "preview"
+    result = preview(
+        ["cat-toy", "birb-style", "easynegative", "wide-thing"],
+        model=world["sd1"], out=out, home=world["home"], steps=1, size=SIZE,
+        pipeline=world["sd1_pipe"],
+    )  # fmt: skip
+    assert result.exit_code == 1  # wide-thing is an SD 2.x concept
+    items = {i.name: i for i in result.items}
+    assert not items["cat-toy"].failed and items["cat-toy"].grid is not None
+    assert len(items["birb-style"].images) == 4
+    assert items["wide-thing"].failed and items["wide-thing"].grid is None
+    md = result.markdown.read_text(encoding="utf-8")
+    assert md.startswith("## conceptlib preview")
+    assert "**3 of 4 concepts fit the model**, 1 failed." in md
+    assert "| cat-toy | `<cat-toy>` | object | SD 1.x | ✅ fits | [<img src=\"cat-toy/thumb.png\"" in md
+    assert "| wide-thing | `<wide-thing>` | object | SD 2.x | ❌ embedding width 1024 fits SD 2.x" in md
+    assert (out / "cat-toy" / "thumb.png").is_file()
+    # Style and negative concepts get their own prompt sets.
+    birb = json.loads((out / "birb-style" / "render.json").read_text())
+    assert birb["images"][0]["prompt"] == "a painting in the style of <birb-style>"
+    neg = json.loads((out / "easynegative" / "render.json").read_text())
+    assert neg["images"][0]["negative"] == "easynegative"
+
+
+def test_preview_changed_files_in_a_concepts_repository(world: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from conceptlib.formats import write
+    from conceptlib.preview import changed_concepts, preview
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "concepts"
+    (repo / "old").mkdir(parents=True)
+    write(factory.sd1(1, seed=20, token="<old>"), repo / "old" / "learned_embeds.safetensors")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "base")
+    # The pull request: a new sd-concepts-library folder, a loose file, a README.
+    (repo / "new-toy" / "concept_images").mkdir(parents=True)
+    write(factory.sd1(2, seed=21, token="<new-toy>"), repo / "new-toy" / "learned_embeds.safetensors")
+    (repo / "new-toy" / "token_identifier.txt").write_text("<new-toy>")
+    (repo / "new-toy" / "concept_images" / "0.jpeg").write_bytes(b"not really")
+    write(factory.sd2(1, seed=22, token="<too-wide>"), repo / "too-wide.safetensors")
+    (repo / "README.md").write_text("hello")
+    git("add", ".")
+    git("commit", "-qm", "pr")
+
+    inputs, skipped = changed_concepts("HEAD~1...HEAD", repo=repo)
+    assert [p.name for p in inputs] == ["new-toy", "too-wide.safetensors"]
+    assert skipped == ["README.md"]
+    result = preview(changed="HEAD~1...HEAD", repo=repo, model=world["sd1"], out=tmp_path / "pv",
+                     steps=1, size=SIZE, pipeline=world["sd1_pipe"])  # fmt: skip
+    assert [(i.source, i.failed) for i in result.items] == [("new-toy", False), ("too-wide.safetensors", True)]
+    assert result.exit_code == 1
+    assert "`README.md`" in result.markdown.read_text(encoding="utf-8")
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+
+def test_cli_render_and_preview(world: dict[str, Any], tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from conceptlib.cli import render as render_cli
+
+    app = typer.Typer()
+    render_cli.register(app)
+    runner = CliRunner()
+    common = ["--model", str(world["sd1"]), "--home", str(world["home"]), "--steps", "1", "--size", "32x32"]
+    result = runner.invoke(app, ["render", "a <cat-toy>", "a red car", *common, "-n", "2", "--batch-size", "4",
+                                 "--out", str(tmp_path / "r"), "--grid", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["images"]) == 4 and data["concepts"] == ["cat-toy"]
+    assert Path(data["grid"]).is_file()
+
+    result = runner.invoke(app, ["preview", "cat-toy", "wide-thing", *common, "--out", str(tmp_path / "p")])
+    assert result.exit_code == 1
+    assert "wide-thing: failed: embedding width 1024" in result.stdout
+    assert (tmp_path / "p" / "preview.md").is_file()
+
+
+def test_every_scheduler_name_builds(world: dict[str, Any]) -> None:
+    import importlib.util
+
+    from conceptlib.render import SCHEDULERS, _scheduler
+
+    pipe = world["sd1_pipe"]
+    for name, (class_name, _extra, sampler) in SCHEDULERS.items():
+        if name == "lms" and importlib.util.find_spec("scipy") is None:
+            continue  # diffusers' LMS needs scipy
+        scheduler, a1111 = _scheduler(pipe, name)
+        assert type(scheduler).__name__ == class_name and a1111 == sampler
+    assert _scheduler(pipe, None) == (pipe.scheduler, "Euler")  # the tiny model's own
+    assert _scheduler(pipe, "DPM++ 2M")[1] == "DPM++ 2M"  # A1111 spelling accepted

@@ -1,0 +1,375 @@
+"""Textual-inversion training on the built-in tiny models (CPU, 32 px, a few steps per run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conceptlib.errors import (
+    DestinationExistsError,
+    TrainingDivergedError,
+    TrainingImageError,
+    TrainingTokenError,
+    UsageError,
+)
+from conceptlib.train import (
+    OBJECT_TEMPLATES,
+    Progress,
+    TrainConfig,
+    TrainResult,
+    _caption,
+    load_checkpoint,
+    lr_at,
+    parse_lr_schedule,
+    read_templates,
+    spread,
+)
+
+pytestmark = pytest.mark.torch
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny SD 1.x model, plus a v-prediction copy of it (only the scheduler config differs)."""
+    from conceptlib.tiny import create_tiny
+
+    base = tmp_path_factory.mktemp("models")
+    sd1 = create_tiny(base / "sd1", "sd1", seed=0)
+    v = base / "sdv"
+    shutil.copytree(sd1, v)
+    config_path = v / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["prediction_type"] = "v_prediction"
+    config_path.write_text(json.dumps(config))
+    return {"sd1": sd1, "sd1-v": v}
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conceptlib.tiny import create_tiny
+
+    return create_tiny(tmp_path_factory.mktemp("models") / "sdxl", "sdxl", seed=0)
+
+
+def _make_images(folder: Path, n: int = 3) -> Path:
+    """A toy concept: red, horizontally striped pictures of different sizes and modes."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        h, w = 40 + 8 * i, 48
+        pixels = np.zeros((h, w, 3), np.uint8)
+        pixels[..., 0] = 220
+        pixels[::4] = 30
+        pixels = (pixels + rng.integers(0, 20, pixels.shape)).astype(np.uint8)
+        img = Image.fromarray(pixels)
+        if i == 1:
+            img = img.convert("RGBA")  # converted to RGB on a white background
+        if i == 2:
+            img = img.convert("P")
+        img.save(folder / f"{i:03d}-red striped toy.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make_images(tmp_path_factory.mktemp("images") / "toy")
+
+
+def _config(model: Path, images: Path, out: Path, **kw: object) -> TrainConfig:
+    defaults: dict[str, object] = dict(
+        model=str(model), images=str(images), token="<toy>", init_word="watermark",
+        steps=4, lr=0.02, resolution=32, save_every=0, out=str(out), add_to_library=False,
+    )  # fmt: skip
+    defaults.update(kw)
+    return TrainConfig(**defaults)  # type: ignore[arg-type]
+
+
+def _train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    from conceptlib.train import train
+
+    return train(config, progress=progress)
+
+
+# --- pure helpers (no model) ---------------------------------------------------------------------
+
+
+def test_lr_schedule_syntax() -> None:
+    pairs = parse_lr_schedule("0.005:100, 1e-3:1000, 1e-5", 3000)
+    assert pairs == [(0.005, 100), (0.001, 1000), (1e-05, 3000)]
+    assert [lr_at(pairs, s) for s in (0, 99, 100, 999, 1000, 2999)] == [0.005, 0.005, 0.001, 0.001, 1e-05, 1e-05]
+    # -1 and steps past the end mean "until the end" and end the list.
+    assert parse_lr_schedule("0.01:10, 0.001:-1, 5", 50) == [(0.01, 10), (0.001, 50)]
+    assert parse_lr_schedule("0.01:10, 0.001:500", 50) == [(0.01, 10), (0.001, 50)]
+    assert parse_lr_schedule("1e-4", 7) == [(1e-4, 7)]
+    # A list that ends early: training stops at its last step.
+    assert parse_lr_schedule("0.01:10", 50) == [(0.01, 10)]
+    for bad in ("", "abc", "0.01:x", "0.01:10, 0.02:5", "-1:10", "0.01:10,,1e-3"):
+        with pytest.raises(UsageError) as info:
+            parse_lr_schedule(bad, 100)
+        assert "0.005:100" in (info.value.hint or ""), bad
+
+
+def test_templates_and_captions(tmp_path: Path) -> None:
+    assert all("[name]" in t for t in OBJECT_TEMPLATES)
+    file = tmp_path / "subject_filewords.txt"
+    file.write_text("a photo of a [name], [filewords]\n\n  [filewords] by [name]  \n")
+    assert read_templates(file) == ["a photo of a [name], [filewords]", "[filewords] by [name]"]
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(UsageError, match="no templates"):
+        read_templates(tmp_path / "empty.txt")
+    (tmp_path / "none.txt").write_text("picture\n")
+    with pytest.raises(UsageError, match=r"\[name\]"):
+        read_templates(tmp_path / "none.txt")
+    # filewords: AUTOMATIC1111 drops leading digits and dashes.
+    image = tmp_path / "0012-a red_hat.png"
+    assert _caption(image, None) == "a red hat"
+    assert _caption(image, "filewords") == "a red hat"
+    with pytest.raises(TrainingImageError, match="0012-a red_hat.txt"):
+        _caption(image, "sidecar")
+    image.with_suffix(".txt").write_text("  a knitted\n red hat ")
+    assert _caption(image, "sidecar") == "a knitted red hat"
+    assert spread(2, 3) == [0, 0, 1]
+    assert spread(3, 2) == [0, 1]
+    assert spread(1, 4) == [0, 0, 0, 0]
+
+
+# --- guard rails that run before any model is loaded -----------------------------------------------
+
+
+def test_images_and_token_checked_first(models: dict[str, Path], tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(TrainingImageError, match="holds no images"):
+        _train(_config(models["sd1"], empty, tmp_path / "o1"))
+    broken = _make_images(tmp_path / "broken", 1)
+    (broken / "zz-broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(TrainingImageError) as info:
+        _train(_config(models["sd1"], broken, tmp_path / "o2"))
+    assert info.value.path is not None and info.value.path.endswith("zz-broken.png")
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tiny / "dot.png")
+    with pytest.raises(TrainingImageError, match="too small"):
+        _train(_config(models["sd1"], tiny, tmp_path / "o3"))
+    # "cat" is a word of the tiny vocabulary, as in CLIP's: refused before any step.
+    with pytest.raises(TrainingTokenError, match="cat"):
+        _train(_config(models["sd1"], broken / "000-red striped toy.png", tmp_path / "o4", token="cat"))
+    with pytest.raises(UsageError, match="diffusers model folder"):
+        _train(_config(Path("sd1"), broken, tmp_path / "o5"))
+    with pytest.raises(UsageError, match="--lr-schedule"):
+        _train(_config(models["sd1"], broken, tmp_path / "o6", lr_schedule="0.1", scheduler="cosine"))
+    with pytest.raises(UsageError, match="no checkpoint"):
+        _train(_config(models["sd1"], broken, tmp_path / "o7", resume=True))
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def test_learns_and_lands_in_library(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from conceptlib.library import Library
+
+    seen: list[tuple[int, int, float | None]] = []
+    result = _train(
+        _config(
+            models["sd1"], images, tmp_path / "run", steps=20, batch_size=2, add_to_library=True,
+            name="striped-toy", preview_every=10, preview_steps=2, save_every=10,
+        ),  # fmt: skip
+        progress=lambda step, total, loss: seen.append((step, total, loss)),
+    )
+    # The loss on a fixed evaluation batch (same images, timesteps and noise) falls.
+    assert result.eval_loss_end < result.eval_loss_start
+    assert len(result.losses) == 20 and all(np.isfinite(result.losses))
+    assert seen[0] == (0, 20, None) and seen[-1][:2] == (20, 20)
+    # Previews at steps 0, 10, 20, a grid, a loss curve; snapshots at each checkpoint.
+    assert [p.name for p in result.previews] == ["striped-toy-000000.png", "striped-toy-000010.png", "striped-toy-000020.png"]
+    assert result.preview_grid is not None and Image.open(result.preview_grid).size[0] == 3 * 32
+    assert result.loss_plot is not None and Image.open(result.loss_plot).size == (720, 400)
+    assert sorted(p.name for p in (result.out / "embeddings").iterdir()) == ["striped-toy-000010.safetensors", "striped-toy-000020.safetensors"]
+    # The concept is in the library: vectors, training images, provenance and settings.
+    concept = result.concept
+    assert concept is not None and concept.name == "striped-toy" and concept.token == "<toy>"
+    lib = Library.open()
+    try:
+        shown = lib.show("striped-toy")
+        assert len(shown.images) == 3
+        assert shown.steps == 20
+        assert shown.metadata["trained_by"] == "conceptlib"
+        assert json.loads(shown.metadata["base_model_fingerprints"])["clip_l"]
+        assert json.loads(shown.metadata["train_config"])["batch_size"] == 2
+        assert lib.embedding("striped-toy").same_vectors(result.embedding)
+    finally:
+        lib.close()
+    # The same token again in the same family is refused before training.
+    from conceptlib.errors import TokenInUseError
+
+    with pytest.raises(TokenInUseError):
+        _train(_config(models["sd1"], images, tmp_path / "again", add_to_library=True))
+
+
+def test_resume_is_bit_identical(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
+    settings = dict(
+        steps=6, save_every=2, vectors=2, init_word="red dog", batch_size=2, grad_accum=2, flip=True,
+        scheduler="cosine", warmup_steps=2, lr=0.05,
+    )  # fmt: skip
+    whole = _train(_config(models["sd1"], images, tmp_path / "whole", **settings))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_5(step: int, total: int, loss: float | None) -> None:
+        if step == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        _train(_config(models["sd1"], images, tmp_path / "parts", **settings), progress=stop_at_5)
+    assert load_checkpoint(tmp_path / "parts" / "checkpoint.safetensors")["step"] == 4
+    # Without --resume the run folder is not overwritten.
+    with pytest.raises(DestinationExistsError):
+        _train(_config(models["sd1"], images, tmp_path / "parts", **settings))
+    with pytest.raises(UsageError, match="seed"):
+        _train(_config(models["sd1"], images, tmp_path / "parts", resume=True, **{**settings, "seed": 1}))
+    resumed = _train(_config(models["sd1"], images, tmp_path / "parts", resume=True, **settings))
+    assert resumed.resumed_from == 4 and resumed.steps == 6
+    assert resumed.embedding.vectors["clip_l"].tobytes() == whole.embedding.vectors["clip_l"].tobytes()
+    assert resumed.losses == whole.losses
+
+
+def test_only_vectors_trained_and_checkpoint_is_small(models: dict[str, Path], images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from transformers import CLIPTextModel
+
+    # The same model with a 6x larger token-embedding matrix (more vocabulary rows).
+    big = tmp_path / "a" / "big"
+    shutil.copytree(models["sd1"], big)
+    encoder = CLIPTextModel.from_pretrained(big / "text_encoder")
+    encoder.resize_token_embeddings(6000)
+    encoder.save_pretrained(big / "text_encoder")
+    small = tmp_path / "b" / "big"
+    shutil.copytree(models["sd1"], small)
+
+    shapes: list[list[tuple[int, ...]]] = []
+
+    class Recording(torch.optim.AdamW):
+        def __init__(self, params: Any, **kw: Any) -> None:
+            params = list(params)
+            shapes.append([tuple(p.shape) for p in params])
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    sizes = []
+    for model, out in ((small, tmp_path / "o" / "small"), (big, tmp_path / "o" / "big00")):
+        result = _train(_config(model, images, out, steps=2, save_every=1, vectors=3))
+        assert result.checkpoint is not None
+        sizes.append(result.checkpoint.stat().st_size)
+        state = load_checkpoint(result.checkpoint)
+        assert set(state["vectors"]) == {"clip_l"} and tuple(state["vectors"]["clip_l"].shape) == (3, 768)
+        moments = state["optimizer"]["state"][0]
+        assert tuple(moments["exp_avg"].shape) == tuple(moments["exp_avg_sq"].shape) == (3, 768)
+    assert shapes == [[(3, 768)], [(3, 768)]]
+    assert sizes[0] == sizes[1] < 64 * 1024
+
+
+def test_nan_guard_keeps_last_good_checkpoint(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingDivergedError) as info:
+        _train(_config(models["sd1"], images, tmp_path / "run", steps=6, save_every=1, lr=1e30))
+    error = info.value
+    assert "lower the learning rate" in (error.hint or "")
+    assert error.checkpoint is not None
+    state = load_checkpoint(error.checkpoint)
+    assert state["step"] == error.step - 1
+    assert all(bool(v.isfinite().all()) for v in state["vectors"].values())
+    assert "last good checkpoint" in str(error)
+
+
+def test_v_prediction(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
+    result = _train(_config(models["sd1-v"], images, tmp_path / "run", steps=2, lr_schedule="0.01:1, 0.001"))
+    assert result.embedding.metadata["base_model_prediction"] == "v_prediction"
+    assert result.steps == 2 and all(np.isfinite(result.losses))
+
+
+def test_sdxl_trains_both_encoders(sdxl: Path, images: Path, tmp_path: Path) -> None:
+    from conceptlib.library import Library
+
+    result = _train(_config(sdxl, images, tmp_path / "run", steps=3, lr=0.05, vectors=2, add_to_library=True, init_word="red"))
+    emb = result.embedding
+    assert emb.widths == {"clip_l": 768, "clip_g": 1280} and emb.num_vectors == 2
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(sdxl / "tokenizer")
+    red = tokenizer("red", add_special_tokens=False).input_ids[0]
+    for key, cls, folder in (("clip_l", CLIPTextModel, "text_encoder"), ("clip_g", CLIPTextModelWithProjection, "text_encoder_2")):
+        table: Any = cls.from_pretrained(sdxl / folder).get_input_embeddings().weight
+        start = table[red].detach().numpy()
+        trained = emb.vectors[key].to_float32()
+        assert not np.allclose(trained, start[None, :]), f"{key} did not change"
+    assert result.concept is not None and result.concept.family == "sdxl"
+    lib = Library.open()
+    try:
+        assert lib.show(result.concept.name).encoders == {"clip_l": 768, "clip_g": 1280}
+    finally:
+        lib.close()
+
+
+def test_cli_templates_and_sidecar_captions(models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = _make_images(tmp_path / "imgs", 2)
+    for i, png in enumerate(sorted(images.glob("*.png"))):
+        # The first caption is too long: the token after it falls outside CLIP's context.
+        png.with_suffix(".txt").write_text(" ".join(["red"] * 80) if i == 0 else f"caption number {i}")
+    templates = tmp_path / "t.txt"
+    templates.write_text("[filewords], a photo of [name]\n")
+    args = [
+        "train", "--model", str(models["sd1"]), "--images", str(images), "--token", "<cli-toy>",
+        "--init-word", "toy", "--steps", "2", "--resolution", "32", "--templates", str(templates),
+        "--captions", "sidecar", "--save-every", "0", "--out", str(tmp_path / "run"), "--json",
+    ]  # fmt: skip
+    code = _cli(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    data = json.loads(captured.out)
+    assert data["concept"] == "cli-toy" and data["steps"] == 2 and data["vectors"] == 1
+    assert Path(data["embedding_path"]).is_file()
+    assert any("loses the token" in w for w in data["warnings"])
+    (images / "001-red striped toy.txt").unlink()
+    code = _cli([*args[:-3], "--out", str(tmp_path / "run2"), "--no-add"])
+    assert code == 2 and "001-red striped toy.txt" in capsys.readouterr().err
+
+
+def _cli(args: list[str]) -> int:
+    """Run the CLI: through the app once cli/app.py registers train, else a fresh Typer app."""
+    from conceptlib.cli import app as app_module
+
+    registered = any(getattr(c, "name", None) == "train" for c in app_module.app.registered_commands)
+    if registered:
+        return app_module.main(args)
+    import typer
+
+    from conceptlib.cli.train import register
+
+    original = app_module.app
+    app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+
+    @app.callback()
+    def _root() -> None:
+        """Test app."""
+
+    register(app)
+    app_module.app = app
+    try:
+        return app_module.main(args)
+    finally:
+        app_module.app = original
