@@ -41,8 +41,9 @@ from conceptlib.cli import formats as _formats  # noqa: E402
 from conceptlib.cli import hub as _hub  # noqa: E402
 from conceptlib.cli import library as _library  # noqa: E402
 from conceptlib.cli import models as _models  # noqa: E402
+from conceptlib.cli import render as _render  # noqa: E402
 
-for _module in (_formats, _library, _models, _hub, _demo):
+for _module in (_formats, _library, _models, _hub, _render, _demo):
     _module.register(app)
 
 
