@@ -185,6 +185,8 @@ def run_child(mode: str, payload: dict[str, Any], work: Path, label: str) -> dic
 
 def bench_model(name: str, model: Path, images: Path, steps: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     runs: dict[str, Any] = {}
+    for trainer in ("conceptlib", "reference"):  # fresh run folders when --keep reuses a work folder
+        shutil.rmtree(work / f"{name}-{trainer}", ignore_errors=True)
     payload = {
         "model": str(model), "images": str(images), "token": "<bench-toy>", "init_word": "dog",
         "steps": steps, "lr": 5e-3, "resolution": args.resolution, "flip": True, "save_every": 0,

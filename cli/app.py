@@ -42,8 +42,9 @@ from conceptlib.cli import hub as _hub  # noqa: E402
 from conceptlib.cli import library as _library  # noqa: E402
 from conceptlib.cli import models as _models  # noqa: E402
 from conceptlib.cli import render as _render  # noqa: E402
+from conceptlib.cli import train as _train  # noqa: E402
 
-for _module in (_formats, _library, _models, _hub, _render, _demo):
+for _module in (_formats, _library, _models, _hub, _train, _render, _demo):
     _module.register(app)
 
 
