@@ -11,7 +11,7 @@ pay for it, and ``list``/``search``/``show`` never import sqlmodel, torch or num
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,7 +26,7 @@ from conceptlib.cli._options import (
     TypeOpt,
     YesOpt,
 )
-from conceptlib.cli._output import err, info, print_json
+from conceptlib.cli._output import StatusBar, info, print_json
 from conceptlib.cli._readonly import (  # noqa: F401  (table, describe, fast_main, parse_fast: public here too)
     _library,
     _plural,
@@ -68,7 +68,7 @@ def add(
     Example: conceptlib add EasyNegative.safetensors --type negative --tag quality
     """
     lib = _library(home)
-    progress = _Progress() if not json_ else None
+    bar = StatusBar("Adding", enabled=not json_, min_total=2)
     try:
         report = lib.add(
             paths,
@@ -79,11 +79,10 @@ def add(
             tags=tags or (),
             license=license_,
             description=description,
-            progress=progress,
+            progress=lambda done, total, path: bar.update(done, total, path.name[:40]),
         )
     finally:
-        if progress is not None:
-            progress.close()
+        bar.close()
     if report.total == 1 and report.rejected and report.rejected[0].error is not None and not json_:
         # One input: its error is the command's error (one line, exit 2). Scripts asking
         # for --json get the report instead, with the same exit code.
@@ -103,38 +102,6 @@ def add(
         )
     if report.rejected:
         raise typer.Exit(2)
-
-
-class _Progress:
-    """A rich progress bar on stderr for bulk adds, shown only on a terminal."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __call__(self, done: int, total: int, path: Path) -> None:
-        if total < 2 or not err.is_terminal:
-            return
-        if self._bar is None:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("Adding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                TextColumn("{task.description}"), console=err, transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task("", total=total)
-        self._bar.update(self._task, completed=done, description=path.name[:40])
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 # --- queries -----------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ Nothing heavy at module scope: torch and diffusers load inside the library funct
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from conceptlib.cli._options import HomeOpt, JsonOpt, ModelOpt
-from conceptlib.cli._output import err, info, out, print_json
+from conceptlib.cli._output import StatusBar, info, out, print_json
 
 if TYPE_CHECKING:
     from conceptlib.render import RenderResult
@@ -35,37 +35,6 @@ SizeOpt = Annotated[
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per pipeline call (speed only, never results).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
-
-
-class _Bar:
-    """A rich progress bar on stderr, created on the first update (after models load)."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __call__(self, done: int, total: int, message: str) -> None:
-        if self._bar is None:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn(f"{self.what} {{task.description}}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), console=err, transient=True,
-            )  # fmt: skip
-            self._bar.start()
-            self._task = self._bar.add_task(message, total=total)
-        self._bar.update(self._task, completed=done, total=total, description=message)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def render_cmd(
@@ -114,9 +83,9 @@ def render_cmd(
         dtype=dtype,
         home=home,
     )
-    bar = _Bar("render")
+    bar = StatusBar("render", elapsed=True)
     try:
-        result = render(config, progress=bar)
+        result = render(config, progress=bar.update)
     finally:
         bar.close()
     if json_:
@@ -174,13 +143,13 @@ def preview_cmd(
     from conceptlib.preview import preview
     from conceptlib.render import parse_size
 
-    bar = _Bar("preview")
+    bar = StatusBar("preview", elapsed=True)
     try:
         result = preview(
             list(concepts or []), model=model, out=out_dir, changed=changed, from_file=from_file,
             repo=repo, home=home, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
             size=parse_size(size) if size else None, batch_size=batch_size, device=device,
-            dtype=dtype, strict=strict, image_base_url=image_base_url, progress=bar,
+            dtype=dtype, strict=strict, image_base_url=image_base_url, progress=bar.update,
         )  # fmt: skip
     finally:
         bar.close()

@@ -9,50 +9,17 @@ so ``conceptlib --help`` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from conceptlib.cli._options import HomeOpt, JsonOpt
-from conceptlib.cli._output import err, info, out, print_json
+from conceptlib.cli._output import StatusBar, info, out, print_json
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``train`` command to ``app``."""
     app.command("train")(train)
-
-
-class _Bar:
-    """A rich progress bar on stderr (steps, loss, time left), shown only on a terminal."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._enabled = enabled and err.is_terminal
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __call__(self, step: int, total: int, loss: float | None) -> None:
-        if not self._enabled:
-            return
-        if self._bar is None:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("Training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                TextColumn("{task.description}"), console=err, transient=True,
-            )  # fmt: skip
-            self._bar.start()
-            self._task = self._bar.add_task("", total=total, completed=step)
-        self._bar.update(self._task, completed=step, description=f"loss {loss:.4f}" if loss is not None else "")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 def train(
@@ -134,9 +101,12 @@ def train(
     )
     if lr is not None:
         config.lr = lr
-    bar = _Bar(enabled=not json_)
+    bar = StatusBar("Training", enabled=not json_)
     try:
-        result = run_training(config, progress=bar)
+        result = run_training(
+            config,
+            progress=lambda step, total, loss: bar.update(step, total, f"loss {loss:.4f}" if loss is not None else ""),
+        )
     finally:
         bar.close()
     if json_:

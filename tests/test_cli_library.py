@@ -385,10 +385,10 @@ def test_bulk_add_shows_progress_on_a_terminal(files: dict[str, Path], monkeypat
 
     from rich.console import Console
 
-    import conceptlib.cli.library as cli_library
+    import conceptlib.cli._output as cli_output
 
     screen = io.StringIO()
-    monkeypatch.setattr(cli_library, "err", Console(file=screen, force_terminal=True, width=100))
+    monkeypatch.setattr(cli_output, "err", Console(file=screen, force_terminal=True, width=100))
     result = runner.invoke(app, ["add", str(files["cat"].parent)])
     assert result.exit_code == 0
     assert "Adding" in screen.getvalue() and "3/3" in screen.getvalue()
