@@ -88,6 +88,8 @@ def render_cmd(
         result = render(config, progress=bar.update)
     finally:
         bar.close()
+    if not result.main_process:
+        return  # one report per run: the main process gives it
     if json_:
         print_json(result.to_dict())
         return

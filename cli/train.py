@@ -109,6 +109,8 @@ def train(
         )
     finally:
         bar.close()
+    if not result.main_process:
+        return  # one report per run: the main process gives it
     if json_:
         print_json(result.to_dict())
         return

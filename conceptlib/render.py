@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conceptlib._atomic import atomic_write_bytes
+from conceptlib._parallel import barrier, join
 from conceptlib.errors import ConceptDoesNotFitError, ConceptNotFoundError, UsageError
 from conceptlib.validate import expansions
 
@@ -314,6 +315,8 @@ class RenderResult:
         model: the model's display name.
         seconds: wall time of the run.
         timings: seconds per phase (``pipeline``, ``load``, ``render``, ``unload``, ``write``).
+        main_process: False on the other processes of a distributed run: they hold only their
+            own images, and the main process reports the run.
     """
 
     out: Path
@@ -324,6 +327,7 @@ class RenderResult:
     model: str
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    main_process: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what ``render --json`` prints)."""
@@ -1046,13 +1050,6 @@ def _wrap(text: str, draw: Any, font: Any, width: int, *, lines: int) -> list[st
     return out
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) under ``accelerate launch``/``torchrun``, else (0, 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank = int(os.environ.get("RANK", "0") or 0)
-    return (rank, world) if world > 1 else (0, 1)
-
-
 # --- render ------------------------------------------------------------------------------------
 
 
@@ -1135,7 +1132,8 @@ def render(
 
     # Under accelerate/torchrun each process takes every world-th job; names stay global, and
     # each process uses its own GPU when the device names none in particular.
-    rank, world = _distributed()
+    # Only a barrier is needed between processes, so gloo serves CPU and GPU runs alike.
+    rank, world = join("gloo")
     device = config.device
     if world > 1 and device in ("cuda", "xpu"):
         device = f"{device}:{os.environ.get('LOCAL_RANK', '0')}"
@@ -1231,14 +1229,11 @@ def render(
     # has finished, from the per-process records and the PNGs on disk.
     mark = time.perf_counter()
     if world > 1:
-        from accelerate import PartialState
-
-        state = PartialState()
         part = out / f".render-part-{rank}.json"
         atomic_write_bytes(part, json.dumps([i.to_dict() for i in rendered]).encode())
-        state.wait_for_everyone()
+        barrier()
         if rank != 0:
-            return RenderResult(out, rendered, concepts.used, None, None, model.display_name, time.perf_counter() - started, timings)
+            return RenderResult(out, rendered, concepts.used, None, None, model.display_name, time.perf_counter() - started, timings, main_process=False)
         rendered = []
         for r in range(world):
             part = out / f".render-part-{r}.json"

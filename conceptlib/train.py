@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from conceptlib._parallel import barrier, join, rank_and_world
 from conceptlib.errors import (
     ConceptExistsError,
     DestinationExistsError,
@@ -255,6 +256,8 @@ class TrainResult:
         seconds_per_step: mean wall time of the optimizer steps this call ran.
         peak_memory: peak accelerator memory in bytes (CUDA), else None.
         warnings: things worth knowing that did not stop training.
+        main_process: False on the other processes of a data-parallel run, which write
+            nothing (the main process writes the concept and reports the run).
     """
 
     embedding: Embedding
@@ -274,6 +277,7 @@ class TrainResult:
     seconds_per_step: float = 0.0
     peak_memory: int | None = None
     warnings: list[str] = field(default_factory=list)
+    main_process: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what ``conceptlib train --json`` prints)."""
@@ -812,23 +816,22 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     out = Path(config.out).expanduser().resolve() if config.out else home / "training" / name
     checkpoint_path = out / CHECKPOINT_NAME
 
-    # Data parallel under `accelerate launch` / torchrun: each process takes every world-th
-    # sample and gradients of the vectors are averaged; rank 0 alone writes files.
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    distributed = world > 1
-    if distributed and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    main_process = rank == 0
-
-    # ---- 1. The device and precision. -----------------------------------------------------------
+    # ---- 1. The device and precision; the process group of a data-parallel run. ----------------
+    # Under `accelerate launch` / torchrun each process takes every world-th sample, gradients of
+    # the vectors are averaged, and rank 0 alone writes files. Each process gets its own GPU
+    # unless the device names one.
+    _, world = rank_and_world()
     if config.device == "auto":
-        if torch.cuda.is_available():
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        else:
-            device = torch.device("cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(config.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    rank, world = join("nccl" if device.type == "cuda" else "gloo")
+    distributed = world > 1
+    main_process = rank == 0
     if config.mixed_precision != "no" and device.type != "cuda":
         raise UsageError(f"--mixed-precision {config.mixed_precision} needs a GPU; this run is on {device}", hint="use --mixed-precision no on a CPU")
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
@@ -1111,7 +1114,9 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                 epoch_orders.clear()  # one epoch at a time is all a run ever needs
                 epoch_orders[epoch] = torch.randperm(n_images, generator=_generator(config.seed, _EPOCH_STREAM, epoch)).tolist()
             indices.append(epoch_orders[epoch][k % n_images])
-        g = _generator(config.seed, _STEP_STREAM, step, micro, rank)
+        # Keyed by the micro-batch's global slot, not by (micro, rank): N processes draw what one
+        # process with N times the accumulation draws, so the two runs end with the same vectors.
+        g = _generator(config.seed, _STEP_STREAM, step, micro * world + rank)
         size = config.batch_size
         flipped = torch.rand(size, generator=g) < 0.5 if config.flip else torch.zeros(size, dtype=torch.bool)
         picks = torch.randint(len(templates), (size,), generator=g).tolist()
@@ -1273,8 +1278,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     seconds_per_step = (time.perf_counter() - loop_started) / steps_run if steps_run else 0.0
     peak_memory = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     eval_loss_end = evaluation_loss()
-    if distributed:
-        torch.distributed.barrier()
+    barrier()
 
     # ---- 13. Results: the concept file, plots, the library entry. --------------------------------
     embedding = current_embedding(step)
@@ -1283,6 +1287,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         "train_steps": str(step),
         "train_config": json.dumps(config.to_dict(), sort_keys=True),
         "train_resolution": str(resolution),
+        "train_processes": str(world),
         "train_final_loss": f"{losses[-1]:.6g}" if losses else "",
         "train_eval_loss": f"{eval_loss_start:.6g} -> {eval_loss_end:.6g}",
         "base_model": info.display_name,
@@ -1334,4 +1339,5 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         seconds_per_step=seconds_per_step,
         peak_memory=peak_memory,
         warnings=notes,
+        main_process=main_process,
     )
