@@ -38,7 +38,7 @@ def train(
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Warm-up steps for schedulers that have one.")] = 0,
     resolution: Annotated[int | None, typer.Option("--resolution", help="Image size in pixels [default: the model's].", show_default=False)] = None,
     flip: Annotated[bool, typer.Option("--flip", help="Also train on mirrored images.")] = False,
-    mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="no, fp16 or bf16 (GPU only).")] = "no",
+    mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="no, fp16 or bf16: precision of the frozen models (vectors stay float32).")] = "no",
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Save GPU memory at some speed cost.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same run.")] = 0,

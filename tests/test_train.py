@@ -296,6 +296,28 @@ def test_nan_guard_keeps_last_good_checkpoint(models: dict[str, Path], images: P
     assert "last good checkpoint" in str(error)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_keeps_float32_vectors(models: dict[str, Path], images: Path, tmp_path: Path, precision: str) -> None:
+    """Frozen models in half precision; the vectors, their optimizer state and the loss scaler
+    (fp16) in a checkpoint that resumes. The CPU runs the same code path a GPU does."""
+    import torch
+
+    settings = dict(steps=4, save_every=2, lr=0.05, mixed_precision=precision, device="cpu")
+    whole = _train(_config(models["sd1"], images, tmp_path / "whole", **settings))
+    assert all(np.isfinite(whole.losses)) and whole.embedding.vectors["clip_l"].dtype == "float32"
+    state = load_checkpoint(tmp_path / "whole" / "checkpoint.safetensors")
+    assert state["vectors"]["clip_l"].dtype == torch.float32
+    assert (state["scaler"] is not None) == (precision == "fp16")
+    # The vectors learned something, and the half-precision models did the computing: the same
+    # run in float32 ends elsewhere.
+    assert whole.eval_loss_end != whole.eval_loss_start
+    full = _train(_config(models["sd1"], images, tmp_path / "fp32", **{**settings, "mixed_precision": "no"}))
+    assert not np.array_equal(full.embedding.vectors["clip_l"].to_float32(), whole.embedding.vectors["clip_l"].to_float32())
+    # The run resumes from its checkpoint (optimizer and, for fp16, scaler state included).
+    resumed = _train(_config(models["sd1"], images, tmp_path / "whole", resume=True, **{**settings, "steps": 6}))
+    assert resumed.resumed_from == 4 and resumed.steps == 6
+
+
 def test_v_prediction(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
     result = _train(_config(models["sd1-v"], images, tmp_path / "run", steps=2, lr_schedule="0.01:1, 0.001"))
     assert result.embedding.metadata["base_model_prediction"] == "v_prediction"
