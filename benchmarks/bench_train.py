@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/bench_train.py [--reference PATH/textual_inversion.py] [--models tiny,sd15]
         [--steps 30] [--sd15-steps 8] [--resolution 64] [--device auto] [--mixed-precision no]
-        [--json results.json] [--keep DIR]
+        [--repeat 3] [--json results.json] [--keep DIR]
 
 Both trainers run on the same model folder, the same images and resolution, batch 1, no
 gradient accumulation, random flips (the reference always flips with p=0.5; conceptlib gets
@@ -184,29 +184,42 @@ def run_child(mode: str, payload: dict[str, Any], work: Path, label: str) -> dic
 
 
 def bench_model(name: str, model: Path, images: Path, steps: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    runs: dict[str, Any] = {}
-    for trainer in ("conceptlib", "reference"):  # fresh run folders when --keep reuses a work folder
-        shutil.rmtree(work / f"{name}-{trainer}", ignore_errors=True)
+    """Run both trainers ``--repeat`` times, alternating which goes first (machine drift and
+    other tenants then weigh on both alike), and keep the median run of each."""
     payload = {
         "model": str(model), "images": str(images), "token": "<bench-toy>", "init_word": "dog",
         "steps": steps, "lr": 5e-3, "resolution": args.resolution, "flip": True, "save_every": 0,
         "add_to_library": False, "out": str(work / f"{name}-conceptlib"), "device": args.device,
         "mixed_precision": args.mixed_precision, "home": str(work / "home"),
     }  # fmt: skip
-    print(f"[{name}] conceptlib, {steps} steps ...", file=sys.stderr)
-    runs["conceptlib"] = run_child("conceptlib", payload, work, f"{name}-conceptlib")
-    if args.reference:
-        ref_args = [
-            "--pretrained_model_name_or_path", str(model), "--train_data_dir", str(images),
-            "--placeholder_token", "<bench-toy>", "--initializer_token", "dog",
-            "--resolution", str(args.resolution), "--train_batch_size", "1", "--max_train_steps", str(steps),
-            "--learning_rate", "5e-3", "--lr_warmup_steps", "0", "--seed", "0",
-            "--save_steps", "1000000", "--checkpointing_steps", "1000000",
-            "--output_dir", str(work / f"{name}-reference"), "--mixed_precision", args.mixed_precision,
-        ]  # fmt: skip
-        print(f"[{name}] reference, {steps} steps ...", file=sys.stderr)
-        runs["reference"] = run_child("reference", {"script": str(Path(args.reference).resolve()), "args": ref_args}, work, f"{name}-reference")
-    return runs
+    ref_args = [
+        "--pretrained_model_name_or_path", str(model), "--train_data_dir", str(images),
+        "--placeholder_token", "<bench-toy>", "--initializer_token", "dog",
+        "--resolution", str(args.resolution), "--train_batch_size", "1", "--max_train_steps", str(steps),
+        "--learning_rate", "5e-3", "--lr_warmup_steps", "0", "--seed", "0",
+        "--save_steps", "1000000", "--checkpointing_steps", "1000000",
+        "--output_dir", str(work / f"{name}-reference"), "--mixed_precision", args.mixed_precision,
+    ]  # fmt: skip
+    trainers = ["conceptlib", "reference"] if args.reference else ["conceptlib"]
+    runs: dict[str, list[dict[str, Any]]] = {t: [] for t in trainers}
+    for r in range(args.repeat):
+        for trainer in trainers if r % 2 == 0 else trainers[::-1]:
+            shutil.rmtree(work / f"{name}-{trainer}", ignore_errors=True)  # a fresh run folder each time
+            print(f"[{name}] {trainer}, {steps} steps (run {r + 1} of {args.repeat}) ...", file=sys.stderr)
+            if trainer == "conceptlib":
+                runs[trainer].append(run_child("conceptlib", payload, work, f"{name}-conceptlib"))
+            else:
+                script = str(Path(args.reference).resolve())
+                runs[trainer].append(run_child("reference", {"script": script, "args": ref_args}, work, f"{name}-reference"))
+    result: dict[str, Any] = {}
+    for trainer, done in runs.items():
+        ordered = sorted(done, key=lambda d: d["seconds_per_step"])
+        median = dict(ordered[len(ordered) // 2])
+        median["all_seconds_per_step"] = [d["seconds_per_step"] for d in done]
+        median["rss_train"] = max(d["rss_train"] for d in done)
+        median["peak_rss"] = max(d["peak_rss"] for d in done)
+        result[trainer] = median
+    return result
 
 
 def _mb(n: int | None) -> str:
@@ -225,6 +238,7 @@ def main() -> None:
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--keep", help="work folder to keep (models are reused between runs)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each trainer, alternating; the median run is reported")
     args = parser.parse_args()
     if args.reference and not Path(args.reference).is_file():
         raise SystemExit(f"--reference {args.reference}: no such file")
@@ -260,6 +274,7 @@ def main() -> None:
     print(f"\nTextual-inversion training, {args.resolution} px, batch 1, flips on, mixed precision {args.mixed_precision}; "
           f"torch {torch.__version__}, {os.cpu_count()} CPU cores ({cpu}), "
           f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}\n")  # fmt: skip
+    print(f"Each trainer ran {args.repeat} times, alternating; s/step is the median step of the median run (every run's in brackets); memory is the largest seen in any run.\n")
     print("| model | trainer | steps | s/step (median) | speed-up | RSS during steps (MB) | peak RSS (MB) | CUDA peak (MB) | wall (s) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, runs in results.items():
@@ -270,7 +285,8 @@ def main() -> None:
                 print(f"| {name} | reference | - | skipped (no --reference) | | | | | |")
                 continue
             speedup = f"{ref['seconds_per_step'] / ours['seconds_per_step']:.2f}x" if ref and trainer == "conceptlib" else ""
-            print(f"| {name} | {trainer} | {data['steps']} | {data['seconds_per_step']:.4f} | {speedup} | {_mb(data['rss_train'])} | "
+            every = ", ".join(f"{x:.4f}" for x in data["all_seconds_per_step"])
+            print(f"| {name} | {trainer} | {data['steps']} | {data['seconds_per_step']:.4f} ({every}) | {speedup} | {_mb(data['rss_train'])} | "
                   f"{_mb(data['peak_rss'])} | {_mb(data.get('cuda_peak'))} | {data['wall']:.1f} |")  # fmt: skip
         if ref and ref.get("shims"):
             print(f"\nReference shims ({name}): {'; '.join(ref['shims'])}")
