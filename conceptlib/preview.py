@@ -25,6 +25,7 @@ findings, and a thumbnail linking to the grid.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import tempfile
@@ -33,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conceptlib._atomic import atomic_write_bytes
+from conceptlib._parallel import rank_and_world
 from conceptlib.errors import BadInputError, UsageError
 
 if TYPE_CHECKING:
@@ -427,9 +430,11 @@ def preview(
                 if rendered.grid is not None:
                     with Image.open(rendered.grid) as grid:
                         thumb = grid.convert("RGB")
-                        thumb.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
-                        item.thumbnail = rendered.grid.with_name("thumb.png")
-                        thumb.save(item.thumbnail)
+                    thumb.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
+                    item.thumbnail = rendered.grid.with_name("thumb.png")
+                    buffer = io.BytesIO()
+                    thumb.save(buffer, format="PNG")
+                    atomic_write_bytes(item.thumbnail, buffer.getvalue())
         finally:
             scratch_lib.close()
 
@@ -437,5 +442,7 @@ def preview(
         progress(len(wanted), len(wanted), "done")
     settings = {"prompts": len(OBJECT_TEMPLATES), "seed": seed, "steps": steps, "size": (width, height)}
     result = PreviewResult(out_dir, items, out_dir / SUMMARY_NAME, skipped, strict)
-    result.markdown.write_text(_markdown(result, info, settings, image_base_url), encoding="utf-8")
+    # Under a launcher only the main process holds the grids (render writes them there).
+    if rank_and_world()[0] == 0:
+        atomic_write_bytes(result.markdown, _markdown(result, info, settings, image_base_url).encode("utf-8"))
     return result
