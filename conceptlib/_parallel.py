@@ -18,6 +18,14 @@ def rank_and_world() -> tuple[int, int]:
     return (rank, world) if world > 1 else (0, 1)
 
 
+def process_device(device: str) -> str:
+    """``device`` for this process: a bare ``cuda``/``xpu`` becomes the launcher's
+    ``LOCAL_RANK`` GPU in a multi-process run, so each process takes its own."""
+    if device in ("cuda", "xpu") and rank_and_world()[1] > 1:
+        return f"{device}:{os.environ.get('LOCAL_RANK', '0')}"
+    return device
+
+
 def join(backend: str = "gloo") -> tuple[int, int]:
     """Join the launcher's process group (once) and return (rank, world size).
 

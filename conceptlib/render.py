@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conceptlib._atomic import atomic_write_bytes
-from conceptlib._parallel import barrier, join
+from conceptlib._parallel import barrier, join, process_device
 from conceptlib.errors import ConceptDoesNotFitError, ConceptNotFoundError, UsageError
 from conceptlib.validate import expansions
 
@@ -1134,9 +1134,7 @@ def render(
     # each process uses its own GPU when the device names none in particular.
     # Only a barrier is needed between processes, so gloo serves CPU and GPU runs alike.
     rank, world = join("gloo")
-    device = config.device
-    if world > 1 and device in ("cuda", "xpu"):
-        device = f"{device}:{os.environ.get('LOCAL_RANK', '0')}"
+    device = process_device(config.device)
     mine = jobs[rank::world]
 
     # 4. The pipeline and its scheduler (a reused pipeline gets its own scheduler back at the end).

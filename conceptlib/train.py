@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from conceptlib._parallel import barrier, join, rank_and_world
+from conceptlib._parallel import barrier, join, process_device
 from conceptlib.errors import (
     ConceptExistsError,
     DestinationExistsError,
@@ -637,9 +637,10 @@ def _channels_last_in_place(module: Any) -> None:
     from torch import nn
 
     for layer in module.modules():
-        weight = getattr(layer, "weight", None)
-        if isinstance(layer, nn.Conv2d) and weight is not None and weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last):
-            weight = layer.weight.data
+        if not isinstance(layer, nn.Conv2d):
+            continue
+        weight = layer.weight.data
+        if weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last):
             permuted = weight.contiguous(memory_format=torch.channels_last)
             layer.weight.data = weight.as_strided(weight.shape, permuted.stride(), weight.storage_offset()).copy_(permuted)
 
@@ -822,13 +823,8 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     # Under `accelerate launch` / torchrun each process takes every world-th sample, gradients of
     # the vectors are averaged, and rank 0 alone writes files. Each process gets its own GPU
     # unless the device names one.
-    _, world = rank_and_world()
-    if config.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(config.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0)
+    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    device = torch.device(process_device(device_name))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     rank, world = join("nccl" if device.type == "cuda" else "gloo")
