@@ -40,7 +40,7 @@ def train(
     flip: Annotated[bool, typer.Option("--flip", help="Also train on mirrored images.")] = False,
     mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="no, fp16 or bf16: precision of the frozen models (vectors stay float32).")] = "no",
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Save GPU memory at some speed cost.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="cpu, auto (CUDA when available), cuda, cuda:1 ...")] = "cpu",
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same run.")] = 0,
     templates: Annotated[Path | None, typer.Option("--templates", help="Template file: one prompt per line with [name] and [filewords].", show_default=False)] = None,
     captions: Annotated[str | None, typer.Option("--captions", help="[filewords] from the file name (filewords) or a .txt beside each image (sidecar).", show_default=False)] = None,

@@ -174,7 +174,9 @@ class TrainConfig:
             trained vectors and their optimizer stay in float32). On a CPU, bf16 pays off where
             the processor has bf16 instructions; fp16 is usually slower there.
         gradient_checkpointing: trade compute for memory in the UNet.
-        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1`` ...
+        device: ``cpu`` (the default, as everywhere in conceptlib), ``auto`` (CUDA when
+            available, else CPU), ``cuda``, ``cuda:1`` ... A CPU run on a machine with a GPU
+            says so in the result's warnings.
         seed: every random draw is a pure function of (seed, step).
         templates: a template file, one prompt per line, with ``[name]`` and ``[filewords]``.
         captions: ``filewords`` (caption from the file name) or ``sidecar`` (a ``.txt`` beside
@@ -215,7 +217,7 @@ class TrainConfig:
     latent_sampling: str = "random"
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
-    device: str = "auto"
+    device: str = "cpu"
     seed: int = 0
     templates: str | None = None
     captions: str | None = None
@@ -257,6 +259,7 @@ class TrainResult:
         seconds: wall time of the whole call.
         seconds_per_step: mean wall time of the optimizer steps this call ran.
         peak_memory: peak accelerator memory in bytes (CUDA), else None.
+        device: the device this process trained on (``cpu``, ``cuda:0`` ...).
         warnings: things worth knowing that did not stop training.
         main_process: False on the other processes of a data-parallel run, which write
             nothing (the main process writes the concept and reports the run).
@@ -278,6 +281,7 @@ class TrainResult:
     seconds: float = 0.0
     seconds_per_step: float = 0.0
     peak_memory: int | None = None
+    device: str = "cpu"
     warnings: list[str] = field(default_factory=list)
     main_process: bool = True
 
@@ -301,6 +305,7 @@ class TrainResult:
             "loss_plot": str(self.loss_plot) if self.loss_plot else None,
             "seconds": round(self.seconds, 3),
             "seconds_per_step": round(self.seconds_per_step, 5),
+            "device": self.device,
             "peak_memory": self.peak_memory,
             "warnings": list(self.warnings),
         }
@@ -863,6 +868,8 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     # unless the device names one.
     device_name = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     device = torch.device(process_device(device_name))
+    if device.type == "cpu" and torch.cuda.is_available():
+        notes.append("trained on the CPU while a CUDA GPU is available: pass --device cuda (or auto) for GPU speed")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     rank, world = join("nccl" if device.type == "cuda" else "gloo")
@@ -1379,6 +1386,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         seconds=time.perf_counter() - started,
         seconds_per_step=seconds_per_step,
         peak_memory=peak_memory,
+        device=str(device),
         warnings=notes,
         main_process=main_process,
     )

@@ -409,6 +409,7 @@ def test_cli_templates_and_sidecar_captions(models: dict[str, Path], tmp_path: P
     assert code == 0, captured.err
     data = json.loads(captured.out)
     assert data["concept"] == "cli-toy" and data["steps"] == 2 and data["vectors"] == 1
+    assert data["device"] == "cpu"  # the default everywhere, GPU or not (style guide: CPU unless --device)
     assert Path(data["embedding_path"]).is_file()
     assert any("loses the token" in w for w in data["warnings"])
     (images / "001-red striped toy.txt").unlink()
