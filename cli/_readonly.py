@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conceptlib.concept import Concept, ConceptSummary
+    from conceptlib.concept import Concept, ConceptRow, ConceptSummary
     from conceptlib.library import Library
 
 #: Longest cell in human tables; the full value is in --json and `show`.
@@ -105,11 +105,15 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _summary_rows(concepts: list[ConceptSummary]) -> list[str]:
-    return table(
-        ["NAME", "TOKEN", "TYPE", "BASE", "VECTORS", "TAGS"],
-        [[c.name, c.token, c.type, c.family_label, str(c.vectors), ", ".join(c.tags)] for c in concepts],
-    )
+def _summary_rows(concepts: list[ConceptRow] | list[ConceptSummary]) -> list[str]:
+    labels: dict[str | None, str] = {}  # a handful of families: one label lookup each
+    rows = []
+    for c in concepts:
+        label = labels.get(c.family)
+        if label is None:
+            label = labels[c.family] = c.family_label
+        rows.append([c.name, c.token, c.type, label, str(c.vectors), ", ".join(c.tags)])
+    return table(["NAME", "TOKEN", "TYPE", "BASE", "VECTORS", "TAGS"], rows)
 
 
 def describe(concept: Concept) -> list[str]:
@@ -156,10 +160,15 @@ def list_concepts(
     home: Path | None = None,
 ) -> None:
     """``conceptlib list``."""
-    concepts = _library(home).list(type=type_, base=base, tag=tag, compatible_with=compatible_with)
-    if json_:
-        _print_rows_json([c.to_dict() for c in concepts])
-        return
+    library = _library(home)
+    concepts: list[ConceptRow] | list[ConceptSummary]
+    if json_ or compatible_with is not None:  # every indexed field: for scripts, or to check widths
+        concepts = library.list(type=type_, base=base, tag=tag, compatible_with=compatible_with)
+        if json_:
+            _print_rows_json([c.to_dict() for c in concepts])
+            return
+    else:
+        concepts = library.rows(type=type_, base=base, tag=tag)
     if not concepts:
         filtered = type_ is not None or base is not None or tag is not None or compatible_with is not None
         info("No concept matches these filters." if filtered else "The library is empty: add concepts with `conceptlib add FILE...`.")

@@ -55,6 +55,7 @@ from conceptlib.concept import (
     MANIFEST_NAME,
     ORIGINAL_DIR,
     Concept,
+    ConceptRow,
     ConceptSummary,
     FileRecord,
     now,
@@ -658,6 +659,28 @@ class Library:
         # Resolve once: a model name may point at a folder whose hashing costs seconds.
         model = resolve_model(compatible_with, home=self.home, hash_files=False)
         return [s for s in summaries if compatible(s, model)]
+
+    def rows(self, *, type: str | None = None, base: str | None = None, tag: str | None = None) -> builtins.list[ConceptRow]:
+        """What :meth:`list` finds, as only the six fields ``conceptlib list`` shows.
+
+        Args:
+            type: ``object``, ``style`` or ``negative``.
+            base: base-model family: ``sd1``, ``sd2``, ``sdxl`` (``sd15``, ``xl``... accepted).
+            tag: a tag the concept carries.
+
+        Returns:
+            Name, token, type, family, vector count and tags of each concept, sorted by name:
+            about half the cost of :meth:`list` on a large library.
+
+        Example:
+            >>> [(r.name, r.vectors) for r in lib.rows(tag="anime")]
+            [('cat-toy', 4)]
+        """
+        return self.index.rows(
+            type=check_type(type) if type is not None else None,
+            family=family_key(base) if base is not None else None,
+            tag=check_tag(tag) if tag is not None else None,
+        )
 
     def search(self, query: str, *, limit: int | None = None) -> builtins.list[ConceptSummary]:
         """Full-text search over names, tokens, descriptions and tags, best matches first.

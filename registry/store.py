@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conceptlib.concept import Concept, ConceptSummary
+from conceptlib.concept import Concept, ConceptRow, ConceptSummary
 from conceptlib.errors import UsageError
 from conceptlib.registry import migrations
 
@@ -49,11 +49,12 @@ INDEX_NAME = "index.sqlite"
 # Tags never hold control characters (the library refuses them), so the ASCII unit separator
 # can join them in one column without ambiguity.
 _TAG_SEP = "\x1f"
-_SUMMARY_COLUMNS = f"""c.name, c.token, c.type, c.family, c.encoders, c.vectors, c.dtype,
-    (SELECT group_concat(t.tag, '{_TAG_SEP}') FROM tags t WHERE t.concept_id = c.id) AS tags,
+_TAGS_COLUMN = f"(SELECT group_concat(t.tag, '{_TAG_SEP}') FROM tags t WHERE t.concept_id = c.id) AS tags"
+_SUMMARY_COLUMNS = f"""c.name, c.token, c.type, c.family, c.encoders, c.vectors, c.dtype, {_TAGS_COLUMN},
     c.description, c.license, c.content_hash, c.source_type, c.source_repo_id,
     c.created_at, c.updated_at"""
 _SQL_LIST = f"SELECT {_SUMMARY_COLUMNS} FROM concepts c"
+_SQL_ROWS = f"SELECT c.name, c.token, c.type, c.family, c.vectors, {_TAGS_COLUMN} FROM concepts c"
 _SQL_FTS = f"""SELECT {_SUMMARY_COLUMNS} FROM concepts_fts JOIN concepts c ON c.id = concepts_fts.rowid
     WHERE concepts_fts MATCH :match
     ORDER BY bm25(concepts_fts, 10.0, 10.0, 1.0, 5.0), c.name"""
@@ -136,6 +137,22 @@ def _summary(row: Sequence[Any]) -> ConceptSummary:
     )
 
 
+def _filters(type: str | None, family: str | None, tag: str | None) -> tuple[str, dict[str, Any]]:
+    """The WHERE clause (with its parameters) of ``list``'s filters, all of which must hold."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if type is not None:
+        clauses.append("c.type = :type")
+        params["type"] = type
+    if family is not None:
+        clauses.append("c.family = :family")
+        params["family"] = family
+    if tag is not None:
+        clauses.append("EXISTS (SELECT 1 FROM tags t WHERE t.concept_id = c.id AND t.tag = :tag)")
+        params["tag"] = tag
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
 class IndexReader:
     """Read queries shared by both ways into the index; subclasses provide :meth:`_query`."""
 
@@ -183,19 +200,16 @@ class IndexReader:
 
     def summaries(self, *, type: str | None = None, family: str | None = None, tag: str | None = None) -> list[ConceptSummary]:
         """Every concept matching all the filters given, sorted by name."""
-        clauses: list[str] = []
-        params: dict[str, Any] = {}
-        if type is not None:
-            clauses.append("c.type = :type")
-            params["type"] = type
-        if family is not None:
-            clauses.append("c.family = :family")
-            params["family"] = family
-        if tag is not None:
-            clauses.append("EXISTS (SELECT 1 FROM tags t WHERE t.concept_id = c.id AND t.tag = :tag)")
-            params["tag"] = tag
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = _filters(type, family, tag)
         return [_summary(row) for row in self._query(f"{_SQL_LIST}{where} ORDER BY c.name", params)]
+
+    def rows(self, *, type: str | None = None, family: str | None = None, tag: str | None = None) -> list[ConceptRow]:
+        """What :meth:`summaries` finds, as the six fields of ``list``'s table only."""
+        where, params = _filters(type, family, tag)
+        return [
+            ConceptRow(name, token, type_, family_, vectors, sorted(tags.split(_TAG_SEP)) if tags else [])
+            for name, token, type_, family_, vectors, tags in self._query(f"{_SQL_ROWS}{where} ORDER BY c.name", params)
+        ]
 
     def search(self, text: str, *, limit: int | None = None) -> list[ConceptSummary]:
         """Concepts matching ``text``: full-text matches by relevance, then substring matches.

@@ -315,6 +315,17 @@ def test_list_filters(filled: Library) -> None:
     assert summary.to_dict()["encoders"] == {"clip_l": 768, "clip_g": 1280} and summary.tags == ["paint", "toy"]
 
 
+def test_rows_are_the_table_fields_of_list(filled: Library) -> None:
+    """``rows`` (what the ``list`` table prints from) finds what ``list`` finds, field for field."""
+    filters: list[dict[str, str]] = [{}, {"type": "negative"}, {"base": "SD 1.x"}, {"base": "sd15", "tag": "TOY"}, {"type": "style", "base": "sd1"}]
+    for kw in filters:
+        expected = [(c.name, c.token, c.type, c.family, c.vectors, c.tags, c.family_label) for c in filled.list(**kw)]
+        assert [(*r, r.family_label) for r in filled.rows(**kw)] == expected
+    assert filled.rows(base="xl")[0].tags == ["paint", "toy"]
+    with pytest.raises(UsageError, match="unknown base family"):
+        filled.rows(base="flux")
+
+
 def test_search(filled: Library) -> None:
     assert [c.name for c in filled.search("plush")] == ["cat-toy"]
     assert [c.name for c in filled.search("toy")][0] == "cat-toy"  # name and tag beat tag alone
