@@ -176,6 +176,7 @@ def main() -> None:
     # --- in-process costs ----------------------------------------------------------------------
     for label, fn in (
         ("`Library.list()` in process", lambda: lib.list()),
+        ("`Library.rows()` in process (what the `list` table prints)", lambda: lib.rows()),
         (f"`Library.search({word!r})` in process", lambda: lib.search(word)),
         ("`Library.show(NAME)` in process", lambda: lib.show(name)),
     ):
