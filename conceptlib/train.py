@@ -181,6 +181,11 @@ class TrainConfig:
         templates: a template file, one prompt per line, with ``[name]`` and ``[filewords]``.
         captions: ``filewords`` (caption from the file name) or ``sidecar`` (a ``.txt`` beside
             each image); default: file names, and captions only appear through ``[filewords]``.
+        shuffle_tags: AUTOMATIC1111's "Shuffle tags": the comma-separated tags of each
+            caption come in a new order for every sample.
+        tag_dropout: AUTOMATIC1111's "Drop out tags": each tag of a caption is left out of a
+            sample with this probability (0 to 1, exclusive). Both only change what
+            ``[filewords]`` becomes; the evaluation loss keeps whole captions.
         save_every: write a checkpoint (and a snapshot of the concept) every K steps; 0 = at
             the end only.
         preview_every: render a preview every K steps (0 = never).
@@ -221,6 +226,8 @@ class TrainConfig:
     seed: int = 0
     templates: str | None = None
     captions: str | None = None
+    shuffle_tags: bool = False
+    tag_dropout: float = 0.0
     save_every: int = 500
     preview_every: int = 0
     preview_prompt: str | None = None
@@ -503,6 +510,20 @@ def _prompt(template: str, token_text: str, caption: str) -> str:
     return " ".join(template.replace("[name]", token_text).replace("[filewords]", caption).split())
 
 
+def _vary_tags(caption: str, g: torch.Generator, *, shuffle: bool, dropout: float) -> str:
+    """One sample's caption under AUTOMATIC1111's tag options: split at commas, drop each tag
+    with probability ``dropout``, shuffle what is left; all draws from ``g``."""
+    import torch
+
+    tags = [t.strip() for t in caption.split(",") if t.strip()]
+    if dropout > 0:
+        keep = (torch.rand(len(tags), generator=g) >= dropout).tolist()
+        tags = [t for t, k in zip(tags, keep, strict=True) if k]
+    if shuffle and len(tags) > 1:
+        tags = [tags[i] for i in torch.randperm(len(tags), generator=g).tolist()]
+    return ", ".join(tags)
+
+
 # --- randomness: a pure function of (seed, step) ------------------------------------------------
 
 
@@ -514,7 +535,7 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-_EPOCH_STREAM, _STEP_STREAM, _EVAL_STREAM, _PREVIEW_STREAM = 1, 2, 3, 4
+_EPOCH_STREAM, _STEP_STREAM, _EVAL_STREAM, _PREVIEW_STREAM, _TAG_STREAM = 1, 2, 3, 4, 5
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
@@ -801,11 +822,15 @@ def _check_config(config: TrainConfig) -> None:
         raise UsageError(f"--resolution must be a multiple of 8 (at least 8), got {config.resolution}")
     if config.seed < 0:
         raise UsageError(f"--seed must be 0 or more, got {config.seed}")
+    if not 0 <= config.tag_dropout < 1:
+        raise UsageError(f"--tag-dropout is a probability from 0 up to (not including) 1, got {config.tag_dropout}")
 
 
 def _resume_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     now = config.to_dict()
-    return sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    # A checkpoint from an older conceptlib lacks the settings added since: those had their defaults.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k])
 
 
 def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
@@ -1168,7 +1193,12 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         size = config.batch_size
         flipped = torch.rand(size, generator=g) < 0.5 if config.flip else torch.zeros(size, dtype=torch.bool)
         picks = torch.randint(len(templates), (size,), generator=g).tolist()
-        prompts = [_prompt(templates[t], token_text, images[i].caption) for t, i in zip(picks, indices, strict=True)]
+        captions = [images[i].caption for i in indices]
+        if config.shuffle_tags or config.tag_dropout:
+            # A stream of its own: turning the tag options on leaves every other draw as it was.
+            tag_g = _generator(config.seed, _TAG_STREAM, step, micro * world + rank)
+            captions = [_vary_tags(c, tag_g, shuffle=config.shuffle_tags, dropout=config.tag_dropout) for c in captions]
+        prompts = [_prompt(templates[t], token_text, c) for t, c in zip(picks, captions, strict=True)]
         timesteps = torch.randint(0, n_timesteps, (size,), generator=g)
         latent_noise = torch.randn((size, *latent_shape), generator=g)
         noise = torch.randn((size, *latent_shape), generator=g)

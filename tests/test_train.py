@@ -23,7 +23,9 @@ from conceptlib.train import (
     TrainConfig,
     TrainResult,
     _caption,
+    _resume_differences,
     _splice,
+    _vary_tags,
     load_checkpoint,
     lr_at,
     parse_lr_schedule,
@@ -142,6 +144,38 @@ def test_templates_and_captions(tmp_path: Path) -> None:
     assert spread(2, 3) == [0, 0, 1]
     assert spread(3, 2) == [0, 1]
     assert spread(1, 4) == [0, 0, 0, 0]
+
+
+def test_tag_shuffle_and_dropout() -> None:
+    import torch
+
+    caption = "red, striped , toy,,plush"  # stray spaces and an empty tag are cleaned up
+    tags = {"red", "striped", "toy", "plush"}
+    g = torch.Generator().manual_seed(0)
+    assert _vary_tags(caption, g, shuffle=False, dropout=0.0) == "red, striped, toy, plush"
+    shuffled = [_vary_tags(caption, g, shuffle=True, dropout=0.0) for _ in range(30)]
+    assert all(sorted(s.split(", ")) == sorted(tags) for s in shuffled)
+    assert len(set(shuffled)) > 5  # orders really change
+    kept = [s.split(", ") if s else [] for s in (_vary_tags(caption, g, shuffle=False, dropout=0.5) for _ in range(400))]
+    assert all(set(k) <= tags for k in kept)
+    share = sum(len(k) for k in kept) / (4 * len(kept))
+    assert 0.4 < share < 0.6  # each tag stays with probability 1 - 0.5
+    assert [_vary_tags(caption, torch.Generator().manual_seed(7), shuffle=True, dropout=0.3) for _ in range(2)] == [
+        _vary_tags(caption, torch.Generator().manual_seed(7), shuffle=True, dropout=0.3)
+    ] * 2  # a pure function of the generator
+    assert _vary_tags("", g, shuffle=True, dropout=0.5) == ""
+    with pytest.raises(UsageError, match="tag-dropout"):
+        from conceptlib.train import _check_config
+
+        _check_config(TrainConfig(model="m", images="i", token="<t>", tag_dropout=1.0))
+
+
+def test_resume_accepts_checkpoints_from_before_new_settings() -> None:
+    config = TrainConfig(model="m", images="i", token="<t>")
+    saved = config.to_dict()
+    del saved["shuffle_tags"], saved["tag_dropout"]  # an older conceptlib did not write them
+    assert _resume_differences(saved, config) == []
+    assert _resume_differences(saved, TrainConfig(model="m", images="i", token="<t>", tag_dropout=0.1)) == ["tag_dropout"]
 
 
 # --- guard rails that run before any model is loaded -----------------------------------------------
@@ -402,7 +436,7 @@ def test_cli_templates_and_sidecar_captions(models: dict[str, Path], tmp_path: P
     args = [
         "train", "--model", str(models["sd1"]), "--images", str(images), "--token", "<cli-toy>",
         "--init-word", "toy", "--steps", "2", "--resolution", "32", "--templates", str(templates),
-        "--captions", "sidecar", "--save-every", "0", "--out", str(tmp_path / "run"), "--json",
+        "--captions", "sidecar", "--shuffle-tags", "--save-every", "0", "--out", str(tmp_path / "run"), "--json",
     ]  # fmt: skip
     code = _cli(args)
     captured = capsys.readouterr()
@@ -412,9 +446,42 @@ def test_cli_templates_and_sidecar_captions(models: dict[str, Path], tmp_path: P
     assert data["device"] == "cpu"  # the default everywhere, GPU or not (style guide: CPU unless --device)
     assert Path(data["embedding_path"]).is_file()
     assert any("loses the token" in w for w in data["warnings"])
+    code = _cli([*args[:-3], "--out", str(tmp_path / "run3"), "--tag-dropout", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--tag-dropout is a probability" in err and "Traceback" not in err
     (images / "001-red striped toy.txt").unlink()
     code = _cli([*args[:-3], "--out", str(tmp_path / "run2"), "--no-add"])
     assert code == 2 and "001-red striped toy.txt" in capsys.readouterr().err
+
+
+def test_tag_options_vary_only_the_captions(models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import conceptlib.train as train_module
+
+    images = _make_images(tmp_path / "imgs", 2)
+    for png in images.glob("*.png"):
+        png.with_suffix(".txt").write_text("red, striped, toy, plush, soft")
+    templates = tmp_path / "t.txt"
+    templates.write_text("[filewords] | a photo of [name]\n[filewords] | [name] on a table\n")
+    made: list[str] = []
+    original = train_module._prompt
+    monkeypatch.setattr(train_module, "_prompt", lambda *a: made.append(original(*a)) or made[-1])
+    runs, losses = {}, {}
+    for label, kw in (("plain", {}), ("tags", {"shuffle_tags": True, "tag_dropout": 0.3})):
+        made.clear()
+        result = _train(_config(models["sd1"], images, tmp_path / label, steps=6, templates=str(templates), captions="sidecar", **kw))
+        runs[label], losses[label] = made[8:-8], result.losses  # the evaluation batch (2 images x 4) comes before and after
+    # The tag draws come from a stream of their own: drawn but not applied, the run is the plain one.
+    vary = train_module._vary_tags
+    monkeypatch.setattr(train_module, "_vary_tags", lambda c, g, **kw: (vary(c, g, **kw), c)[1])
+    drawn = _train(_config(models["sd1"], images, tmp_path / "drawn", steps=6, templates=str(templates), captions="sidecar", shuffle_tags=True, tag_dropout=0.3))
+    assert drawn.losses == losses["plain"] != losses["tags"]
+    plain, varied = runs["plain"], runs["tags"]
+    # The same images, templates and order in both runs: the tag options draw from their own stream.
+    assert [p.split("|")[1] for p in plain] == [p.split("|")[1] for p in varied]
+    assert {p.split("|")[0].strip() for p in plain} == {"red, striped, toy, plush, soft"}
+    captions = [p.split("|")[0].strip() for p in varied]
+    assert len(varied) == 6 and len(set(captions)) >= 3
+    assert all(set(c.split(", ")) <= {"red", "striped", "toy", "plush", "soft"} for c in captions if c)
 
 
 def _cli(args: list[str]) -> int:
