@@ -166,6 +166,10 @@ class TrainConfig:
         adam_beta2: AdamW beta2.
         adam_epsilon: AdamW epsilon.
         weight_decay: AdamW weight decay on the vectors (AUTOMATIC1111 uses 0; diffusers 1e-2).
+        clip_grad_norm: clip the vectors' gradient to this total norm before each step (0 =
+            off); AUTOMATIC1111's gradient clipping "norm".
+        clip_grad_value: clip each gradient element to plus or minus this (0 = off);
+            AUTOMATIC1111's gradient clipping "value".
         resolution: training image size in pixels (square); default: the model's native size.
         flip: also train on mirrored images (their latents are cached too).
         latent_sampling: ``random`` re-samples the cached latent distribution each step (what
@@ -217,6 +221,8 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     weight_decay: float = 0.0
+    clip_grad_norm: float = 0.0
+    clip_grad_value: float = 0.0
     resolution: int | None = None
     flip: bool = False
     latent_sampling: str = "random"
@@ -822,6 +828,11 @@ def _check_config(config: TrainConfig) -> None:
         raise UsageError(f"--resolution must be a multiple of 8 (at least 8), got {config.resolution}")
     if config.seed < 0:
         raise UsageError(f"--seed must be 0 or more, got {config.seed}")
+    for label, clip in (("--clip-grad-norm", config.clip_grad_norm), ("--clip-grad-value", config.clip_grad_value)):
+        if not (math.isfinite(clip) and clip >= 0):
+            raise UsageError(f"{label} must be a positive number (0 = off), got {clip}")
+    if config.clip_grad_norm and config.clip_grad_value:
+        raise UsageError("--clip-grad-norm and --clip-grad-value both clip the gradient", hint="pass one of them")
     if not 0 <= config.tag_dropout < 1:
         raise UsageError(f"--tag-dropout is a probability from 0 up to (not including) 1, got {config.tag_dropout}")
 
@@ -1335,6 +1346,13 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         value = float(step_loss)
         if not math.isfinite(value):
             raise diverged(step + 1, f"the loss became {value}")
+        if config.clip_grad_norm or config.clip_grad_value:
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # clip the true gradient, not the loss-scaled one
+            if config.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+            else:
+                torch.nn.utils.clip_grad_value_(params, config.clip_grad_value)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()

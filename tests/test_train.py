@@ -363,6 +363,41 @@ def test_splice_gradient_matches_plain_autograd(models: dict[str, Path]) -> None
         assert torch.equal(spliced(torch.where(ids >= base, base - 1 - ids, ids))[0], plain(ids)[0])
 
 
+def test_gradient_clipping(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
+    """What the optimizer sees is clipped: by total norm, by element, and after fp16 unscaling."""
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    seen: list[tuple[float, float]] = []
+
+    def record(optimizer: Any, args: Any, kwargs: Any) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        seen.append((float(torch.cat([g.flatten() for g in grads]).norm()), float(max(g.abs().max() for g in grads))))
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        def run(label: str, **kw: Any) -> tuple[list[tuple[float, float]], TrainResult]:
+            seen.clear()
+            result = _train(_config(models["sd1"], images, tmp_path / label, steps=4, device="cpu", **kw))
+            return list(seen), result
+
+        free, free_result = run("free")
+        norm = min(n for n, _ in free) / 2  # both limits bind at every step
+        value = min(m for _, m in free) / 2
+        by_norm, norm_result = run("norm", clip_grad_norm=norm)
+        by_value, _ = run("value", clip_grad_value=value)
+        scaled, _ = run("fp16", clip_grad_norm=norm, mixed_precision="fp16")
+    finally:
+        handle.remove()
+    assert len(by_norm) == len(by_value) == 4
+    assert all(norm * 0.999 <= n <= norm * 1.0001 for n, _ in by_norm)
+    assert all(value * 0.999 <= m <= value * 1.000001 for _, m in by_value)
+    assert all(norm * 0.99 <= n <= norm * 1.001 for n, _ in scaled)  # fp16: clipped once the loss scale is undone
+    assert norm_result.embedding.vectors["clip_l"].tobytes() != free_result.embedding.vectors["clip_l"].tobytes()
+    with pytest.raises(UsageError, match="both clip"):
+        _train(_config(models["sd1"], images, tmp_path / "both", clip_grad_norm=1.0, clip_grad_value=1.0))
+
+
 def test_nan_guard_keeps_last_good_checkpoint(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainingDivergedError) as info:
         _train(_config(models["sd1"], images, tmp_path / "run", steps=6, save_every=1, lr=1e30))
