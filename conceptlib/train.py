@@ -647,6 +647,14 @@ def _splice(base: Any, vectors: Any, attention: Any) -> Any:
     import torch
     from torch import nn
 
+    class Positions:
+        """Where the placeholders of the batch being encoded sit. A plain object, so that the
+        embedding and the projections share it without either becoming the other's submodule
+        (the encoder's parameters and state dict stay what they were)."""
+
+        rows: torch.Tensor | None = None  # flat indices into batch x sequence
+        which: torch.Tensor | None = None  # the vector each of those rows holds
+
     class Placeholders(nn.Module):
         """The token embedding with the vectors written at the placeholder rows."""
 
@@ -654,42 +662,44 @@ def _splice(base: Any, vectors: Any, attention: Any) -> Any:
             super().__init__()
             self.base = base
             self.vectors = vectors
-            self.rows: torch.Tensor | None = None
-            self.which: torch.Tensor | None = None
+            self.positions = Positions()
 
         def place(self, ids: torch.Tensor) -> None:
             """Record where the placeholders of the next batch sit (``ids`` on the CPU)."""
             flat = ids.flatten()
             rows = (flat < 0).nonzero().squeeze(1)
-            self.rows = rows.to(self.vectors.device)
-            self.which = (-flat[rows] - 1).to(self.vectors.device)
+            self.positions.rows = rows.to(self.vectors.device)
+            self.positions.which = (-flat[rows] - 1).to(self.vectors.device)
 
         def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-            if self.rows is None or self.which is None:
+            rows, which = self.positions.rows, self.positions.which
+            if rows is None or which is None:
                 raise RuntimeError("place(ids) must be called before the encoder runs")
             out = self.base(input_ids.clamp(min=0))
-            new = self.vectors.index_select(0, self.which).to(out.dtype)
-            return out.flatten(0, -2).index_copy(0, self.rows, new).view_as(out)
+            new = self.vectors.index_select(0, which).to(out.dtype)
+            return out.flatten(0, -2).index_copy(0, rows, new).view_as(out)
 
-    class PlaceholderRowsLinear(nn.Module):
-        """A frozen projection whose gradient reaches its input at the placeholder rows only."""
+    class PlaceholderRowsLinear(nn.Linear):
+        """The frozen projection (its own weight and bias, shared), whose gradient reaches its
+        input at the placeholder rows only."""
 
-        def __init__(self, linear: nn.Linear, splice: Placeholders) -> None:
-            super().__init__()
-            self.linear = linear
-            self.splice = splice
+        def __init__(self, linear: nn.Linear, positions: Positions) -> None:
+            nn.Module.__init__(self)  # nn.Linear's __init__ would allocate new weights
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            self.weight, self.bias = linear.weight, linear.bias
+            self.positions = positions
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            rows = self.splice.rows
+            rows = self.positions.rows
             if not torch.is_grad_enabled() or rows is None:
-                return self.linear(x)
-            out = self.linear(x.detach())
-            picked = self.linear(x.flatten(0, -2).index_select(0, rows))
+                return super().forward(x)
+            out = super().forward(x.detach())
+            picked = super().forward(x.flatten(0, -2).index_select(0, rows))
             return out.flatten(0, -2).index_copy(0, rows, picked).view_as(out)
 
     splice = Placeholders()
     for name in ("q_proj", "k_proj", "v_proj"):
-        setattr(attention, name, PlaceholderRowsLinear(getattr(attention, name), splice))
+        setattr(attention, name, PlaceholderRowsLinear(getattr(attention, name), splice.positions))
     return splice
 
 

@@ -341,7 +341,13 @@ def test_splice_gradient_matches_plain_autograd(models: dict[str, Path]) -> None
     plain.set_input_embeddings(Grown())
     inner = getattr(spliced, "text_model", spliced)
     splice = _splice(inner.embeddings.token_embedding, vectors, inner.encoder.layers[0].self_attn)
+    keys_before = set(spliced.state_dict())
     inner.embeddings.token_embedding = splice
+    # The wrapped projections keep their names and weights; only the embedding changes shape.
+    table_key = next(k for k in keys_before if k.endswith("token_embedding.weight"))
+    prefix = table_key.removesuffix("weight")
+    assert set(spliced.state_dict()) == keys_before - {table_key} | {prefix + "base.weight", prefix + "vectors"}
+    assert isinstance(inner.encoder.layers[0].self_attn.q_proj, torch.nn.Linear)
 
     # Two prompts, the two vectors at different places (one of them twice), padded to 77.
     ids = torch.full((2, 77), base - 1)
