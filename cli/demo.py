@@ -110,7 +110,7 @@ def demo(
     out.print("  clean: every hash matches, index and manifests agree" if checked.ok else
               f"  {len(checked.problems)} problems", markup=False)
     library.close()
-    out.print(f"\nTry: conceptlib --home {root / 'library'} list", markup=False)
+    out.print(f"\nTry: conceptlib list --home {root / 'library'}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

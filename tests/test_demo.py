@@ -47,6 +47,12 @@ def check(output: str, home: Path) -> None:
     assert sorted(p.name for p in (home / "a1111-embeddings").iterdir()) == [
         "bad-artist.safetensors", "birb-style.safetensors", "cat-toy.safetensors", "easy-negative.safetensors"
     ]
+    # The command the demo suggests last works as printed.
+    suggested = next(line for line in output.splitlines() if line.startswith("Try: conceptlib "))
+    argv = suggested.removeprefix("Try: conceptlib ").split()
+    proc = subprocess.run([sys.executable, "-m", "conceptlib", *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].split() == ["NAME", "TOKEN", "TYPE", "BASE", "VECTORS", "TAGS"] and "xl-detail" in proc.stdout
 
 
 def test_demo_without_torch(tmp_path: Path) -> None:
