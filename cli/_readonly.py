@@ -106,14 +106,10 @@ def _plural(n: int, word: str) -> str:
 
 
 def _summary_rows(concepts: list[ConceptRow] | list[ConceptSummary]) -> list[str]:
-    labels: dict[str | None, str] = {}  # a handful of families: one label lookup each
-    rows = []
-    for c in concepts:
-        label = labels.get(c.family)
-        if label is None:
-            label = labels[c.family] = c.family_label
-        rows.append([c.name, c.token, c.type, label, str(c.vectors), ", ".join(c.tags)])
-    return table(["NAME", "TOKEN", "TYPE", "BASE", "VECTORS", "TAGS"], rows)
+    return table(
+        ["NAME", "TOKEN", "TYPE", "BASE", "VECTORS", "TAGS"],
+        [[c.name, c.token, c.type, c.family_label, str(c.vectors), ", ".join(c.tags)] for c in concepts],
+    )
 
 
 def describe(concept: Concept) -> list[str]:

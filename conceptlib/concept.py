@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from conceptlib.families import FAMILIES
+from conceptlib.families import family_label as label_for_family
 
 #: The concept types a user can give (``--type``).
 CONCEPT_TYPES: tuple[str, ...] = ("object", "style", "negative")
@@ -130,8 +130,7 @@ class Concept:
     @property
     def family_label(self) -> str:
         """``SD 1.x``, ``SD 2.x``, ``SDXL`` or ``unknown``."""
-        family = FAMILIES.get(self.family or "")
-        return family.label if family else "unknown"
+        return label_for_family(self.family)
 
     @property
     def width_label(self) -> str:
@@ -269,8 +268,7 @@ class ConceptRow(NamedTuple):
     @property
     def family_label(self) -> str:
         """``SD 1.x``, ``SD 2.x``, ``SDXL`` or ``unknown``."""
-        family = FAMILIES.get(self.family or "")
-        return family.label if family else "unknown"
+        return label_for_family(self.family)
 
 
 @dataclass(slots=True)
@@ -300,8 +298,7 @@ class ConceptSummary:
     @property
     def family_label(self) -> str:
         """``SD 1.x``, ``SD 2.x``, ``SDXL`` or ``unknown``."""
-        family = FAMILIES.get(self.family or "")
-        return family.label if family else "unknown"
+        return label_for_family(self.family)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``conceptlib list --json``)."""

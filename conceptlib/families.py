@@ -37,6 +37,12 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def family_label(key: str | None) -> str:
+    """``SD 1.x``, ``SD 2.x``, ``SDXL``, or ``unknown`` for no or an unknown family key."""
+    family = FAMILIES.get(key or "")
+    return family.label if family else "unknown"
+
+
 def sort_encoders(keys: list[str] | tuple[str, ...] | set[str]) -> list[str]:
     """Encoder keys in canonical order (clip_l, clip_h, clip_g)."""
     order = list(ENCODERS)
