@@ -453,6 +453,15 @@ class _AddOptions:
 # --- the library -------------------------------------------------------------------------------
 
 
+def _list_filters(type: str | None, base: str | None, tag: str | None) -> dict[str, str | None]:
+    """``list``'s filters as the index takes them: checked, and the base as a family key."""
+    return {
+        "type": check_type(type) if type is not None else None,
+        "family": family_key(base) if base is not None else None,
+        "tag": check_tag(tag) if tag is not None else None,
+    }
+
+
 class Library:
     """A concept library on disk: ``concepts/<name>/`` folders plus their index.
 
@@ -647,11 +656,7 @@ class Library:
             >>> [c.name for c in lib.list(type="negative", base="sd1")]
             ['bad-artist', 'easynegative']
         """
-        summaries = self.index.summaries(
-            type=check_type(type) if type is not None else None,
-            family=family_key(base) if base is not None else None,
-            tag=check_tag(tag) if tag is not None else None,
-        )
+        summaries = self.index.summaries(**_list_filters(type, base, tag))
         if compatible_with is None:
             return summaries
         from conceptlib.models import compatible, resolve_model
@@ -676,11 +681,7 @@ class Library:
             >>> [(r.name, r.vectors) for r in lib.rows(tag="anime")]
             [('cat-toy', 4)]
         """
-        return self.index.rows(
-            type=check_type(type) if type is not None else None,
-            family=family_key(base) if base is not None else None,
-            tag=check_tag(tag) if tag is not None else None,
-        )
+        return self.index.rows(**_list_filters(type, base, tag))
 
     def search(self, query: str, *, limit: int | None = None) -> builtins.list[ConceptSummary]:
         """Full-text search over names, tokens, descriptions and tags, best matches first.

@@ -128,11 +128,16 @@ def _encoders(text: str) -> tuple[tuple[str, int], ...]:
     return tuple(json.loads(text).items()) if text else ()
 
 
+def _tags(joined: str | None) -> list[str]:
+    # The tags column joined by the unit separator, or NULL for none: sorted, as everywhere.
+    return sorted(joined.split(_TAG_SEP)) if joined else []
+
+
 def _summary(row: Sequence[Any]) -> ConceptSummary:
     # Positional construction: this runs once per row of `list`, 10,000 times at a time.
     return ConceptSummary(
         row[0], row[1], row[2], row[3], dict(_encoders(row[4])), row[5], row[6],
-        sorted(row[7].split(_TAG_SEP)) if row[7] else [],
+        _tags(row[7]),
         row[8], row[9], row[10], row[11], row[12], row[13], row[14],
     )
 
@@ -207,7 +212,7 @@ class IndexReader:
         """What :meth:`summaries` finds, as the six fields of ``list``'s table only."""
         where, params = _filters(type, family, tag)
         return [
-            ConceptRow(name, token, type_, family_, vectors, sorted(tags.split(_TAG_SEP)) if tags else [])
+            ConceptRow(name, token, type_, family_, vectors, _tags(tags))
             for name, token, type_, family_, vectors, tags in self._query(f"{_SQL_ROWS}{where} ORDER BY c.name", params)
         ]
 
