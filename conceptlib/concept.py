@@ -255,7 +255,7 @@ class ConceptRow(NamedTuple):
     """The six fields ``conceptlib list`` shows in its table, and nothing else.
 
     The table of a 10,000-concept library is printed from these: reading and building only
-    what is shown halves the time of ``list`` against full :class:`ConceptSummary` rows.
+    what is shown takes about 60% of the time full :class:`ConceptSummary` rows take.
     """
 
     name: str

@@ -675,7 +675,7 @@ class Library:
 
         Returns:
             Name, token, type, family, vector count and tags of each concept, sorted by name:
-            about half the cost of :meth:`list` on a large library.
+            about 60% of the cost of :meth:`list` on a large library.
 
         Example:
             >>> [(r.name, r.vectors) for r in lib.rows(tag="anime")]
