@@ -18,6 +18,15 @@ HomeOpt = Annotated[
         show_default=False,
     ),
 ]
+ModelConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model-config",
+        help="For a single-file checkpoint: a diffusers folder or Hub repo with its configs and tokenizer "
+        "(default: the family's reference repo, fetched once and cached).",
+        show_default=False,
+    ),
+]
 TokenOpt = Annotated[
     str | None, typer.Option("--token", help="Placeholder token to store, e.g. '<cat-toy>'.")
 ]

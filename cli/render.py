@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from conceptlib.cli._options import HomeOpt, JsonOpt, ModelOpt
+from conceptlib.cli._options import HomeOpt, JsonOpt, ModelConfigOpt, ModelOpt
 from conceptlib.cli._output import StatusBar, info, out, print_json
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ def render_cmd(
     grid: Annotated[bool, typer.Option("--grid", help="Also write a labelled grid.png.")] = False,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
+    model_config: ModelConfigOpt = None,
     home: HomeOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -82,6 +83,7 @@ def render_cmd(
         device=device,
         dtype=dtype,
         home=home,
+        model_config=model_config,
     )
     bar = StatusBar("render", elapsed=True)
     try:
@@ -133,6 +135,7 @@ def preview_cmd(
     image_base_url: Annotated[
         str | None, typer.Option("--image-base-url", help="URL prefix for image links in preview.md.", show_default=False)
     ] = None,
+    model_config: ModelConfigOpt = None,
     home: HomeOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -152,6 +155,7 @@ def preview_cmd(
             repo=repo, home=home, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
             size=parse_size(size) if size else None, batch_size=batch_size, device=device,
             dtype=dtype, strict=strict, image_base_url=image_base_url, progress=bar.update,
+            model_config=model_config,
         )  # fmt: skip
     finally:
         bar.close()

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from conceptlib.cli._options import HomeOpt, JsonOpt
+from conceptlib.cli._options import HomeOpt, JsonOpt, ModelConfigOpt
 from conceptlib.cli._output import StatusBar, info, out, print_json
 
 
@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 
 
 def train(
-    model: Annotated[str, typer.Option("--model", "-m", help="Base model: a diffusers folder or a registered model name.", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="Base model: a diffusers folder, a .safetensors/.ckpt checkpoint or a registered model name.", show_default=False)],
     images: Annotated[Path, typer.Option("--images", "-i", help="Folder of training images (3 to 20 is typical).", show_default=False)],
     token: Annotated[str, typer.Option("--token", help="The new token to learn, e.g. '<my-cat>'.", show_default=False)],
     init_word: Annotated[str | None, typer.Option("--init-word", help="Word(s) the vectors start from, e.g. 'cat' (default: '*').", show_default=False)] = None,
@@ -56,13 +56,15 @@ def train(
     name: Annotated[str | None, typer.Option("--name", help="Name in the library [default: from the token].", show_default=False)] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder [default: <home>/training/<name>].", show_default=False)] = None,
     no_add: Annotated[bool, typer.Option("--no-add", help="Do not add the finished concept to the library.")] = False,
+    model_config: ModelConfigOpt = None,
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
     """Train a textual-inversion concept on a folder of images and add it to the library.
 
     Only the new token's vectors are trained; checkpoints are small and --resume continues a
-    run exactly. Works with SD 1.x, SD 2.x (epsilon and v) and SDXL diffusers folders.
+    run exactly. Works with SD 1.x, SD 2.x (epsilon and v) and SDXL, as diffusers folders or
+    single-file checkpoints.
 
     Example: conceptlib train --model ./sd15 --images ./cat --token '<my-cat>' --init-word cat --steps 2000
     """
@@ -74,6 +76,7 @@ def train(
         raise UsageError("--lr and --lr-schedule both set the learning rate", hint="pass one of them")
     config = TrainConfig(
         model=model,
+        model_config=model_config,
         images=str(images),
         token=token,
         init_word=init_word,

@@ -232,6 +232,15 @@ class UnknownModelError(ModelError):
     )
 
 
+class ModelConfigError(ModelError):
+    """A single-file checkpoint's diffusers configs are missing, unreachable or of another model."""
+
+    default_hint = (
+        "pass --model-config a diffusers folder or Hub repo of the same model (its JSON configs and "
+        "tokenizer are enough), or run once online so they are cached"
+    )
+
+
 class ModelNotFoundError(ModelError):
     """No file, folder, registered model or family has this name; ``name`` holds what was asked."""
 

@@ -53,6 +53,7 @@ from conceptlib.errors import (
     HubAuthError,
     HubIntegrityError,
     HubUnavailableError,
+    ModelConfigError,
     NotAConceptRepoError,
     UsageError,
 )
@@ -589,6 +590,68 @@ def _snapshot(settings: HubSettings, repo_id: str, revision: str, files: tuple[s
         max_workers=FILE_WORKERS,
     )
     return Path(folder)
+
+
+# What a diffusers pipeline needs besides weights: small JSON configs and the tokenizers.
+MODEL_CONFIG_PATTERNS = ("model_index.json", "*/config.json", "*/scheduler_config.json", "tokenizer*/*.json", "tokenizer*/*.txt")
+
+
+def fetch_model_configs(repo_id: str, *, revision: str | None = None) -> Path:
+    """The configs and tokenizers of a diffusers model repository, without its weights.
+
+    A single-file checkpoint (AUTOMATIC1111/ComfyUI layout) carries weights only; building
+    its pipeline needs the matching ``model_index.json``, component configs and tokenizer
+    files (a few MB). They are downloaded once into the Hugging Face cache; offline
+    (``HF_HUB_OFFLINE``) or when the Hub cannot be reached, the cached copy is used.
+
+    Args:
+        repo_id: the diffusers repository, e.g. ``stable-diffusion-v1-5/stable-diffusion-v1-5``.
+        revision: branch, tag or commit; the default branch when None.
+
+    Returns:
+        The local snapshot folder (inside the cache; do not modify it).
+
+    Raises:
+        ModelConfigError: offline (or unreachable) and not cached, or the repository holds no
+            ``model_index.json``.
+        HubAuthError: the repository is private or gated and the token does not open it.
+    """
+    from huggingface_hub import snapshot_download
+
+    settings = hub_settings()
+
+    def download(offline: bool) -> Path:
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=settings.cache_dir,
+                endpoint=settings.endpoint,
+                token=settings.token,
+                allow_patterns=list(MODEL_CONFIG_PATTERNS),
+                local_files_only=offline,
+            )
+        )
+
+    reason = "HF_HUB_OFFLINE is set"
+    folder: Path | None = None
+    if not settings.offline:
+        try:
+            folder = _with_retries(lambda: download(False), repo_id=repo_id, what=f"{repo_id}: downloading model configs")
+        except HubUnavailableError as exc:
+            reason = exc.message
+    if folder is None:
+        try:
+            folder = download(True)
+        except Exception as exc:
+            from huggingface_hub.errors import LocalEntryNotFoundError
+
+            if isinstance(exc, LocalEntryNotFoundError):
+                raise ModelConfigError(f"the configs of {repo_id} are not in the local cache ({reason})") from exc
+            raise
+    if not (folder / "model_index.json").is_file():
+        raise ModelConfigError(f"{repo_id} has no model_index.json: not a diffusers model repository")
+    return folder
 
 
 def _redownload(settings: HubSettings, repo_id: str, commit: str, path: str) -> Path:

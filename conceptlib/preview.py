@@ -319,6 +319,7 @@ def preview(
     image_base_url: str | None = None,
     progress: ProgressCallback | None = None,
     pipeline: Any = None,
+    model_config: str | os.PathLike[str] | None = None,
 ) -> PreviewResult:
     """Validate concepts against a model and render a preview grid of each; write a summary.
 
@@ -339,6 +340,8 @@ def preview(
             default: paths relative to ``out``.
         progress: ``progress(done, total, message)`` per concept.
         pipeline: a loaded pipeline of ``model`` to reuse.
+        model_config: for a single-file checkpoint, the diffusers folder or Hub repository
+            with its configs (see :mod:`conceptlib.single_file`).
 
     Returns:
         The result; ``result.exit_code`` is 1 when any concept failed.
@@ -356,11 +359,14 @@ def preview(
     from conceptlib.library import Library
     from conceptlib.models import resolve_model
     from conceptlib.render import RenderConfig, load_pipeline, render
+    from conceptlib.single_file import resolve_configs
     from conceptlib.validate import validate
 
     out_dir = Path(out)
     info = resolve_model(model, home=home)
-    width, height = size or (info.sample_size or 512, info.sample_size or 512)
+    configs = resolve_configs(info, model_config) if info.kind == "checkpoint" and pipeline is None else None
+    native = (configs.sample_size if configs else None) or info.sample_size or 512
+    width, height = size or (native, native)
 
     # 1. What to preview: (source label, library home, name in that library or a path to add).
     wanted: list[tuple[str, str | Path]] = [(c, c) for c in concepts]
@@ -417,7 +423,7 @@ def preview(
 
                 # 3. The fixed prompt set, rendered with the same seeds as every other concept.
                 if pipe is None:
-                    pipe = load_pipeline(info, device=device, dtype=dtype)
+                    pipe = load_pipeline(info, device=device, dtype=dtype, configs=configs)
                 prompts, negative = preview_prompts(concept.token, concept.type)
                 rendered = render(RenderConfig(
                     model=info, prompts=prompts, negative=negative, seed=seed,

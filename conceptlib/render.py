@@ -79,6 +79,7 @@ if TYPE_CHECKING:
     from conceptlib.embedding import Embedding
     from conceptlib.library import Library
     from conceptlib.models import ModelInfo
+    from conceptlib.single_file import ModelConfigs
     from conceptlib.validate import Finding
 
 __all__ = [
@@ -184,6 +185,9 @@ class RenderConfig:
         device: torch device (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
         dtype: ``float32``, ``float16`` or ``bfloat16``.
         home: the library folder (default: ``CONCEPTLIB_HOME``).
+        model_config: for a single-file checkpoint, a diffusers folder or Hub repository
+            with its configs and tokenizer; None takes the family's reference repository
+            (see :mod:`conceptlib.single_file`).
     """
 
     model: str | os.PathLike[str] | ModelInfo
@@ -202,6 +206,7 @@ class RenderConfig:
     device: str = "cpu"
     dtype: str = "float32"
     home: str | os.PathLike[str] | None = None
+    model_config: str | os.PathLike[str] | None = None
 
 
 @dataclass
@@ -849,13 +854,22 @@ def unload_concepts(loaded: LoadedConcepts) -> None:
 # --- the pipeline ------------------------------------------------------------------------------
 
 
-def load_pipeline(model: ModelInfo, *, device: str = "cpu", dtype: str = "float32") -> Any:
+def load_pipeline(
+    model: ModelInfo,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    configs: ModelConfigs | None = None,
+) -> Any:
     """Load the diffusers pipeline of a model (a diffusers folder or a single file).
 
     Args:
         model: a model with weights.
         device: torch device.
         dtype: ``float32``, ``float16`` or ``bfloat16``.
+        configs: for a single-file checkpoint, its diffusers configs
+            (:func:`conceptlib.single_file.resolve_configs`); the family's reference ones when
+            omitted.
 
     Returns:
         A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` on ``device``, progress
@@ -863,6 +877,7 @@ def load_pipeline(model: ModelInfo, *, device: str = "cpu", dtype: str = "float3
 
     Raises:
         UsageError: a family name (no weights), or an unknown dtype.
+        ModelConfigError: a single file's configs cannot be found or do not fit it.
         MissingDependencyError: torch or diffusers missing.
     """
     from conceptlib._deps import require
@@ -871,18 +886,14 @@ def load_pipeline(model: ModelInfo, *, device: str = "cpu", dtype: str = "float3
     import torch
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    torch_dtype = getattr(torch, _dtype_name(dtype))
-    # diffusers renamed `torch_dtype` to `dtype` (the old name warns); older releases know only it.
-    from diffusers.utils import deprecation_utils
+    from conceptlib import single_file
 
-    dtype_kw = {"dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype": torch_dtype}
+    torch_dtype = getattr(torch, _dtype_name(dtype))
     cls = StableDiffusionXLPipeline if model.family == "sdxl" else StableDiffusionPipeline
     if model.kind == "diffusers" and model.path:
-        pipe = cls.from_pretrained(model.path, **dtype_kw)
+        pipe = cls.from_pretrained(model.path, **single_file.dtype_kwargs(torch_dtype))
     elif model.kind == "checkpoint" and model.path:
-        # from_single_file needs the model's diffusers configs; offline, diffusers looks in
-        # the Hugging Face cache and says what it misses.
-        pipe = cls.from_single_file(model.path, **dtype_kw)
+        pipe = single_file.load_pipeline(model, configs or single_file.resolve_configs(model), torch_dtype)
     else:
         raise UsageError(
             f"{model.display_name} is a family name, without weights to render with",
@@ -1081,6 +1092,7 @@ def render(
         >>> render(RenderConfig(model="tiny-sd1", prompts=["a <cat-toy>"], out="out"))  # doctest: +SKIP
     """
     from conceptlib.models import resolve_model
+    from conceptlib.single_file import resolve_configs
     from conceptlib.validate import validate_many
 
     started = time.perf_counter()
@@ -1096,7 +1108,12 @@ def render(
     if not specs:
         raise UsageError("nothing to render: give prompts or --prompts FILE")
     model = resolve_model(config.model, home=config.home)
-    default_size = config.size or (model.sample_size or 512, model.sample_size or 512)
+    configs = None
+    if model.kind == "checkpoint" and pipeline is None:
+        # Before anything heavy: a single file's configs may need fetching, or may not fit it.
+        configs = resolve_configs(model, config.model_config)
+    native = (configs.sample_size if configs else None) or model.sample_size or 512
+    default_size = config.size or (native, native)
     jobs: list[_Job] = []
     for line, spec in enumerate(specs):
         width, height = parse_size(spec.size or default_size)
@@ -1139,7 +1156,7 @@ def render(
 
     # 4. The pipeline and its scheduler (a reused pipeline gets its own scheduler back at the end).
     mark = time.perf_counter()
-    pipe = pipeline if pipeline is not None else load_pipeline(model, device=device, dtype=config.dtype)
+    pipe = pipeline if pipeline is not None else load_pipeline(model, device=device, dtype=config.dtype, configs=configs)
     import torch
 
     original_scheduler = pipe.scheduler

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
     from conceptlib.embedding import Embedding
     from conceptlib.library import Concept
+    from conceptlib.single_file import ModelConfigs
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -146,7 +147,11 @@ class TrainConfig:
     """Every knob of a training run (the CLI's options, one for one).
 
     Attributes:
-        model: a diffusers folder, or a registered model name that points at one.
+        model: a diffusers folder or a single-file checkpoint (``.safetensors``/``.ckpt`` in
+            the AUTOMATIC1111/ComfyUI layout), or a registered model name that points at one.
+        model_config: for a single-file checkpoint, a diffusers folder or Hub repository with
+            its configs and tokenizer; default: the family's reference repository, fetched
+            once (see :mod:`conceptlib.single_file`).
         images: a folder of training images (or one image file).
         token: the placeholder token to learn, e.g. ``<my-cat>``. With ``vectors`` > 1 the
             concept uses ``tok``, ``tok_1`` ... as diffusers loads it.
@@ -207,6 +212,7 @@ class TrainConfig:
     model: str
     images: str
     token: str
+    model_config: str | None = None
     init_word: str | None = None
     type: str = "object"
     vectors: int = 1
@@ -897,6 +903,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     from conceptlib.formats import write
     from conceptlib.library import Library, check_name, check_token
     from conceptlib.models import resolve_model
+    from conceptlib.single_file import resolve_configs
     from conceptlib.slug import slugify
     from conceptlib.tensor import Tensor
     from conceptlib.validate import expansions, validate
@@ -924,17 +931,20 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
 
     # ---- 2. The model: resolve it and check it has weights (no torch needed yet). -------------
+    # A single file's configs are found (fetched once) now, before any image or weight loads.
     info = resolve_model(config.model, home=home)
-    if info.kind != "diffusers" or not info.path:
-        what = "a family name without weights" if info.kind == "family" else "a single-file checkpoint"
+    configs: ModelConfigs | None = None
+    if info.kind == "checkpoint" and info.path:
+        configs = resolve_configs(info, config.model_config)
+    elif info.kind != "diffusers" or not info.path:
         raise UsageError(
-            f"training needs a diffusers model folder; {config.model!r} is {what}",
-            hint="pass a diffusers folder (with model_index.json); `conceptlib models create-tiny` makes a tiny one to try",
+            f"training needs weights; {config.model!r} is a family name",
+            hint="pass a diffusers folder (with model_index.json) or a .safetensors checkpoint; `conceptlib models create-tiny` makes a tiny one to try",
         )
     root = Path(info.path)
     sdxl = info.family == "sdxl"
     keys = info.encoder_keys  # canonical order = text_encoder, text_encoder_2
-    resolution = config.resolution or info.sample_size or 512
+    resolution = config.resolution or (configs.sample_size if configs else None) or info.sample_size or 512
     if not config.resume and checkpoint_path.exists():
         raise DestinationExistsError(
             "holds a checkpoint from an earlier run",
@@ -984,31 +994,45 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     transformers_verbosity = transformers_logging.get_verbosity()
     diffusers_verbosity = diffusers_logging.get_verbosity()
     transformers_bars = transformers_logging.is_progress_bar_enabled()
+    diffusers_bars = diffusers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()  # one bar per component is noise on stderr
     diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
     try:
-        tokenizers = [CLIPTokenizer.from_pretrained(root / c.replace("text_encoder", "tokenizer")) for c in components]
-        encoders = []
-        for component in components:
-            cls = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
-            encoders.append(cls.from_pretrained(root / component, attn_implementation="sdpa", torch_dtype=weight_dtype))
         # The VAE only encodes once (and decodes previews): fp32 always, which also avoids the
         # SDXL VAE's fp16 overflow.
-        vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=torch.float32)
-        unet = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=weight_dtype)
-        noise_scheduler = DDPMScheduler.from_pretrained(root / "scheduler")
+        if configs is not None:
+            from conceptlib.single_file import load_pipeline
+
+            pipe = load_pipeline(info, configs, torch.float32)
+            tokenizers = [getattr(pipe, c.replace("text_encoder", "tokenizer")) for c in components]
+            encoders = [getattr(pipe, c).to(weight_dtype) for c in components]
+            vae, unet, scheduler_config = pipe.vae, pipe.unet.to(weight_dtype), pipe.scheduler.config
+            del pipe
+        else:
+            tokenizers = [CLIPTokenizer.from_pretrained(root / c.replace("text_encoder", "tokenizer")) for c in components]
+            encoders = []
+            for component in components:
+                cls = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
+                encoders.append(cls.from_pretrained(root / component, attn_implementation="sdpa", torch_dtype=weight_dtype))
+            vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=torch.float32)
+            unet = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=weight_dtype)
+            scheduler_config = DDPMScheduler.load_config(root / "scheduler")
+        noise_scheduler = DDPMScheduler.from_config(scheduler_config)
     finally:
         transformers_logging.set_verbosity(transformers_verbosity)
         diffusers_logging.set_verbosity(diffusers_verbosity)
         if transformers_bars:
             transformers_logging.enable_progress_bar()
+        if diffusers_bars:
+            diffusers_logging.enable_progress_bar()
     for key, enc in zip(keys, encoders, strict=True):
         if enc.config.hidden_size != info.widths[key]:
             raise UsageError(f"text encoder width {enc.config.hidden_size} does not match {key} ({info.widths[key]})", path=root)
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type not in ("epsilon", "v_prediction"):
-        raise UsageError(f"prediction type {prediction_type!r} is not supported (epsilon or v_prediction)", path=root / "scheduler")
+        raise UsageError(f"prediction type {prediction_type!r} is not supported (epsilon or v_prediction)", path=root)
 
     # ---- 6. Freeze everything; only the vectors will have gradients. -----------------------------
     for module in (vae, unet, *encoders):
@@ -1255,7 +1279,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         if preview_pipe is None:
             from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-            sampler = DPMSolverMultistepScheduler.from_pretrained(root / "scheduler")
+            sampler = DPMSolverMultistepScheduler.from_config(scheduler_config)
             if sdxl:
                 preview_pipe = StableDiffusionXLPipeline(vae, encoders[0], encoders[1], tokenizers[0], tokenizers[1], unet, sampler, force_zeros_for_empty_prompt=False, add_watermarker=False)
             else:

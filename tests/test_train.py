@@ -202,7 +202,7 @@ def test_images_and_token_checked_first(models: dict[str, Path], tmp_path: Path)
     # "cat" is a word of the tiny vocabulary, as in CLIP's: refused before any step.
     with pytest.raises(TrainingTokenError, match="cat"):
         _train(_config(models["sd1"], broken / "000-red striped toy.png", tmp_path / "o4", token="cat"))
-    with pytest.raises(UsageError, match="diffusers model folder"):
+    with pytest.raises(UsageError, match="training needs weights; .sd1. is a family name"):
         _train(_config(Path("sd1"), broken, tmp_path / "o5"))
     with pytest.raises(UsageError, match="--lr-schedule"):
         _train(_config(models["sd1"], broken, tmp_path / "o6", lr_schedule="0.1", scheduler="cosine"))

@@ -1,0 +1,164 @@
+"""Single-file checkpoints as diffusers pipelines, for training and rendering.
+
+AUTOMATIC1111, ComfyUI and InvokeAI users keep a model as one ``.safetensors``/``.ckpt`` file in
+the original LDM key layout. diffusers' ``from_single_file`` converts its weights, but it also
+needs the model's diffusers configs and tokenizer, which the file does not hold; left to itself
+it guesses a Hub repository and downloads them, and for SD 2.x it guesses the 768-v model even
+for a 512-base file.
+
+conceptlib decides instead, before anything heavy loads: the configs come from
+``--model-config`` (a diffusers folder or Hub repository of the same model; the JSON files and
+tokenizer are enough) or else from the family's reference repository, fetched once through
+:func:`conceptlib.hub.fetch_model_configs` and read from the cache afterwards. They must
+describe the checkpoint's family, and the prediction type is the one the file declares (its
+metadata or AUTOMATIC1111's ``.yaml`` beside it), else the configs'.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from conceptlib.errors import ModelConfigError
+
+if TYPE_CHECKING:
+    from conceptlib.models import ModelInfo
+
+# The reference diffusers repository of each family, by the prediction type the file declares.
+# Only configs and tokenizers are fetched from them (a few MB), never weights.
+DEFAULT_CONFIG_REPOS: dict[tuple[str, str], str] = {
+    ("sd1", "epsilon"): "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    ("sd2", "epsilon"): "stabilityai/stable-diffusion-2-1-base",
+    ("sd2", "v_prediction"): "stabilityai/stable-diffusion-2-1",
+    ("sdxl", "epsilon"): "stabilityai/stable-diffusion-xl-base-1.0",
+}
+
+
+@dataclass(frozen=True)
+class ModelConfigs:
+    """The diffusers configs chosen for a single-file checkpoint.
+
+    Attributes:
+        folder: a local folder with ``model_index.json``, component configs and tokenizer(s).
+        source: what they came from, for messages: the folder or repository passed, or the
+            family's reference repository.
+        prediction_type: ``epsilon`` or ``v_prediction``: the checkpoint's own if it declares
+            one, else the configs' scheduler's.
+        sample_size: the image size in pixels the configs' UNet was built for.
+    """
+
+    folder: Path
+    source: str
+    prediction_type: str
+    sample_size: int | None
+
+
+def resolve_configs(model: ModelInfo, model_config: str | os.PathLike[str] | None = None) -> ModelConfigs:
+    """Find and check the diffusers configs for the single-file checkpoint ``model``.
+
+    Args:
+        model: a ``kind == "checkpoint"`` model from :func:`conceptlib.models.resolve_model`.
+        model_config: a diffusers folder, or a Hub repository id (``owner/name``) whose configs
+            are fetched; None takes the family's reference repository.
+
+    Returns:
+        The configs, their source, and the prediction type and image size to use.
+
+    Raises:
+        ModelConfigError: no configs for this model (an SD 2.x file that does not say which
+            prediction it uses, an inpainting or refiner file without ``model_config``), they
+            cannot be fetched, or they describe another family.
+    """
+    from conceptlib.hub import fetch_model_configs
+    from conceptlib.models import read_model
+
+    if model_config is not None:
+        source = os.fspath(model_config)
+        path = Path(source).expanduser()
+        if path.is_dir():
+            folder = path.resolve()
+            if not (folder / "model_index.json").is_file():
+                raise ModelConfigError("has no model_index.json: not a diffusers model folder", path=folder)
+        elif path.exists() or source.count("/") != 1:
+            raise ModelConfigError(f"--model-config {source!r} is neither a diffusers folder nor a Hub repository id (owner/name)")
+        else:
+            folder = fetch_model_configs(source)
+    else:
+        if model.variant:
+            raise ModelConfigError(f"there are no reference configs for {model.label} checkpoints", path=model.path)
+        if model.prediction_type is None:
+            raise ModelConfigError(
+                "is SD 2.x and does not say whether it is 512-base (epsilon) or 768-v (v-prediction)",
+                path=model.path,
+                hint=(
+                    f"put {Path(model.path or 'model').with_suffix('.yaml').name} beside it with "
+                    "'parameterization: \"v\"' for 768-v (AUTOMATIC1111's convention), or pass --model-config "
+                    f"{DEFAULT_CONFIG_REPOS[('sd2', 'v_prediction')]} (768-v) or {DEFAULT_CONFIG_REPOS[('sd2', 'epsilon')]} (512-base)"
+                ),
+            )
+        # An SD 1.x or SDXL file that declares v-prediction keeps its family's configs; the
+        # scheduler is switched below.
+        source = DEFAULT_CONFIG_REPOS.get((model.family, model.prediction_type)) or DEFAULT_CONFIG_REPOS[(model.family, "epsilon")]
+        folder = fetch_model_configs(source)
+    described = read_model(folder, hash_files=False)
+    if described.family != model.family or described.encoder_keys != model.encoder_keys:
+        raise ModelConfigError(
+            f"the configs in {source} are {described.label} ({', '.join(described.encoder_keys)}), "
+            f"the checkpoint is {model.label} ({', '.join(model.encoder_keys)})",
+            path=model.path,
+        )
+    prediction = model.prediction_type or described.prediction_type
+    if prediction not in ("epsilon", "v_prediction"):
+        raise ModelConfigError(f"the scheduler in {source} has prediction type {prediction!r}; expected epsilon or v_prediction", path=model.path)
+    return ModelConfigs(folder=folder, source=source, prediction_type=prediction, sample_size=described.sample_size)
+
+
+def dtype_kwargs(torch_dtype: Any) -> dict[str, Any]:
+    """``from_pretrained``/``from_single_file`` keyword for a dtype, across diffusers releases.
+
+    diffusers renamed ``torch_dtype`` to ``dtype`` (the old name warns); older releases know
+    only the old one.
+    """
+    from diffusers.utils import deprecation_utils
+
+    name = "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+    return {name: torch_dtype}
+
+
+def load_pipeline(model: ModelInfo, configs: ModelConfigs, torch_dtype: Any) -> Any:
+    """Build the Stable Diffusion (XL) pipeline of a single-file checkpoint from ``configs``.
+
+    Nothing is fetched here: the configs are local (see :func:`resolve_configs`), so diffusers
+    never guesses a repository. The scheduler carries ``configs.prediction_type``.
+
+    Args:
+        model: the checkpoint (``kind == "checkpoint"``).
+        configs: from :func:`resolve_configs`.
+        torch_dtype: the dtype of the loaded weights.
+
+    Returns:
+        A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` on the CPU, without a
+        safety checker.
+
+    Raises:
+        ModelConfigError: the weights do not fit the configs, or a component is missing from
+            the file.
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionXLPipeline if model.family == "sdxl" else StableDiffusionPipeline
+    extra: dict[str, Any] = {} if model.family == "sdxl" else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    try:
+        pipe = cls.from_single_file(str(model.path), config=str(configs.folder), local_files_only=True, **extra, **dtype_kwargs(torch_dtype))
+    except (ValueError, RuntimeError, KeyError, OSError) as exc:  # diffusers' own error types vary by release
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelConfigError(f"cannot be built with the configs of {configs.source}: {first}", path=model.path) from exc
+    except Exception as exc:
+        if type(exc).__name__ != "SingleFileComponentError":
+            raise
+        raise ModelConfigError(f"cannot be built with the configs of {configs.source}: {exc}", path=model.path) from exc
+    if pipe.scheduler.config.get("prediction_type") != configs.prediction_type:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=configs.prediction_type)
+    return pipe
