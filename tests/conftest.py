@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,29 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.delenv("CONCEPTLIB_DEBUG", raising=False)
     monkeypatch.delenv("CONCEPTLIB_DATABASE_URL", raising=False)
+
+
+@pytest.fixture
+def local_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fresh local Hub-protocol server; the client is pointed at it through HF_ENDPOINT."""
+    import huggingface_hub.constants
+    from hubserver import HubServer
+
+    from conceptlib import hub as hubmod
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; a shell that exported it would
+    # block every request the test makes.
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        pytest.skip("HF_HUB_OFFLINE was set when huggingface_hub was imported")
+    server = HubServer().start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # Our own back-off (not huggingface_hub's): keep retried tests fast.
+    monkeypatch.setattr(hubmod, "RETRY_BASE_DELAY", 0.01)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

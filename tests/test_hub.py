@@ -46,19 +46,11 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
-    """A fresh local Hub; the client is pointed at it through HF_ENDPOINT and HF_TOKEN."""
-    server = HubServer().start()
-    server.add_user(TOKEN, "alice", orgs=[ORG, "acme"])
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
+def hub(local_hub: HubServer, monkeypatch: pytest.MonkeyPatch) -> HubServer:
+    """The local Hub with a user (alice, of two organisations) whose token the client uses."""
+    local_hub.add_user(TOKEN, "alice", orgs=[ORG, "acme"])
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    # Our own back-off (not huggingface_hub's): keep retried tests fast.
-    monkeypatch.setattr(hubmod, "RETRY_BASE_DELAY", 0.01)
-    try:
-        yield server
-    finally:
-        server.stop()
+    return local_hub
 
 
 @pytest.fixture

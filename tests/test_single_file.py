@@ -14,13 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import huggingface_hub
 import numpy as np
 import pytest
 from hubserver import HubServer
 from ldm_layout import write_single_file
 
-from conceptlib import hub as hubmod
 from conceptlib.errors import ModelConfigError
 from conceptlib.hub import MODEL_CONFIG_PATTERNS
 from conceptlib.models import resolve_model
@@ -201,28 +199,15 @@ def test_rendering_from_the_file_equals_rendering_from_the_folder(tiny: dict[str
 # --- the family's reference configs, from the Hub ------------------------------------------------
 
 
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Any:
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-        pytest.skip("HF_HUB_OFFLINE was set when huggingface_hub was imported")
-    server = HubServer().start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(hubmod, "RETRY_BASE_DELAY", 0.01)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_reference_configs_are_fetched_once_then_used_offline(
-    tiny: dict[str, dict[str, Path]], images: Path, hub: HubServer, tmp_path: Path,
+    tiny: dict[str, dict[str, Path]], images: Path, local_hub: HubServer, tmp_path: Path,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     # The reference repository holds the full model; only configs and tokenizer may come down.
     folder = tiny["sd1"]["folder"]
     files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     repo = DEFAULT_CONFIG_REPOS[("sd1", "epsilon")]
+    hub = local_hub
     hub.create_repo(repo, files)
     file = str(tiny["sd1"]["file"])
 
