@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conceptlib.errors import ModelConfigError
+from conceptlib.errors import ModelConfigError, UsageError
 
 if TYPE_CHECKING:
     from conceptlib.models import ModelInfo
@@ -60,8 +60,8 @@ def resolve_configs(model: ModelInfo, model_config: str | os.PathLike[str] | Non
 
     Args:
         model: a ``kind == "checkpoint"`` model from :func:`conceptlib.models.resolve_model`.
-        model_config: a diffusers folder, or a Hub repository id (``owner/name``) whose configs
-            are fetched; None takes the family's reference repository.
+        model_config: a diffusers folder, or a Hub repository (``owner/name[@revision]`` or
+            its URL) whose configs are fetched; None takes the family's reference repository.
 
     Returns:
         The configs, their source, and the prediction type and image size to use.
@@ -71,7 +71,7 @@ def resolve_configs(model: ModelInfo, model_config: str | os.PathLike[str] | Non
             prediction it uses, an inpainting or refiner file without ``model_config``), they
             cannot be fetched, or they describe another family.
     """
-    from conceptlib.hub import fetch_model_configs
+    from conceptlib.hub import fetch_model_configs, parse_repo_ref
     from conceptlib.models import read_model
 
     if model_config is not None:
@@ -81,10 +81,16 @@ def resolve_configs(model: ModelInfo, model_config: str | os.PathLike[str] | Non
             folder = path.resolve()
             if not (folder / "model_index.json").is_file():
                 raise ModelConfigError("has no model_index.json: not a diffusers model folder", path=folder)
-        elif path.exists() or source.count("/") != 1:
-            raise ModelConfigError(f"--model-config {source!r} is neither a diffusers folder nor a Hub repository id (owner/name)")
         else:
-            folder = fetch_model_configs(source)
+            try:
+                if path.exists():
+                    raise UsageError("a file")
+                repo_id, revision = parse_repo_ref(source)
+            except UsageError:
+                raise ModelConfigError(
+                    f"--model-config {source!r} is neither a diffusers folder nor a Hub repository id (owner/name[@revision])"
+                ) from None
+            folder = fetch_model_configs(repo_id, revision=revision)
     else:
         if model.variant:
             raise ModelConfigError(f"there are no reference configs for {model.label} checkpoints", path=model.path)

@@ -134,8 +134,9 @@ def test_configs_of_another_family_are_refused(tiny: dict[str, dict[str, Path]],
         resolve_configs(model, tiny["sdxl"]["configs"])
     with pytest.raises(ModelConfigError, match="no model_index.json"):
         resolve_configs(model, tmp_path)
-    with pytest.raises(ModelConfigError, match="neither a diffusers folder nor a Hub repository"):
-        resolve_configs(model, tmp_path / "no" / "such" / "thing")
+    for wrong in (tmp_path / "no" / "such" / "thing", "./sd15", tiny["sd1"]["file"]):
+        with pytest.raises(ModelConfigError, match="neither a diffusers folder nor a Hub repository"):
+            resolve_configs(model, wrong)
 
 
 def test_weights_that_do_not_fit_the_configs_are_one_error(tiny: dict[str, dict[str, Path]], tmp_path: Path) -> None:
@@ -220,6 +221,12 @@ def test_reference_configs_are_fetched_once_then_used_offline(
     assert {re.sub(r"^.*?/resolve/[^/]+/", "", r) for r in downloads} == {
         p for p in files if any(Path(p).match(g) for g in MODEL_CONFIG_PATTERNS)
     }
+
+    # --model-config as a repository, at a revision.
+    hub.create_repo("acme/tiny-sd1", files)
+    configs = resolve_configs(resolve_model(file), "acme/tiny-sd1@main")
+    assert configs.source == "acme/tiny-sd1@main" and (configs.folder / "tokenizer" / "vocab.json").is_file()
+    assert not list(configs.folder.rglob("*.safetensors"))
 
     # Offline, the cached configs serve; nothing is requested.
     hub.clear_log()
