@@ -23,7 +23,7 @@ ModelConfigOpt = Annotated[
     typer.Option(
         "--model-config",
         help="For a single-file checkpoint: a diffusers folder or Hub repo with its configs and tokenizer "
-        "(default: the family's reference repo, fetched once and cached).",
+        "(default: the one registered with `models add --model-config`, else the family's reference repo, fetched once and cached).",
         show_default=False,
     ),
 ]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from conceptlib.cli._options import ForceOpt, HomeOpt, JsonOpt, ModelOpt, StrictOpt
+from conceptlib.cli._options import ForceOpt, HomeOpt, JsonOpt, ModelConfigOpt, ModelOpt, StrictOpt
 from conceptlib.cli._output import err, info, out, print_json
 
 if TYPE_CHECKING:
@@ -79,6 +79,8 @@ def _show_model(model: ModelInfo) -> None:
         rows.append(("short hashes", short))
     for rel, h in model.files.items():
         rows.append(("file", f"{rel}  sha256 {_short(h['sha256'], 16)} (AutoV2 {h['autov2']})"))
+    if model.model_config:
+        rows.append(("configs", model.model_config))
     for note in model.notes:
         rows.append(("note", note))
     out.print(model.name or model.source, markup=False)
@@ -113,6 +115,7 @@ def add_model(
     name: Annotated[str | None, typer.Option("--name", help="Name to register (default: folder name or file stem).")] = None,
     force: ForceOpt = False,
     no_hash: NoHashOpt = False,
+    model_config: ModelConfigOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Register a base model so `validate --model NAME` works offline.
@@ -121,7 +124,7 @@ def add_model(
     """
     from conceptlib.models import add_model as do_add
 
-    model = do_add(path, name=name, home=home, force=force, hash_files=not no_hash)
+    model = do_add(path, name=name, home=home, force=force, hash_files=not no_hash, model_config=model_config)
     out.print(model.name or "", markup=False)
     info(f"Registered {model.name}: {model.label}, {model.width_label}, prediction {model.prediction_type or 'unknown'}")
 

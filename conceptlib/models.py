@@ -302,6 +302,9 @@ class ModelInfo:
         path: the absolute path read, None for family names.
         name: the registered name, for models from the registry.
         added: when it was registered (ISO 8601, UTC).
+        model_config: for a registered single-file checkpoint, where its diffusers configs
+            and tokenizer come from (a folder or a Hub repository; see
+            :mod:`conceptlib.single_file`), or None for the family's reference repository.
     """
 
     source: str
@@ -319,6 +322,7 @@ class ModelInfo:
     path: str | None = None
     name: str | None = None
     added: str | None = None
+    model_config: str | None = None
 
     # --- derived ------------------------------------------------------------------------------
     @property
@@ -428,6 +432,7 @@ class ModelInfo:
             "notes": list(self.notes),
             "path": self.path,
             "added": self.added,
+            "model_config": self.model_config,
         }
 
     @classmethod
@@ -449,6 +454,7 @@ class ModelInfo:
             path=data.get("path"),
             name=data.get("name"),
             added=data.get("added"),
+            model_config=data.get("model_config"),
         )
 
 
@@ -1148,6 +1154,7 @@ def add_model(
     home: str | os.PathLike[str] | None = None,
     force: bool = False,
     hash_files: bool = True,
+    model_config: str | os.PathLike[str] | None = None,
 ) -> ModelInfo:
     """Register a model so ``validate --model NAME`` works offline.
 
@@ -1162,6 +1169,10 @@ def add_model(
         force: replace an existing record with this name.
         hash_files: hash the weight files (slow for multi-GB checkpoints, needed to match the
             checkpoint hash recorded in AUTOMATIC1111 embeddings).
+        model_config: for a single-file checkpoint, the diffusers folder or Hub repository
+            with its configs and tokenizer, remembered for ``train``/``render``. Its
+            tokenizer's vocabulary then serves token checks, and its scheduler settles the
+            prediction type when the file does not declare one.
 
     Returns:
         The registered description, with ``name`` and ``added`` set.
@@ -1170,6 +1181,7 @@ def add_model(
         DestinationExistsError: the name is taken and ``force`` is False.
         UsageError: the name has characters that cannot be a file name.
         ModelNotFoundError: ``path`` does not exist.
+        ModelConfigError: ``model_config`` cannot be found or describes another model.
         GitLFSPointerError, UnknownModelError, CorruptFileError: see :func:`read_model`.
 
     Example:
@@ -1188,6 +1200,8 @@ def add_model(
             hint="pass --force to replace it, or --name to choose another name",
         )  # fmt: skip
     info = read_model(source, hash_files=hash_files)
+    if model_config is not None:
+        _attach_configs(info, model_config)
     for enc in info.encoders:
         if enc.tokenizer:
             _store_vocab(enc.tokenizer, home)
@@ -1196,6 +1210,27 @@ def add_model(
     data = json.dumps(info.to_dict(), indent=2, ensure_ascii=False) + "\n"
     atomic_write_bytes(record, data.encode("utf-8"))
     return info
+
+
+def _attach_configs(info: ModelInfo, model_config: str | os.PathLike[str]) -> None:
+    """Record a single file's configs, and take what the file lacks from them."""
+    from conceptlib.single_file import resolve_configs
+
+    if info.kind != "checkpoint":
+        raise UsageError("--model-config is for single-file checkpoints; a diffusers folder has its own configs")
+    configs = resolve_configs(info, model_config)
+    local = Path(os.fspath(model_config)).expanduser()
+    info.model_config = str(local.resolve()) if local.is_dir() else configs.source
+    described = read_model(configs.folder, hash_files=False)
+    for enc in info.encoders:
+        theirs = described.encoder(enc.key)
+        if enc.tokenizer is None and theirs is not None:
+            enc.tokenizer = theirs.tokenizer
+    info.prediction_type = configs.prediction_type
+    info.sample_size = configs.sample_size or info.sample_size
+    info.label = _label(info.family, info.variant, info.prediction_type, info.sample_size)
+    info.notes = [n for n in info.notes if not n.startswith(("single-file checkpoint: no tokenizer", "SD 2.x single files"))]
+    info.notes.append(f"configs and tokenizer from {info.model_config}")
 
 
 def _records(home: str | os.PathLike[str] | None) -> Iterator[Path]:

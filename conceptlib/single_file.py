@@ -61,7 +61,8 @@ def resolve_configs(model: ModelInfo, model_config: str | os.PathLike[str] | Non
     Args:
         model: a ``kind == "checkpoint"`` model from :func:`conceptlib.models.resolve_model`.
         model_config: a diffusers folder, or a Hub repository (``owner/name[@revision]`` or
-            its URL) whose configs are fetched; None takes the family's reference repository.
+            its URL) whose configs are fetched; None takes the one registered with the model,
+            else the family's reference repository.
 
     Returns:
         The configs, their source, and the prediction type and image size to use.
@@ -74,6 +75,8 @@ def resolve_configs(model: ModelInfo, model_config: str | os.PathLike[str] | Non
     from conceptlib.hub import fetch_model_configs, parse_repo_ref
     from conceptlib.models import read_model
 
+    if model_config is None:
+        model_config = model.model_config  # remembered by `conceptlib models add --model-config`
     if model_config is not None:
         source = os.fspath(model_config)
         path = Path(source).expanduser()

@@ -249,3 +249,33 @@ def test_sd2_file_without_prediction_is_a_cli_error(tiny: dict[str, dict[str, Pa
     assert code == 2 and "Traceback" not in err
     assert err.startswith(f"Error: {tiny['sd2-v']['file']}: is SD 2.x and does not say whether")
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_registered_checkpoint_remembers_its_configs(tiny: dict[str, dict[str, Path]], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = tiny["sd2-v"]["file"]
+    code, out, err = _cli(capsys, "models", "inspect", str(file), "--json")
+    unregistered = json.loads(out)
+    assert unregistered["prediction_type"] is None and unregistered["encoders"][0]["tokenizer"] is None
+
+    code, out, err = _cli(capsys, "models", "add", str(file), "--name", "mine", "--model-config", str(tiny["sd2-v"]["configs"]))
+    assert code == 0, err
+    code, out, err = _cli(capsys, "models", "inspect", "mine", "--json")
+    record = json.loads(out)
+    assert record["model_config"] == str(tiny["sd2-v"]["configs"].resolve())
+    # What the file lacks comes from the configs: the prediction type, the size, the vocabulary.
+    assert record["prediction_type"] == "v_prediction" and record["sample_size"] == 64
+    assert record["encoders"][0]["tokenizer"]["vocab_size"] > 0
+    assert not any("does not say" in n or "no tokenizer" in n for n in record["notes"])
+
+    # The registered name needs no --model-config, and the configs' vocabulary checks tokens.
+    code, out, err = _cli(capsys, "render", "-m", "mine", "a red toy", "--steps", "1", "--out", str(tmp_path / "r"), "--json")
+    assert code == 0, err
+    from PIL import Image
+
+    with Image.open(json.loads(out)["images"][0]) as image:
+        assert image.size == (64, 64)
+    code, out, err = _cli(capsys, "train", "-m", "mine", "--images", str(images), "--token", "cat", "--out", str(tmp_path / "t"))
+    assert code == 2 and "cat" in err and "Traceback" not in err
+
+    code, out, err = _cli(capsys, "models", "add", str(tiny["sd1"]["folder"]), "--model-config", str(tiny["sd1"]["configs"]))
+    assert code == 2 and "--model-config is for single-file checkpoints" in err
