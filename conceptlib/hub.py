@@ -637,7 +637,7 @@ def fetch_model_configs(repo_id: str, *, revision: str | None = None) -> Path:
     folder: Path | None = None
     if not settings.offline:
         try:
-            folder = _with_retries(lambda: download(False), repo_id=repo_id, what=f"{repo_id}: downloading model configs")
+            folder = _with_retries(lambda: download(False), repo_id=repo_id, what=f"fetching them from {settings.base_url}")
         except HubUnavailableError as exc:
             reason = exc.message
     if folder is None:

@@ -279,3 +279,18 @@ def test_registered_checkpoint_remembers_its_configs(tiny: dict[str, dict[str, P
 
     code, out, err = _cli(capsys, "models", "add", str(tiny["sd1"]["folder"]), "--model-config", str(tiny["sd1"]["configs"]))
     assert code == 2 and "--model-config is for single-file checkpoints" in err
+
+
+def test_reference_configs_survive_a_hub_outage(tiny: dict[str, dict[str, Path]], local_hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tiny["sd1"]["configs"]
+    local_hub.create_repo(DEFAULT_CONFIG_REPOS[("sd1", "epsilon")], {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()})
+    model = resolve_model(tiny["sd1"]["file"])
+    cached = resolve_configs(model).folder
+
+    outage = local_hub.inject(None, ".", status=503, times=None)
+    assert resolve_configs(model).folder == cached  # the client falls back to its cache at once
+    assert outage.hits >= 1
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    with pytest.raises(ModelConfigError, match=rf"not in the local cache \(fetching them from {re.escape(local_hub.url)}: the Hub answered 503 after \d attempts\)"):
+        resolve_configs(model)
