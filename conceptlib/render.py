@@ -1163,7 +1163,9 @@ def render(
     scheduler, sampler = _scheduler(pipe, config.scheduler)
     timings["pipeline"] = time.perf_counter() - mark
     model_hash = _model_hash(model)
-    model_name = model.name or Path(model.path or model.source).name
+    # AUTOMATIC1111 names a checkpoint by its file stem ("v1-5-pruned-emaonly").
+    where = Path(model.path or model.source)
+    model_name = model.name or (where.stem if model.kind == "checkpoint" else where.name)
     by_name = concepts.by_name()
 
     # 5. Load every concept in one step, render batch by batch, and 6. always unload.

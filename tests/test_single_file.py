@@ -187,14 +187,18 @@ def test_rendering_from_the_file_equals_rendering_from_the_folder(tiny: dict[str
 
     from conceptlib.render import RenderConfig, render
 
-    def run(model: Path, out: str, **kw: Any) -> list[np.ndarray]:
+    def run(model: Path, out: str, **kw: Any) -> tuple[np.ndarray, str]:
         result = render(RenderConfig(model=str(model), prompts=["a red toy"], steps=2, out=tmp_path / out, **kw))
-        return [np.asarray(Image.open(i.path)) for i in result.images]
+        with Image.open(result.images[0].path) as image:
+            return np.asarray(image), image.text["parameters"]  # type: ignore[attr-defined]
 
-    from_folder = run(tiny["sd1"]["folder"], "folder")
-    from_file = run(tiny["sd1"]["file"], "file", model_config=str(tiny["sd1"]["configs"]))
-    assert from_file[0].shape == (64, 64, 3)  # the configs' native size
-    assert np.array_equal(from_folder[0], from_file[0])
+    from_folder, _ = run(tiny["sd1"]["folder"], "folder")
+    from_file, parameters = run(tiny["sd1"]["file"], "file", model_config=str(tiny["sd1"]["configs"]))
+    assert from_file.shape == (64, 64, 3)  # the configs' native size
+    assert np.array_equal(from_folder, from_file)
+    # AUTOMATIC1111's infotext names the file by its AutoV2 hash, as the webui does.
+    autov2 = hashlib.sha256(tiny["sd1"]["file"].read_bytes()).hexdigest()[:10]
+    assert f"Model hash: {autov2}, Model: sd1," in parameters
 
 
 # --- the family's reference configs, from the Hub ------------------------------------------------
