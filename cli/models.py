@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from conceptlib.cli._options import ForceOpt, HomeOpt, JsonOpt, ModelConfigOpt, ModelOpt, StrictOpt
+from conceptlib.cli._options import ForceOpt, HomeOpt, JsonOpt, ModelOpt, StrictOpt
 from conceptlib.cli._output import err, info, out, print_json
 
 if TYPE_CHECKING:
@@ -115,7 +115,15 @@ def add_model(
     name: Annotated[str | None, typer.Option("--name", help="Name to register (default: folder name or file stem).")] = None,
     force: ForceOpt = False,
     no_hash: NoHashOpt = False,
-    model_config: ModelConfigOpt = None,
+    model_config: Annotated[
+        str | None,
+        typer.Option(
+            "--model-config",
+            help="For a single-file checkpoint: a diffusers folder or Hub repo with its configs and tokenizer, "
+            "remembered for train/render; its tokenizer then serves token checks.",
+            show_default=False,
+        ),
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
     """Register a base model so `validate --model NAME` works offline.
