@@ -17,6 +17,7 @@ metadata or AUTOMATIC1111's ``.yaml`` beside it), else the configs'.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,7 +162,7 @@ def load_pipeline(model: ModelInfo, configs: ModelConfigs, torch_dtype: Any) -> 
     extra: dict[str, Any] = {} if model.family == "sdxl" else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     try:
         pipe = cls.from_single_file(str(model.path), config=str(configs.folder), local_files_only=True, **extra, **dtype_kwargs(torch_dtype))
-    except (ValueError, RuntimeError, KeyError, OSError) as exc:  # diffusers' own error types vary by release
+    except (ValueError, RuntimeError, KeyError, OSError, pickle.UnpicklingError) as exc:  # diffusers' error types vary by release
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelConfigError(f"cannot be built with the configs of {configs.source}: {first}", path=model.path) from exc
     except Exception as exc:
