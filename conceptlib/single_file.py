@@ -16,6 +16,7 @@ metadata or AUTOMATIC1111's ``.yaml`` beside it), else the configs'.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -86,15 +87,15 @@ def resolve_configs(model: ModelInfo, model_config: str | os.PathLike[str] | Non
             if not (folder / "model_index.json").is_file():
                 raise ModelConfigError("has no model_index.json: not a diffusers model folder", path=folder)
         else:
-            try:
-                if path.exists():
-                    raise UsageError("a file")
-                repo_id, revision = parse_repo_ref(source)
-            except UsageError:
+            repo: tuple[str, str | None] | None = None
+            if not path.exists():  # a file is never a repository, whatever its name
+                with contextlib.suppress(UsageError):
+                    repo = parse_repo_ref(source)
+            if repo is None:
                 raise ModelConfigError(
                     f"--model-config {source!r} is neither a diffusers folder nor a Hub repository id (owner/name[@revision])"
-                ) from None
-            folder = fetch_model_configs(repo_id, revision=revision)
+                )
+            folder = fetch_model_configs(repo[0], revision=repo[1])
     else:
         if model.variant:
             raise ModelConfigError(f"there are no reference configs for {model.label} checkpoints", path=model.path)
