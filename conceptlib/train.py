@@ -1005,10 +1005,12 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         if configs is not None:
             from conceptlib.single_file import load_pipeline
 
-            pipe = load_pipeline(info, configs, torch.float32)
+            # Loaded at the training precision (an fp32 copy of an SDXL UNet alone is 10 GB);
+            # the VAE, a few hundred MB, is brought back to fp32.
+            pipe = load_pipeline(info, configs, weight_dtype)
             tokenizers = [getattr(pipe, c.replace("text_encoder", "tokenizer")) for c in components]
-            encoders = [getattr(pipe, c).to(weight_dtype) for c in components]
-            vae, unet, scheduler_config = pipe.vae, pipe.unet.to(weight_dtype), pipe.scheduler.config
+            encoders = [getattr(pipe, c) for c in components]
+            vae, unet, scheduler_config = pipe.vae.to(torch.float32), pipe.unet, pipe.scheduler.config
             del pipe
         else:
             tokenizers = [CLIPTokenizer.from_pretrained(root / c.replace("text_encoder", "tokenizer")) for c in components]
