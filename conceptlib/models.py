@@ -1219,11 +1219,9 @@ def _attach_configs(info: ModelInfo, model_config: str | os.PathLike[str]) -> No
     if info.kind != "checkpoint":
         raise UsageError("--model-config is for single-file checkpoints; a diffusers folder has its own configs")
     configs = resolve_configs(info, model_config)
-    local = Path(os.fspath(model_config)).expanduser()
-    info.model_config = str(local.resolve()) if local.is_dir() else configs.source
-    described = read_model(configs.folder, hash_files=False)
+    info.model_config = configs.source
     for enc in info.encoders:
-        theirs = described.encoder(enc.key)
+        theirs = configs.described.encoder(enc.key)
         if enc.tokenizer is None and theirs is not None:
             enc.tokenizer = theirs.tokenizer
     info.prediction_type = configs.prediction_type

@@ -359,13 +359,13 @@ def preview(
     from conceptlib.library import Library
     from conceptlib.models import resolve_model
     from conceptlib.render import RenderConfig, load_pipeline, render
-    from conceptlib.single_file import resolve_configs
+    from conceptlib.single_file import native_size, resolve_configs
     from conceptlib.validate import validate
 
     out_dir = Path(out)
     info = resolve_model(model, home=home)
     configs = resolve_configs(info, model_config) if info.kind == "checkpoint" and pipeline is None else None
-    native = (configs.sample_size if configs else None) or info.sample_size or 512
+    native = native_size(info, configs)
     width, height = size or (native, native)
 
     # 1. What to preview: (source label, library home, name in that library or a path to add).

@@ -1092,7 +1092,7 @@ def render(
         >>> render(RenderConfig(model="tiny-sd1", prompts=["a <cat-toy>"], out="out"))  # doctest: +SKIP
     """
     from conceptlib.models import resolve_model
-    from conceptlib.single_file import resolve_configs
+    from conceptlib.single_file import native_size, resolve_configs
     from conceptlib.validate import validate_many
 
     started = time.perf_counter()
@@ -1112,7 +1112,7 @@ def render(
     if model.kind == "checkpoint" and pipeline is None:
         # Before anything heavy: a single file's configs may need fetching, or may not fit it.
         configs = resolve_configs(model, config.model_config)
-    native = (configs.sample_size if configs else None) or model.sample_size or 512
+    native = native_size(model, configs)
     default_size = config.size or (native, native)
     jobs: list[_Job] = []
     for line, spec in enumerate(specs):

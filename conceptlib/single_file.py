@@ -44,17 +44,28 @@ class ModelConfigs:
 
     Attributes:
         folder: a local folder with ``model_index.json``, component configs and tokenizer(s).
-        source: what they came from, for messages: the folder or repository passed, or the
-            family's reference repository.
+        source: what they came from: the folder passed (absolute), the repository passed, or
+            the family's reference repository.
         prediction_type: ``epsilon`` or ``v_prediction``: the checkpoint's own if it declares
             one, else the configs' scheduler's.
-        sample_size: the image size in pixels the configs' UNet was built for.
+        described: the configs folder read as a model (family, tokenizers, native size).
     """
 
     folder: Path
     source: str
     prediction_type: str
-    sample_size: int | None
+    described: ModelInfo
+
+    @property
+    def sample_size(self) -> int | None:
+        """The image size in pixels the configs' UNet was built for."""
+        return self.described.sample_size
+
+
+def native_size(model: ModelInfo, configs: ModelConfigs | None) -> int:
+    """The image size to use by default: the configs' for a single file, else the model's (512
+    when nothing says)."""
+    return (configs.sample_size if configs else None) or model.sample_size or 512
 
 
 def resolve_configs(model: ModelInfo, model_config: str | os.PathLike[str] | None = None) -> ModelConfigs:
@@ -84,6 +95,7 @@ def resolve_configs(model: ModelInfo, model_config: str | os.PathLike[str] | Non
         path = Path(source).expanduser()
         if path.is_dir():
             folder = path.resolve()
+            source = str(folder)
             if not (folder / "model_index.json").is_file():
                 raise ModelConfigError("has no model_index.json: not a diffusers model folder", path=folder)
         else:
@@ -123,7 +135,7 @@ def resolve_configs(model: ModelInfo, model_config: str | os.PathLike[str] | Non
     prediction = model.prediction_type or described.prediction_type
     if prediction not in ("epsilon", "v_prediction"):
         raise ModelConfigError(f"the scheduler in {source} has prediction type {prediction!r}; expected epsilon or v_prediction", path=model.path)
-    return ModelConfigs(folder=folder, source=source, prediction_type=prediction, sample_size=described.sample_size)
+    return ModelConfigs(folder=folder, source=source, prediction_type=prediction, described=described)
 
 
 def dtype_kwargs(torch_dtype: Any) -> dict[str, Any]:

@@ -903,7 +903,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     from conceptlib.formats import write
     from conceptlib.library import Library, check_name, check_token
     from conceptlib.models import resolve_model
-    from conceptlib.single_file import resolve_configs
+    from conceptlib.single_file import native_size, resolve_configs
     from conceptlib.slug import slugify
     from conceptlib.tensor import Tensor
     from conceptlib.validate import expansions, validate
@@ -944,7 +944,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     root = Path(info.path)
     sdxl = info.family == "sdxl"
     keys = info.encoder_keys  # canonical order = text_encoder, text_encoder_2
-    resolution = config.resolution or (configs.sample_size if configs else None) or info.sample_size or 512
+    resolution = config.resolution or native_size(info, configs)
     if not config.resume and checkpoint_path.exists():
         raise DestinationExistsError(
             "holds a checkpoint from an earlier run",
