@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -26,6 +26,32 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.delenv("CONCEPTLIB_DEBUG", raising=False)
     monkeypatch.delenv("CONCEPTLIB_DATABASE_URL", raising=False)
+
+
+class Run(NamedTuple):
+    """One in-process run of ``conceptlib``."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Any:
+    """Run ``conceptlib`` in-process through ``app.main`` (the real error boundary)."""
+    from conceptlib.cli import app as app_module
+
+    def run(*args: str) -> Run:
+        capsys.readouterr()
+        code = app_module.main(list(args))
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import json
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,33 +61,6 @@ def home(tmp_path: Path) -> Path:
 def library(home: Path) -> Iterator[Library]:
     with Library.open(home) as lib:
         yield lib
-
-
-@dataclass
-class Run:
-    """One in-process run of ``conceptlib``."""
-
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Any:
-    """Run ``conceptlib`` in-process through ``app.main`` (the real error boundary)."""
-    from conceptlib.cli import app as app_module
-
-    def run(*args: str) -> Run:
-        capsys.readouterr()
-        code = app_module.main(list(args))
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return run
 
 
 # --- repository builders ------------------------------------------------------------------------------

@@ -64,15 +64,6 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    from conceptlib.cli import app as app_module
-
-    capsys.readouterr()
-    code = app_module.main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 # --- loading -------------------------------------------------------------------------------------
 
 
@@ -212,7 +203,7 @@ def test_rendering_from_the_file_equals_rendering_from_the_folder(tiny: dict[str
 
 def test_reference_configs_are_fetched_once_then_used_offline(
     tiny: dict[str, dict[str, Path]], images: Path, local_hub: HubServer, tmp_path: Path,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    cli: Any, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     # The reference repository holds the full model; only configs and tokenizer may come down.
     folder = tiny["sd1"]["folder"]
@@ -222,7 +213,7 @@ def test_reference_configs_are_fetched_once_then_used_offline(
     hub.create_repo(repo, files)
     file = str(tiny["sd1"]["file"])
 
-    code, out, err = _cli(capsys, "train", "--model", file, "--images", str(images), "--token", "<hubtoy>",
+    code, out, err = cli("train", "--model", file, "--images", str(images), "--token", "<hubtoy>",
                           "--steps", "1", "--save-every", "0", "--out", str(tmp_path / "run"), "--no-add", "--json")  # fmt: skip
     assert code == 0, err
     assert json.loads(out)["steps"] == 1
@@ -241,35 +232,35 @@ def test_reference_configs_are_fetched_once_then_used_offline(
     # Offline, the cached configs serve; nothing is requested.
     hub.clear_log()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, out, err = _cli(capsys, "render", "-m", file, "a red toy", "--steps", "1", "--out", str(tmp_path / "r"), "--json")
+    code, out, err = cli("render", "-m", file, "a red toy", "--steps", "1", "--out", str(tmp_path / "r"), "--json")
     assert code == 0, err
     assert hub.requests() == []
 
     # A fresh cache offline: one line that says what is missing and what to do.
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
-    code, out, err = _cli(capsys, "render", "-m", file, "a red toy", "--steps", "1", "--out", str(tmp_path / "r2"))
+    code, out, err = cli("render", "-m", file, "a red toy", "--steps", "1", "--out", str(tmp_path / "r2"))
     assert code == 2 and out == ""
     assert err.startswith(f"Error: the configs of {repo} are not in the local cache (HF_HUB_OFFLINE is set)")
     assert "--model-config" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_sd2_file_without_prediction_is_a_cli_error(tiny: dict[str, dict[str, Path]], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _cli(capsys, "train", "--model", str(tiny["sd2-v"]["file"]), "--images", str(images),
+def test_sd2_file_without_prediction_is_a_cli_error(tiny: dict[str, dict[str, Path]], images: Path, tmp_path: Path, cli: Any) -> None:
+    code, out, err = cli("train", "--model", str(tiny["sd2-v"]["file"]), "--images", str(images),
                           "--token", "<t>", "--steps", "1", "--out", str(tmp_path / "run"))  # fmt: skip
     assert code == 2 and "Traceback" not in err
     assert err.startswith(f"Error: {tiny['sd2-v']['file']}: is SD 2.x and does not say whether")
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-def test_registered_checkpoint_remembers_its_configs(tiny: dict[str, dict[str, Path]], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_registered_checkpoint_remembers_its_configs(tiny: dict[str, dict[str, Path]], images: Path, tmp_path: Path, cli: Any) -> None:
     file = tiny["sd2-v"]["file"]
-    code, out, err = _cli(capsys, "models", "inspect", str(file), "--json")
+    code, out, err = cli("models", "inspect", str(file), "--json")
     unregistered = json.loads(out)
     assert unregistered["prediction_type"] is None and unregistered["encoders"][0]["tokenizer"] is None
 
-    code, out, err = _cli(capsys, "models", "add", str(file), "--name", "mine", "--model-config", str(tiny["sd2-v"]["configs"]))
+    code, out, err = cli("models", "add", str(file), "--name", "mine", "--model-config", str(tiny["sd2-v"]["configs"]))
     assert code == 0, err
-    code, out, err = _cli(capsys, "models", "inspect", "mine", "--json")
+    code, out, err = cli("models", "inspect", "mine", "--json")
     record = json.loads(out)
     assert record["model_config"] == str(tiny["sd2-v"]["configs"].resolve())
     # What the file lacks comes from the configs: the prediction type, the size, the vocabulary.
@@ -278,16 +269,16 @@ def test_registered_checkpoint_remembers_its_configs(tiny: dict[str, dict[str, P
     assert not any("does not say" in n or "no tokenizer" in n for n in record["notes"])
 
     # The registered name needs no --model-config, and the configs' vocabulary checks tokens.
-    code, out, err = _cli(capsys, "render", "-m", "mine", "a red toy", "--steps", "1", "--out", str(tmp_path / "r"), "--json")
+    code, out, err = cli("render", "-m", "mine", "a red toy", "--steps", "1", "--out", str(tmp_path / "r"), "--json")
     assert code == 0, err
     from PIL import Image
 
     with Image.open(json.loads(out)["images"][0]) as image:
         assert image.size == (64, 64)
-    code, out, err = _cli(capsys, "train", "-m", "mine", "--images", str(images), "--token", "cat", "--out", str(tmp_path / "t"))
+    code, out, err = cli("train", "-m", "mine", "--images", str(images), "--token", "cat", "--out", str(tmp_path / "t"))
     assert code == 2 and "cat" in err and "Traceback" not in err
 
-    code, out, err = _cli(capsys, "models", "add", str(tiny["sd1"]["folder"]), "--model-config", str(tiny["sd1"]["configs"]))
+    code, out, err = cli("models", "add", str(tiny["sd1"]["folder"]), "--model-config", str(tiny["sd1"]["configs"]))
     assert code == 2 and "--model-config is for single-file checkpoints" in err
 
 
