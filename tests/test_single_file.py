@@ -295,3 +295,15 @@ def test_reference_configs_survive_a_hub_outage(tiny: dict[str, dict[str, Path]]
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
     with pytest.raises(ModelConfigError, match=rf"not in the local cache \(fetching them from {re.escape(local_hub.url)}: the Hub answered 503 after \d attempts\)"):
         resolve_configs(model)
+
+
+def test_no_reference_configs_for_variants_or_non_diffusers_repos(tiny: dict[str, dict[str, Path]], local_hub: HubServer) -> None:
+    import dataclasses
+
+    model = resolve_model(tiny["sd1"]["file"])
+    with pytest.raises(ModelConfigError, match="there are no reference configs for .* inpainting checkpoints") as caught:
+        resolve_configs(dataclasses.replace(model, variant="inpainting", label="SD 1.x inpainting"))
+    assert "--model-config" in str(caught.value.hint)
+    local_hub.create_repo("acme/just-a-readme", {"README.md": b"# nothing here\n"})
+    with pytest.raises(ModelConfigError, match="acme/just-a-readme has no model_index.json: not a diffusers model repository"):
+        resolve_configs(model, "acme/just-a-readme")
