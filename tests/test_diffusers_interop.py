@@ -63,7 +63,7 @@ def pipe(tmp_path_factory: pytest.TempPathFactory) -> Any:
     )
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder(768, len(tokenizer), 0), tokenizer=tokenizer, unet=unet,
-        scheduler=DDIMScheduler(clip_sample=False), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        scheduler=DDIMScheduler(clip_sample=False, steps_offset=1), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
 
 
