@@ -210,6 +210,24 @@ class LibraryCorruptError(ConceptlibError):
     default_hint = "run `conceptlib verify` to see the damage and `conceptlib verify --repair` to fix what can be fixed"
 
 
+class IndexDamagedError(LibraryCorruptError):
+    """The index file is not a readable SQLite database (truncated, overwritten, malformed pages).
+
+    The index is derived data, so this is never a loss: ``reindex`` moves the damaged file aside
+    and rebuilds the index from the concept folders.
+    """
+
+    exit_code = 2
+    default_hint = "run `conceptlib reindex`: it moves the damaged index aside and rebuilds it from the concept folders"
+
+
+class ConceptDamagedError(LibraryCorruptError):
+    """A concept's stored embedding no longer holds the vectors its manifest records."""
+
+    exit_code = 2
+    default_hint = "run `conceptlib verify --repair`: it rebuilds the embedding from the concept's original file"
+
+
 class LibraryBusyError(ConceptlibError):
     """Another process held the library's lock for too long."""
 

@@ -36,6 +36,7 @@ import builtins
 import contextlib
 import difflib
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -62,11 +63,13 @@ from conceptlib.concept import (
 )
 from conceptlib.errors import (
     BadInputError,
+    ConceptDamagedError,
     ConceptExistsError,
     ConceptlibError,
     ConceptNotFoundError,
     DuplicateConceptError,
     EmbeddingStructureError,
+    IndexDamagedError,
     InvalidNameError,
     LibraryBusyError,
     LibraryCorruptError,
@@ -75,7 +78,7 @@ from conceptlib.errors import (
 )
 from conceptlib.families import FAMILIES
 from conceptlib.registry.store import IndexReader, SqliteReader, default_url, sqlite_path
-from conceptlib.slug import is_slug, safe_stem, slugify
+from conceptlib.slug import is_slug, numbered, safe_stem, slugify
 
 if TYPE_CHECKING:
     from conceptlib.embedding import Embedding
@@ -99,6 +102,8 @@ __all__ = [
 
 #: Suffixes a bulk import looks at inside folders (the content decides the format, not this).
 EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png", ".webp")
+#: Files that are embeddings and nothing else (a .png may be a sample image).
+_PICKLE_OR_SAFETENSORS = (".pt", ".bin", ".safetensors")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 #: Folders a bulk import never descends into: sample images, VCS and hidden folders.
 _SKIP_DIRS = {"concept_images", "images", "samples", "__pycache__"}
@@ -417,6 +422,14 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
+def _concept_folder_files(folder: Path) -> frozenset[str]:
+    """The embedding files a concept folder is read from (diffusers / sd-concepts-library layout)."""
+    from conceptlib.formats import FOLDER_FILES, SDXL_PAIR_SUFFIX
+
+    names = {*FOLDER_FILES, f"learned_embeds{SDXL_PAIR_SUFFIX}.safetensors"}
+    return frozenset(n for n in names if (folder / n).is_file())
+
+
 def _unique_name(stem: str, suffix: str, taken: set[str]) -> str:
     stem = safe_stem(stem) or "file"
     candidate = f"{stem}{suffix}"
@@ -462,6 +475,9 @@ def _list_filters(type: str | None, base: str | None, tag: str | None) -> dict[s
     }
 
 
+_log = logging.getLogger("conceptlib")
+
+
 class Library:
     """A concept library on disk: ``concepts/<name>/`` folders plus their index.
 
@@ -484,6 +500,7 @@ class Library:
         self.staging_dir.mkdir(exist_ok=True)
         self._registry: Registry | None = None
         self._reader: IndexReader | None = None
+        self._index_checked = False
 
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None, *, database_url: str | None = None) -> Library:
@@ -525,6 +542,7 @@ class Library:
         if self._registry is None:
             from conceptlib.registry.store import Registry
 
+            self._ensure_index()
             self._registry = Registry(self.url)
         return self._registry
 
@@ -532,6 +550,7 @@ class Library:
     def index(self) -> IndexReader:
         """Read access to the index: plain ``sqlite3`` when possible (fast start), else the registry."""
         if self._reader is None:
+            self._ensure_index()
             path = sqlite_path(self.url)
             reader = SqliteReader.open(path) if path is not None else None
             if reader is None:
@@ -554,6 +573,43 @@ class Library:
             raise InvalidNameError(f"{name!r} is not a valid concept name")
         return path
 
+    def _index_missing(self) -> bool:
+        """Whether the index file is gone while concept folders are there (deleted by hand)."""
+        path = sqlite_path(self.url)
+        if path is None or path.exists():
+            return False
+        return any((folder / MANIFEST_NAME).is_file() for folder in self.concepts_dir.iterdir() if folder.is_dir())
+
+    def _ensure_index(self) -> None:
+        """Rebuild a missing index from the concept folders before its first use.
+
+        The index is derived data and the README says it can be deleted; opening a fresh empty
+        one instead would show an empty library and let ``add`` duplicate every concept. Runs
+        once per :class:`Library`, before any lock is taken (so the rebuild can take it alone).
+        """
+        if self._index_checked:
+            return
+        self._index_checked = True
+        if not self._index_missing():
+            return
+        with self._lock(exclusive=True):
+            if self._index_missing():  # another process may have rebuilt it meanwhile
+                report = self._reindex_locked()
+                _log.warning("%s: the index was missing; rebuilt it from %d concept folder%s", self.home, report.indexed, "" if report.indexed == 1 else "s")
+
+    def _move_damaged_index(self) -> Path:
+        """Move a damaged index file (and its WAL) aside, keeping it for inspection."""
+        path = sqlite_path(self.url)
+        if path is None:  # pragma: no cover - only file URLs can be damaged on disk here
+            raise LibraryCorruptError("the index is damaged and is not a file conceptlib can move aside", path=self.url)
+        self.close()
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
+        for suffix in ("", "-wal", "-shm"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                os.replace(source, aside.with_name(aside.name + suffix))
+        return aside
+
     @contextlib.contextmanager
     def _lock(self, *, exclusive: bool) -> Iterator[None]:
         """Writers share the library lock; reindex and verify take it alone.
@@ -561,6 +617,7 @@ class Library:
         So ``reindex`` never mistakes a concept being written for a crash leftover. On Windows
         (no shared ``flock``) this is a no-op: run reindex/verify when no writer is running.
         """
+        self._ensure_index()
         if fcntl is None:  # pragma: no cover - Windows
             yield
             return
@@ -731,7 +788,11 @@ class Library:
         try:
             emb = read(path)
         except (OSError, BadInputError) as exc:
-            raise LibraryCorruptError(f"cannot read the concept's embedding: {exc}", path=path) from exc
+            raise ConceptDamagedError(f"cannot read the concept's embedding: {exc}", path=path) from exc
+        # A flipped bit still decodes: only the hash tells these vectors from the recorded ones,
+        # and export, render and push must never pass damaged vectors on.
+        if emb.content_hash() != concept.content_hash:
+            raise ConceptDamagedError(f"the vectors no longer match the concept's content hash {concept.content_hash[:12]} (the file was damaged or changed)", path=path)
         emb.token = concept.token
         return emb
 
@@ -744,7 +805,16 @@ class Library:
 
         found: builtins.list[Path] = []
 
-        def walk(folder: Path) -> None:
+        def visit(folder: Path) -> None:
+            if is_concept_folder(folder):
+                found.append(folder)
+                # Other embeddings beside a learned_embeds file are concepts of their own (a
+                # folder of downloads often has one learned_embeds.bin among many .pt files).
+                walk(folder, skip=_concept_folder_files(folder), suffixes=_PICKLE_OR_SAFETENSORS)
+            else:
+                walk(folder)
+
+        def walk(folder: Path, skip: frozenset[str] = frozenset(), suffixes: tuple[str, ...] = EMBEDDING_SUFFIXES) -> None:
             try:
                 entries = sorted(folder.iterdir(), key=lambda p: p.name)
             except OSError as exc:
@@ -752,14 +822,12 @@ class Library:
                 return
             names = {p.name for p in entries}
             for entry in entries:
-                if entry.name.startswith("."):
+                if entry.name.startswith(".") or entry.name in skip:
                     continue
                 if entry.is_dir():
-                    if is_concept_folder(entry):
-                        found.append(entry)
-                    elif entry.name not in _SKIP_DIRS:
-                        walk(entry)
-                elif entry.suffix.lower() in EMBEDDING_SUFFIXES:
+                    if is_concept_folder(entry) or entry.name not in _SKIP_DIRS:
+                        visit(entry)
+                elif entry.suffix.lower() in suffixes:
                     # The second file of a diffusers SDXL pair is read with the first one.
                     stem = entry.stem
                     if entry.suffix == ".safetensors" and stem.endswith(SDXL_PAIR_SUFFIX) and (
@@ -769,9 +837,9 @@ class Library:
                     found.append(entry)
 
         for path in paths:
-            if path.is_dir() and not is_concept_folder(path):
+            if path.is_dir():
                 before = len(found) + len(report.rejected)
-                walk(path)
+                visit(path)
                 if len(found) + len(report.rejected) == before:
                     report.rejected.append(Rejected(str(path), "the folder holds no embedding files (.pt, .bin, .safetensors, .png)"))
             elif path.exists():
@@ -902,7 +970,13 @@ class Library:
         from conceptlib.formats import FOLDER_FILES, SDXL_PAIR_SUFFIX
 
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            # The folder's own files (its learned_embeds, token_identifier.txt, README ...),
+            # not the other embeddings beside them: those are added as concepts of their own.
+            own = _concept_folder_files(path)
+            files = sorted(
+                p for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".") and (p.name in own or p.suffix.lower() not in _PICKLE_OR_SAFETENSORS)
+            )
             primary = next((path / n for n in ("learned_embeds.safetensors", *FOLDER_FILES) if (path / n).is_file()), files[0])
             return files, primary
         files = [path]
@@ -1027,9 +1101,9 @@ class Library:
                         raise ConceptExistsError(name)
                     # Derived names take the first free suffix (cat-toy, cat-toy-2, ...).
                     n = 2
-                    while not self._name_free(tx, f"{concept.name}-{n}"):
+                    while not self._name_free(tx, numbered(concept.name, n)):
                         n += 1
-                    name = f"{concept.name}-{n}"
+                    name = numbered(concept.name, n)
                 concept.name = name
                 manifest = concept.to_json()
                 _write_new(staging / MANIFEST_NAME, manifest.encode("utf-8"))
@@ -1454,8 +1528,15 @@ class Library:
     def _reindex_locked(self) -> ReindexReport:
         cleaned = self._clean_staging()
         items, problems, fixed = self._scan(fix=True)
-        with self.registry.transaction() as tx:
-            count = tx.rebuild(items)
+        try:
+            with self.registry.transaction() as tx:
+                count = tx.rebuild(items)
+        except IndexDamagedError:
+            # Nothing in it is lost: every row comes back from the manifests just read.
+            aside = self._move_damaged_index()
+            fixed.append(f"moved the damaged index aside to {aside.name}")
+            with self.registry.transaction() as tx:
+                count = tx.rebuild(items)
         return ReindexReport(count, cleaned + fixed, problems)
 
     def _check_files(self, concept: Concept) -> builtins.list[Problem]:
@@ -1543,8 +1624,12 @@ class Library:
             problems += scan_problems
             for concept, _text in items:
                 problems += self._check_files(concept)
-            index = self.index
-            state = index.state()
+            try:
+                index = self.index
+                state = index.state()
+            except IndexDamagedError as exc:
+                problems.append(Problem("index", self.url.rsplit("/", 1)[-1], exc.message, True))
+                return VerifyReport(len(items), problems, repaired)
             on_disk = {concept.name: text for concept, text in items}
             from conceptlib.registry.store import manifest_sha256
 

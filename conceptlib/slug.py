@@ -61,6 +61,17 @@ def slugify(text: str, *, max_bytes: int = MAX_SLUG_BYTES) -> str:
     return text
 
 
+def numbered(slug: str, n: int, *, max_bytes: int = MAX_SLUG_BYTES) -> str:
+    """``slug`` with the suffix ``-n``, shortened first so that the result is still a slug.
+
+    Example:
+        >>> numbered("cat-toy", 2)
+        'cat-toy-2'
+    """
+    suffix = f"-{n}"
+    return _truncate(slug, max_bytes - len(suffix)).rstrip("-_") + suffix
+
+
 def is_slug(name: str) -> bool:
     """Whether ``name`` is already a valid concept name (``slugify(name) == name``)."""
     return bool(name) and slugify(name) == name

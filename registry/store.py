@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conceptlib.concept import Concept, ConceptRow, ConceptSummary
-from conceptlib.errors import UsageError
+from conceptlib.errors import IndexDamagedError, UsageError
 from conceptlib.registry import migrations
 
 if TYPE_CHECKING:
@@ -158,6 +158,28 @@ def _filters(type: str | None, family: str | None, tag: str | None) -> tuple[str
     return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
+def is_damage(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying the file is not a database or is malformed.
+
+    Those come as the base ``sqlite3.DatabaseError`` itself (SQLITE_NOTADB, SQLITE_CORRUPT),
+    possibly wrapped by SQLAlchemy (``.orig``); its subclasses (locked, constraint failed, ...)
+    are other problems and are left alone.
+    """
+    return type(getattr(exc, "orig", None) or exc) is sqlite3.DatabaseError
+
+
+@contextlib.contextmanager
+def damage_guard(path: Path | str | None) -> Iterator[None]:
+    """Turn SQLite's damage errors into :class:`IndexDamagedError` naming the index file."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_damage(exc):
+            raise
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise IndexDamagedError(f"the index is damaged ({reason})", path=path) from exc
+
+
 class IndexReader:
     """Read queries shared by both ways into the index; subclasses provide :meth:`_query`."""
 
@@ -242,8 +264,9 @@ class SqliteReader(IndexReader):
     (the caller then opens a :class:`Registry`, which migrates).
     """
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path | None = None) -> None:
         self._conn = connection
+        self._path = path
 
     @classmethod
     def open(cls, path: Path) -> SqliteReader | None:
@@ -260,10 +283,12 @@ class SqliteReader(IndexReader):
         if not set(migrations.names()) <= done:
             conn.close()
             return None
-        return cls(conn)
+        return cls(conn, path)
 
     def _query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        return list(self._conn.execute(sql, params or {}))
+        # A page can be damaged while the header is fine: the error then comes from a query.
+        with damage_guard(self._path):
+            return list(self._conn.execute(sql, params or {}))
 
     def close(self) -> None:
         """Close the connection."""
@@ -467,13 +492,19 @@ class Registry(IndexReader):
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.path = sqlite_path(url)
         self.engine = create_engine(url)
-        self.applied = migrations.migrate(self.engine)
+        try:
+            with damage_guard(self.path or url):
+                self.applied = migrations.migrate(self.engine)
+        except IndexDamagedError:
+            self.engine.dispose()
+            raise
 
     def _query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         from sqlalchemy import text
 
-        with self.engine.connect() as conn:
+        with damage_guard(self.path or self.url), self.engine.connect() as conn:
             rows = [tuple(row) for row in conn.execute(text(sql), params or {})]
             conn.rollback()
         return rows
@@ -488,7 +519,7 @@ class Registry(IndexReader):
         """
         from sqlmodel import Session
 
-        with Session(self.engine) as session, session.begin():
+        with damage_guard(self.path or self.url), Session(self.engine) as session, session.begin():
             session.connection()  # emits BEGIN IMMEDIATE now
             yield Writer(session)
 

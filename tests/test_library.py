@@ -15,11 +15,13 @@ from conceptlib.concept import Concept
 from conceptlib.embedding import Embedding
 from conceptlib.errors import (
     BadInputError,
+    ConceptDamagedError,
     ConceptExistsError,
     ConceptNotFoundError,
     DestinationExistsError,
     DuplicateConceptError,
     FormatCapabilityError,
+    IndexDamagedError,
     InvalidNameError,
     TokenInUseError,
     UsageError,
@@ -145,6 +147,33 @@ def test_add_sd_concepts_library_folder(lib: Library, src: Path) -> None:
     assert concept.file_sha256 == sha(folder / "learned_embeds.bin")
     # Image records resolve to real files (os.PathLike), for callers such as the Hub push.
     assert Path(concept.images[1]).read_bytes() == (folder / "concept_images" / "1.png").read_bytes()
+
+
+def test_add_folder_with_a_learned_embeds_among_other_embeddings(lib: Library, src: Path) -> None:
+    """A downloads folder holding one learned_embeds.bin and other embeddings: each is a concept,
+    and the learned_embeds concept keeps only its own files."""
+    folder = concepts_folder(src / "downloads", sd1(1, seed=4, token="<sj>"))
+    make(folder / "eyeliner.pt", sd1(2, seed=5, name="eyeliner"), "a1111")
+    make(folder / "deeper" / "nested" / "liner.safetensors", sd1(1, seed=6, token="<liner>"))
+    concepts_folder(folder / "deeper" / "inner", sd1(1, seed=7, token="<inner>"))
+    make(folder / "deeper" / "inner" / "beside.pt", sd1(1, seed=8, name="beside"), "a1111")
+    report = lib.add(folder)
+    assert report.rejected == [] and report.duplicates == []
+    assert sorted(c.name for c in report.added) == ["beside", "eyeliner", "inner", "liner", "sj"]
+    assert [f.path for f in lib.show("sj").files] == [
+        "original/learned_embeds.bin", "original/token_identifier.txt", "original/type_of_concept.txt",
+    ]
+    assert [f.path for f in lib.show("inner").files] == [
+        "original/learned_embeds.bin", "original/token_identifier.txt", "original/type_of_concept.txt",
+    ]
+
+
+def test_derived_names_too_long_for_a_suffix_are_shortened(lib: Library, src: Path) -> None:
+    long = "猫" * 40  # 120 UTF-8 bytes: the slug is cut to 96, leaving no room for "-2"
+    first = lib.add(make(src / "a.safetensors", sd1(1, seed=1, token=long + "A"))).one()
+    second = lib.add(make(src / "b.safetensors", sd1(1, seed=2, token=long + "B"))).one()
+    assert first.name == "猫" * 32
+    assert second.name == "猫" * 31 + "-2" and is_slug(second.name)
 
 
 def test_add_diffusers_sdxl_pair(lib: Library, src: Path) -> None:
@@ -515,19 +544,92 @@ def test_export_for_a1111_and_comfyui(filled: Library, src: Path, tmp_path: Path
 # --- reindex and verify ------------------------------------------------------------------------
 
 
-def test_reindex_rebuilds_a_lost_index(filled: Library) -> None:
+def test_a_lost_index_is_rebuilt_on_first_use(filled: Library, caplog: pytest.LogCaptureFixture) -> None:
     shown = {c.name: filled.show(c.name) for c in filled.list()}
     filled.close()
     for suffix in ("", "-wal", "-shm"):
         (filled.home / f"index.sqlite{suffix}").unlink(missing_ok=True)
     fresh = Library.open(filled.home)
-    assert fresh.list() == []
+    # Not an empty library (which would also let `add` duplicate every concept): the index is
+    # derived data, rebuilt from the manifests, with a warning saying so.
+    with caplog.at_level("WARNING", logger="conceptlib"):
+        assert {c.name: fresh.show(c.name) for c in fresh.list()} == shown
+    assert [r.getMessage() for r in caplog.records] == [f"{filled.home}: the index was missing; rebuilt it from 3 concept folders"]
+    assert [c.name for c in fresh.search("plush")] == ["cat-toy"]
     report = fresh.reindex()
     assert report.indexed == 3 and report.problems == []
-    assert {c.name: fresh.show(c.name) for c in fresh.list()} == shown
-    assert [c.name for c in fresh.search("plush")] == ["cat-toy"]
     assert fresh.verify().ok
     fresh.close()
+
+
+def test_a_lost_index_is_rebuilt_before_add_checks_duplicates(filled: Library, src: Path) -> None:
+    filled.close()
+    for suffix in ("", "-wal", "-shm"):
+        (filled.home / f"index.sqlite{suffix}").unlink(missing_ok=True)
+    fresh = Library.open(filled.home)
+    report = fresh.add([src / "a.safetensors"])
+    assert report.added == [] and [d.existing for d in report.duplicates] == ["cat-toy"]
+    assert len(fresh.list()) == 3
+    fresh.close()
+
+
+@pytest.mark.parametrize("damage", ["not a database", "malformed page"])
+def test_reindex_moves_a_damaged_index_aside_and_rebuilds_it(filled: Library, damage: str) -> None:
+    shown = {c.name: filled.show(c.name) for c in filled.list()}
+    filled.close()
+    index = filled.home / "index.sqlite"
+    data = bytearray(index.read_bytes())
+    if damage == "not a database":
+        data[:100] = bytes(range(100))
+    else:
+        assert len(data) > 4 * 4096
+        # Pages past the schema: opening works, the error comes from a query.
+        data[2 * 4096 :] = b"\xa5" * (len(data) - 2 * 4096)
+    index.write_bytes(bytes(data))
+    for suffix in ("-wal", "-shm"):
+        (filled.home / f"index.sqlite{suffix}").unlink(missing_ok=True)
+    lib = Library.open(filled.home)
+    with pytest.raises(IndexDamagedError) as caught:
+        lib.list()
+        lib.search("plush")
+    assert caught.value.exit_code == 2 and str(caught.value).startswith(f"{index}: the index is damaged (")
+    assert "reindex" in (caught.value.hint or "")
+    problems = lib.verify().problems
+    assert [(p.kind, p.repairable) for p in problems] == [("index", True)]
+    report = lib.reindex()
+    assert report.indexed == 3 and len(report.cleaned) == 1
+    assert report.cleaned[0].startswith("moved the damaged index aside to index.sqlite.damaged-")
+    aside = lib.home / report.cleaned[0].rsplit(" ", 1)[1]
+    assert aside.read_bytes() == bytes(data)  # kept as it was, for whoever wants to look
+    assert {c.name: lib.show(c.name) for c in lib.list()} == shown
+    assert lib.verify().ok
+    lib.close()
+
+
+def test_verify_repair_rebuilds_a_damaged_index(filled: Library) -> None:
+    filled.close()
+    (filled.home / "index.sqlite").write_bytes(b"\0" * 8192)
+    lib = Library.open(filled.home)
+    report = lib.verify(repair=True)
+    assert report.ok and report.checked == 3
+    assert any(line.startswith("moved the damaged index aside") for line in report.repaired)
+    assert len(lib.list()) == 3
+    lib.close()
+
+
+def test_embedding_refuses_vectors_that_no_longer_match_the_content_hash(filled: Library, tmp_path: Path) -> None:
+    path = filled.home / "concepts" / "cat-toy" / "embedding.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x40  # a flipped bit in the last vector still decodes
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConceptDamagedError, match=r"embedding\.safetensors: the vectors no longer match the concept's content hash") as caught:
+        filled.embedding("cat-toy")
+    assert caught.value.exit_code == 2 and "verify --repair" in (caught.value.hint or "")
+    with pytest.raises(ConceptDamagedError):
+        filled.export(["cat-toy"], format="a1111", out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    assert filled.verify(repair=True).ok
+    assert filled.embedding("cat-toy").content_hash() == filled.show("cat-toy").content_hash
 
 
 def _damage(lib: Library) -> dict[str, Path]:
