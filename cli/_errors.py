@@ -35,6 +35,32 @@ def _is_a_directory(err: BaseException) -> tuple[str, str | None]:
     return f"{err.filename}: is a folder, expected a file", None
 
 
+def _not_a_directory(err: BaseException) -> tuple[str, str | None]:
+    assert isinstance(err, NotADirectoryError)
+    return f"{err.filename}: a part of this path is a file, not a folder", "check the path"
+
+
+def _file_exists(err: BaseException) -> tuple[str, str | None]:
+    assert isinstance(err, FileExistsError)
+    import os.path
+
+    if err.filename and not os.path.isdir(err.filename):
+        # What conceptlib creates exclusively raises DestinationExistsError; a bare one comes
+        # from making a folder where a file already sits.
+        return f"{err.filename}: is a file, where a folder is needed", "check the path"
+    return f"{err.filename}: already exists", "choose another path or remove it"
+
+
+def _os_error(err: BaseException) -> tuple[str, str | None]:
+    # Disk full, read-only file system, I/O errors: not the user's input, but still one line
+    # that names the path (every conceptlib write is atomic, so nothing is half-written).
+    assert isinstance(err, OSError)
+    reason = err.strerror or str(err)
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return reason, "check your connection and try again"
+    return (f"{err.filename}: {reason}" if err.filename else reason), "check the disk and the path"
+
+
 def _hub_errors() -> list[tuple[type[BaseException], Formatter, int]]:
     # Imported lazily and only if huggingface_hub is already loaded, to keep start-up cheap.
     import sys
@@ -61,6 +87,9 @@ ERROR_TABLE: list[tuple[type[BaseException], Formatter, int | None]] = [
     (IsADirectoryError, _is_a_directory, 2),
     (FileNotFoundError, _file_not_found, 2),
     (PermissionError, _permission, 2),
+    (NotADirectoryError, _not_a_directory, 2),
+    (FileExistsError, _file_exists, 2),
+    (OSError, _os_error, 1),
 ]
 
 

@@ -124,6 +124,14 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert capsys.readouterr().err == f"Error: {tmp_path / 'nope.pt'}: no such file or folder (hint: check the path)\n"
 
 
+def test_a_file_where_a_folder_is_needed(tmp_path: Path, cat_toy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_bytes(b"")
+    assert main(["convert", str(cat_toy), str(tmp_path / "afile" / "x.pt")]) == 2
+    assert capsys.readouterr().err == f"Error: {tmp_path / 'afile'}: is a file, where a folder is needed (hint: check the path)\n"
+    assert main(["list", "--home", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err == f"Error: {tmp_path / 'afile' / 'concepts'}: a part of this path is a file, not a folder (hint: check the path)\n"
+
+
 def test_traceback_only_with_debug(tmp_path: Path) -> None:
     bad = tmp_path / "x.pt"
     bad.write_bytes(b"PK\x03\x04garbage")
