@@ -19,11 +19,41 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def process_device(device: str) -> str:
-    """``device`` for this process: a bare ``cuda``/``xpu`` becomes the launcher's
-    ``LOCAL_RANK`` GPU in a multi-process run, so each process takes its own."""
-    if device in ("cuda", "xpu") and rank_and_world()[1] > 1:
-        return f"{device}:{os.environ.get('LOCAL_RANK', '0')}"
-    return device
+    """The device this process runs on, checked before anything loads.
+
+    ``auto`` is the CUDA GPU when there is one, else the CPU. A bare ``cuda``/``xpu`` becomes an
+    indexed device: the launcher's ``LOCAL_RANK`` GPU in a multi-process run (so each process
+    takes its own), else the current one (``torch.cuda.set_device`` needs an index).
+
+    Raises:
+        UsageError: not a device name, or a device this machine does not have.
+    """
+    import torch
+
+    from conceptlib.errors import UsageError
+
+    name = device.strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a device", hint="use cpu, cuda, cuda:N, mps or auto") from None
+    multi = rank_and_world()[1] > 1
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise UsageError(f"--device {device}: CUDA is not available ({why})", hint="pass --device cpu, or install the CUDA build of torch for your GPU")
+        count = torch.cuda.device_count()
+        index = parsed.index if parsed.index is not None else int(os.environ.get("LOCAL_RANK", "0")) if multi else torch.cuda.current_device()
+        if index >= count:
+            raise UsageError(f"--device {device}: this machine has {count} CUDA GPU{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
+        return f"cuda:{index}"
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: Apple's MPS is not available here", hint="pass --device cpu")
+    if parsed.type == "xpu" and parsed.index is None and multi:
+        return f"xpu:{os.environ.get('LOCAL_RANK', '0')}"
+    return str(parsed)
 
 
 def join(backend: str = "gloo") -> tuple[int, int]:

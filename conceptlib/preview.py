@@ -356,6 +356,7 @@ def preview(
     """
     from PIL import Image
 
+    from conceptlib._parallel import process_device
     from conceptlib.library import Library
     from conceptlib.models import resolve_model
     from conceptlib.render import RenderConfig, load_pipeline, render
@@ -364,6 +365,7 @@ def preview(
 
     out_dir = Path(out)
     info = resolve_model(model, home=home)
+    device = process_device(device)  # a device this machine lacks fails now, not after loading
     configs = resolve_configs(info, model_config) if info.kind == "checkpoint" and pipeline is None else None
     native = native_size(info, configs)
     width, height = size or (native, native)
