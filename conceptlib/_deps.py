@@ -1,8 +1,10 @@
-"""Check optional dependencies without importing them."""
+"""Optional dependencies: check them without importing them; quiet them while loading models."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 
 from conceptlib.errors import MissingDependencyError
 
@@ -20,3 +22,27 @@ def require(*packages: str, extra: str = "torch", purpose: str = "this") -> None
             f"{purpose} needs {', '.join(missing)}, which is not installed",
             hint=f"pip install 'conceptlib[{extra}]'",
         )
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence transformers' and diffusers' logs and progress bars while models load.
+
+    Loading prints a bar per component and warnings that concern processors conceptlib never
+    uses ("CLIPImageProcessor requires torchvision"); on stderr they bury conceptlib's own
+    one-line messages. Errors still show; the previous settings come back afterwards.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in (transformers_logging, diffusers_logging)]
+    for lib, _level, _bars in saved:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, level, bars in saved:
+            lib.set_verbosity(level)
+            if bars:
+                lib.enable_progress_bar()

@@ -880,20 +880,25 @@ def load_pipeline(
         ModelConfigError: a single file's configs cannot be found or do not fit it.
         MissingDependencyError: torch or diffusers missing.
     """
-    from conceptlib._deps import require
+    from conceptlib._deps import quiet_loading, require
 
     require("torch", "diffusers", "transformers", purpose="rendering")
     import torch
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    with quiet_loading():  # importing the pipelines warns about image processors
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from conceptlib import single_file
 
     torch_dtype = getattr(torch, _dtype_name(dtype))
     cls = StableDiffusionXLPipeline if model.family == "sdxl" else StableDiffusionPipeline
     if model.kind == "diffusers" and model.path:
-        pipe = cls.from_pretrained(model.path, **single_file.dtype_kwargs(torch_dtype))
+        with quiet_loading():
+            pipe = cls.from_pretrained(model.path, **single_file.dtype_kwargs(torch_dtype))
     elif model.kind == "checkpoint" and model.path:
-        pipe = single_file.load_pipeline(model, configs or single_file.resolve_configs(model), torch_dtype)
+        resolved = configs or single_file.resolve_configs(model)
+        with quiet_loading():
+            pipe = single_file.load_pipeline(model, resolved, torch_dtype)
     else:
         raise UsageError(
             f"{model.display_name} is a family name, without weights to render with",
@@ -1134,6 +1139,11 @@ def render(
             ))  # fmt: skip
     if not jobs:
         raise UsageError("nothing to render: every prompt line asks for 0 images")
+    for job in jobs:
+        if not math.isfinite(job.guidance):
+            raise UsageError(f"the guidance scale must be a number, got {job.guidance} (prompt line {job.line + 1})", hint="pass --guidance like 7.5")
+    if out.exists() and not out.is_dir():
+        raise UsageError("is a file; renders go into a folder", path=out, hint="pass --out a folder")
 
     # 2. Concepts named in prompts and negative prompts.
     texts = list(dict.fromkeys(t for j in jobs for t in (j.prompt, j.negative)))
