@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         if rc is None:
             # With standalone_mode off, typer.Exit(code) comes back as the return value.
             rc = app(args=argv, standalone_mode=False)
+            if rc == 130:  # Typer's answer to Ctrl-C, with nothing printed
+                err.print("Interrupted.", markup=False)
         return rc if isinstance(rc, int) else 0
     except SystemExit as exc:  # typer.Exit and --help land here
         return int(exc.code or 0)

@@ -68,7 +68,7 @@ def train(
 
     Example: conceptlib train --model ./sd15 --images ./cat --token '<my-cat>' --init-word cat --steps 2000
     """
-    from conceptlib.errors import UsageError
+    from conceptlib.errors import InterruptedRunError, TrainingInterrupted, UsageError
     from conceptlib.train import TrainConfig
     from conceptlib.train import train as run_training
 
@@ -118,6 +118,14 @@ def train(
             config,
             progress=lambda step, total, loss: bar.update(step, total, f"loss {loss:.4f}" if loss is not None else ""),
         )
+    except TrainingInterrupted as stop:
+        # Typer turns a KeyboardInterrupt into a silent exit 130: say where the run stands.
+        if stop.checkpoint is None:
+            raise InterruptedRunError(f"training interrupted at step {stop.step}; no checkpoint was saved yet", hint="pass --save-every N to keep checkpoints along the way") from None
+        raise InterruptedRunError(
+            f"training interrupted at step {stop.step}; the checkpoint of step {stop.checkpoint_step} is kept in {stop.checkpoint}",
+            hint="rerun the same command with --resume to continue from it",
+        ) from None
     finally:
         bar.close()
     if not result.main_process:

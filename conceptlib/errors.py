@@ -295,6 +295,27 @@ class TrainingDivergedError(BadInputError):
         super().__init__(message, hint=hint)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`conceptlib.train.train`: still a ``KeyboardInterrupt`` (so broad
+    ``except Exception`` handlers do not swallow it), telling where the run can resume.
+
+    Attributes:
+        step: the optimizer steps done when it stopped.
+        checkpoint: the run's checkpoint file, or None when none was written yet.
+        checkpoint_step: the step that checkpoint holds.
+    """
+
+    def __init__(self, step: int, checkpoint: str | None, checkpoint_step: int | None) -> None:
+        self.step, self.checkpoint, self.checkpoint_step = step, checkpoint, checkpoint_step
+        super().__init__(f"training interrupted at step {step}")
+
+
+class InterruptedRunError(ConceptlibError):
+    """A run stopped by the user, reported as one line with how to continue (exit code 130)."""
+
+    exit_code = 130
+
+
 class TrainingTokenError(BadInputError):
     """The token to train collides with the model's vocabulary (found before any step runs)."""
 

@@ -33,6 +33,7 @@ by SDXL's second encoder) keeps finding the end-of-text token, which appended id
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from conceptlib._deps import quiet_loading
 from conceptlib._parallel import barrier, join, process_device
 from conceptlib.errors import (
     ConceptExistsError,
@@ -54,6 +56,7 @@ from conceptlib.errors import (
     TokenInUseError,
     TrainingDivergedError,
     TrainingImageError,
+    TrainingInterrupted,
     TrainingTokenError,
     UsageError,
 )
@@ -438,6 +441,29 @@ def _caption(path: Path, mode: str | None) -> str:
     return _LEADING_NUMBERS.sub("", path.stem).replace("_", " ").strip()
 
 
+def _eight_bit(img: Any, path: Path) -> Any:
+    """A 16-bit, 32-bit integer or float greyscale image as 8-bit ``L``, scaled, not clipped.
+
+    Pillow's ``convert("RGB")`` clips these modes at 255, so a 16-bit photo turns white (and a
+    0..1 float image black) and training would go ahead on flat images without a word.
+    """
+    from PIL import Image
+
+    a = np.asarray(img)
+    if img.mode == "F":
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            raise TrainingImageError(
+                f"is a floating-point image with values from {np.nanmin(a):g} to {np.nanmax(a):g}; only 0 to 1 is read",
+                path=path, hint="re-save it as an 8- or 16-bit PNG",
+            )
+        scaled = a * 255.0
+    else:
+        if a.min() < 0 or a.max() > 65535:
+            raise TrainingImageError(f"is a 32-bit integer image (values from {a.min()} to {a.max()})", path=path, hint="re-save it as an 8- or 16-bit PNG")
+        scaled = a / 257.0  # 16-bit (Pillow reads 16-bit PNGs as I;16, TIFFs as I)
+    return Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8), "L")
+
+
 def _load_image(path: Path, resolution: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -445,6 +471,8 @@ def _load_image(path: Path, resolution: int) -> tuple[np.ndarray, tuple[int, int
         with Image.open(path) as opened:
             opened.load()
             img: Image.Image = ImageOps.exif_transpose(opened)
+            if img.mode.startswith(("I", "F")):
+                img = _eight_bit(img, path)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 # Transparent pixels would turn black with a plain convert; a white background
                 # is what viewers show and what people expect the model to learn.
@@ -830,6 +858,10 @@ def _check_config(config: TrainConfig) -> None:
         raise UsageError("--save-every, --preview-every and --warmup-steps must be 0 or more")
     if config.scheduler not in SCHEDULERS:
         raise UsageError(f"unknown --scheduler {config.scheduler!r}", hint=f"use one of: {', '.join(SCHEDULERS)}")
+    if config.warmup_steps and config.lr_schedule is not None:
+        raise UsageError("--warmup-steps does not apply to --lr-schedule", hint="write the warm-up into the schedule, e.g. \"1e-4:50, 5e-3\"")
+    if config.warmup_steps and config.scheduler == "constant":
+        raise UsageError("--warmup-steps needs a scheduler that warms up; constant does not", hint="pass --scheduler constant_with_warmup (or cosine, linear, ...)")
     if config.lr_schedule is not None and config.scheduler != "constant":
         raise UsageError("--lr-schedule already is a schedule: it cannot be combined with --scheduler", hint="drop one of them")
     if not (math.isfinite(config.lr) and config.lr > 0):
@@ -853,11 +885,38 @@ def _check_config(config: TrainConfig) -> None:
         raise UsageError(f"--tag-dropout is a probability from 0 up to (not including) 1, got {config.tag_dropout}")
 
 
+#: Settings that name files or folders: compared by where they lead, not by how they are spelt.
+_PATH_SETTINGS = ("model", "images", "templates", "model_config")
+
+
+def _resolved_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with every existing path made absolute (``./m`` and ``m`` are one model)."""
+    out = dict(settings)
+    for key in _PATH_SETTINGS:
+        value = out.get(key)
+        if isinstance(value, str) and value:
+            path = Path(value).expanduser()
+            if path.exists():
+                out[key] = str(path.resolve())
+    return out
+
+
+def _images_digest(files: list[Path], root: Path) -> str:
+    """One sha256 over the training images' names and bytes: any image added, removed or edited changes it."""
+    digest = hashlib.sha256()
+    for path in files:
+        name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+        digest.update(name.encode("utf-8") + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def _resume_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
-    now = config.to_dict()
-    # A checkpoint from an older conceptlib lacks the settings added since: those had their defaults.
+    now = _resolved_settings(config.to_dict())
+    # A checkpoint from an older conceptlib lacks the settings added since: those had their
+    # defaults; and it stored paths as typed (resolved here against today's folder, best effort).
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    return sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k])
+    before = _resolved_settings(saved)
+    return sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k, defaults[k]) != now[k])
 
 
 def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
@@ -894,9 +953,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     import torch
     import torch.nn.functional as F
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-    from transformers.utils import logging as transformers_logging
 
     from conceptlib import config as conceptlib_config
     from conceptlib.embedding import Embedding
@@ -912,15 +969,14 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     token = check_token(config.token)
     home = conceptlib_config.home(config.home)
     name = check_name(config.name) if config.name else (slugify(token.strip("<>")) or "concept")
-    out = Path(config.out).expanduser().resolve() if config.out else home / "training" / name
+    out = (Path(config.out).expanduser() if config.out else home / "training" / name).resolve()
     checkpoint_path = out / CHECKPOINT_NAME
 
     # ---- 1. The device and precision; the process group of a data-parallel run. ----------------
     # Under `accelerate launch` / torchrun each process takes every world-th sample, gradients of
     # the vectors are averaged, and rank 0 alone writes files. Each process gets its own GPU
     # unless the device names one.
-    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
-    device = torch.device(process_device(device_name))
+    device = torch.device(process_device(config.device))
     if device.type == "cpu" and torch.cuda.is_available():
         notes.append("trained on the CPU while a CUDA GPU is available: pass --device cuda (or auto) for GPU speed")
     if device.type == "cuda":
@@ -945,17 +1001,14 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     sdxl = info.family == "sdxl"
     keys = info.encoder_keys  # canonical order = text_encoder, text_encoder_2
     resolution = config.resolution or native_size(info, configs)
-    if not config.resume and checkpoint_path.exists():
-        raise DestinationExistsError(
-            "holds a checkpoint from an earlier run",
-            path=checkpoint_path,
-            hint="pass --resume to continue it, or --out another folder",
-        )
+    if out.exists() and not out.is_dir():
+        raise UsageError("is a file; the run folder must be a folder", path=out, hint="pass --out a folder (new or from an earlier run)")
     if config.resume and not checkpoint_path.is_file():
         raise UsageError("--resume: no checkpoint to resume from", path=checkpoint_path, hint="run without --resume to start, or pass the run's --out")
 
     # ---- 3. Images: check them all before loading anything heavy. --------------------------------
     image_files = _image_files(Path(config.images).expanduser())
+    images_digest = _images_digest(image_files, Path(config.images).expanduser())
     images = []
     for path in image_files:
         pixels, original_size, crop = _load_image(path, resolution)
@@ -978,28 +1031,31 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     clashes = [f for f in validate(probe, info, token=token, home=home) if f.severity == "error" and f.code.startswith(("token", "expansion"))]
     if clashes:
         raise TrainingTokenError(clashes[0].message)
+    embedding_path = out / f"{name}.safetensors"
+    ours: str | None = None  # the concept an earlier part of this run added, when resuming it
     if config.add_to_library and main_process:
         library = Library.open(home)
         try:
             owner = library.index.token_owner(info.family, token)
-            if owner is not None:
+            if owner is not None and config.resume and library.show(owner).source.get("path") == str(embedding_path):
+                ours = owner  # continuing the run updates the concept it made
+            elif owner is not None:
                 raise TokenInUseError(token, family=info.family_label, used_by=owner)
-            if config.name and library.index.has(name):
+            if config.name and library.index.has(name) and name != ours:
                 raise ConceptExistsError(name)
         finally:
             library.close()
+    # After the library's checks: a taken --name says so, not "an earlier run's checkpoint".
+    if not config.resume and checkpoint_path.exists():
+        raise DestinationExistsError(
+            "holds a checkpoint from an earlier run",
+            path=checkpoint_path,
+            hint="pass --resume to continue it, or --out another folder",
+        )
 
     # ---- 5. Load the components. -----------------------------------------------------------------
     components = ["text_encoder", "text_encoder_2"][: len(keys)]
-    transformers_verbosity = transformers_logging.get_verbosity()
-    diffusers_verbosity = diffusers_logging.get_verbosity()
-    transformers_bars = transformers_logging.is_progress_bar_enabled()
-    diffusers_bars = diffusers_logging.is_progress_bar_enabled()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()  # one bar per component is noise on stderr
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    try:
+    with quiet_loading():
         # The VAE only encodes once (and decodes previews): fp32 always, which also avoids the
         # SDXL VAE's fp16 overflow.
         if configs is not None:
@@ -1022,13 +1078,6 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
             unet = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=weight_dtype)
             scheduler_config = DDPMScheduler.load_config(root / "scheduler")
         noise_scheduler = DDPMScheduler.from_config(scheduler_config)
-    finally:
-        transformers_logging.set_verbosity(transformers_verbosity)
-        diffusers_logging.set_verbosity(diffusers_verbosity)
-        if transformers_bars:
-            transformers_logging.enable_progress_bar()
-        if diffusers_bars:
-            diffusers_logging.enable_progress_bar()
     for key, enc in zip(keys, encoders, strict=True):
         if enc.config.hidden_size != info.widths[key]:
             raise UsageError(f"text encoder width {enc.config.hidden_size} does not match {key} ({info.widths[key]})", path=root)
@@ -1132,6 +1181,8 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     # ---- 10. Resume, or refuse to overwrite another run's checkpoint. ----------------------------
     losses: list[float] = []
     start_step = 0
+    state: dict[str, Any] = {}
+    saved_steps: list[int] = []  # the steps the run's checkpoint file has held
     if config.resume:
         state = load_checkpoint(checkpoint_path)
         changed = _resume_differences(state["config"], config)
@@ -1143,6 +1194,16 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
             )
         if state["model"] != info.fingerprints():
             raise UsageError("--resume: the checkpoint was trained on another model (text-encoder fingerprints differ)", path=checkpoint_path)
+        if state.get("images", images_digest) != images_digest:
+            raise UsageError(
+                f"--resume: the images in {config.images} changed since the checkpoint (added, removed or edited)",
+                path=checkpoint_path, hint="put the images back as they were, or start a new run without --resume",
+            )
+        if int(state["step"]) >= total_steps:
+            raise UsageError(
+                f"--resume: the checkpoint is at step {int(state['step'])}; --steps {config.steps} leaves nothing to train",
+                path=checkpoint_path, hint=f"pass --steps above {int(state['step'])} to train on",
+            )
         with torch.no_grad():
             for key, param in vectors.items():
                 param.copy_(state["vectors"][key])
@@ -1157,6 +1218,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         start_step = int(state["step"])
+        saved_steps.append(start_step)
         losses = [float(v) for v in state["losses"].tolist()]
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -1279,13 +1341,14 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         from PIL import Image
 
         if preview_pipe is None:
-            from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+            with quiet_loading():  # importing the pipelines warns about image processors
+                from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-            sampler = DPMSolverMultistepScheduler.from_config(scheduler_config)
-            if sdxl:
-                preview_pipe = StableDiffusionXLPipeline(vae, encoders[0], encoders[1], tokenizers[0], tokenizers[1], unet, sampler, force_zeros_for_empty_prompt=False, add_watermarker=False)
-            else:
-                preview_pipe = StableDiffusionPipeline(vae, encoders[0], tokenizers[0], unet, sampler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+                sampler = DPMSolverMultistepScheduler.from_config(scheduler_config)
+                if sdxl:
+                    preview_pipe = StableDiffusionXLPipeline(vae, encoders[0], encoders[1], tokenizers[0], tokenizers[1], unet, sampler, force_zeros_for_empty_prompt=False, add_watermarker=False)
+                else:
+                    preview_pipe = StableDiffusionPipeline(vae, encoders[0], tokenizers[0], unet, sampler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
             preview_pipe.set_progress_bar_config(disable=True)
         with torch.no_grad(), warnings.catch_warnings():
             # diffusers' DPM-Solver builds its sigmas with np.array(tensor), which numpy 2 flags.
@@ -1325,10 +1388,13 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
             "losses": torch.tensor(losses, dtype=torch.float64),
-            "config": config.to_dict(),
+            "config": _resolved_settings(config.to_dict()),
             "model": info.fingerprints(),
+            "images": images_digest,
+            "eval_loss_start": eval_loss_start,
         }
         _save_checkpoint(checkpoint_path, state)
+        saved_steps.append(step)
         # A usable concept file per checkpoint, like AUTOMATIC1111's <name>-<step>.pt.
         write(current_embedding(step), out / "embeddings" / f"{name}-{step:06d}.safetensors", format="conceptlib", force=True)
 
@@ -1355,7 +1421,9 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         )
 
     # ---- 12. Train. ---------------------------------------------------------------------------------
-    eval_loss_start = evaluation_loss()
+    # After a resume, "before training" is still the loss before the run's first step.
+    saved_start = state.get("eval_loss_start") if config.resume else None
+    eval_loss_start = float(saved_start) if saved_start is not None else evaluation_loss()
     if main_process and config.preview_every and start_step == 0:
         preview(0)
     if progress is not None:
@@ -1364,48 +1432,52 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         torch.cuda.reset_peak_memory_stats(device)
     loop_started = time.perf_counter()
     step = start_step
-    while step < total_steps:
-        step_loss = torch.zeros((), device=device)
-        for micro in range(config.grad_accum):
-            loss = diffusion_loss(*sample_batch(step, micro))
-            backward = loss / config.grad_accum
-            (scaler.scale(backward) if scaler is not None else backward).backward()
-            step_loss += loss.detach() / config.grad_accum
-        if distributed:
-            # SUM then divide: gloo (CPU) has no AVG. The tensors are n x width, so cheap.
-            for param in params:
-                assert param.grad is not None
-                torch.distributed.all_reduce(param.grad)
-                param.grad /= world
-            torch.distributed.all_reduce(step_loss)
-            step_loss /= world
-        value = float(step_loss)
-        if not math.isfinite(value):
-            raise diverged(step + 1, f"the loss became {value}")
-        if config.clip_grad_norm or config.clip_grad_value:
+    try:
+        while step < total_steps:
+            step_loss = torch.zeros((), device=device)
+            for micro in range(config.grad_accum):
+                loss = diffusion_loss(*sample_batch(step, micro))
+                backward = loss / config.grad_accum
+                (scaler.scale(backward) if scaler is not None else backward).backward()
+                step_loss += loss.detach() / config.grad_accum
+            if distributed:
+                # SUM then divide: gloo (CPU) has no AVG. The tensors are n x width, so cheap.
+                for param in params:
+                    assert param.grad is not None
+                    torch.distributed.all_reduce(param.grad)
+                    param.grad /= world
+                torch.distributed.all_reduce(step_loss)
+                step_loss /= world
+            value = float(step_loss)
+            if not math.isfinite(value):
+                raise diverged(step + 1, f"the loss became {value}")
+            if config.clip_grad_norm or config.clip_grad_value:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)  # clip the true gradient, not the loss-scaled one
+                if config.clip_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+                else:
+                    torch.nn.utils.clip_grad_value_(params, config.clip_grad_value)
             if scaler is not None:
-                scaler.unscale_(optimizer)  # clip the true gradient, not the loss-scaled one
-            if config.clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
             else:
-                torch.nn.utils.clip_grad_value_(params, config.clip_grad_value)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        losses.append(value)
-        if not all(bool(torch.isfinite(p).all()) for p in params):
-            raise diverged(step, "the vectors became NaN/Inf")
-        if main_process and ((config.save_every and step % config.save_every == 0) or step == total_steps):
-            save_checkpoint(step)
-        if main_process and config.preview_every and step % config.preview_every == 0:
-            preview(step)
-        if progress is not None:
-            progress(step, total_steps, value)
+                optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(value)
+            if not all(bool(torch.isfinite(p).all()) for p in params):
+                raise diverged(step, "the vectors became NaN/Inf")
+            if main_process and ((config.save_every and step % config.save_every == 0) or step == total_steps):
+                save_checkpoint(step)
+            if main_process and config.preview_every and step % config.preview_every == 0:
+                preview(step)
+            if progress is not None:
+                progress(step, total_steps, value)
+    except KeyboardInterrupt:
+        kept = saved_steps[-1] if saved_steps else None
+        raise TrainingInterrupted(step, str(checkpoint_path) if kept is not None else None, kept) from None
     steps_run = step - start_step
     seconds_per_step = (time.perf_counter() - loop_started) / steps_run if steps_run else 0.0
     peak_memory = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
@@ -1430,7 +1502,6 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         "concept_type": config.type,
     }
     embedding.metadata.update(metadata)
-    embedding_path = out / f"{name}.safetensors"
     concept = None
     grid = plot = None
     if main_process:
@@ -1443,14 +1514,17 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         if config.add_to_library:
             library = Library.open(home)
             try:
-                concept = library.add(
-                    embedding_path,
-                    name=config.name,
-                    token=token,
-                    type=config.type,
-                    images=image_files,
-                    metadata=metadata,
-                ).one()
+                if ours is not None:
+                    concept = library.update(ours, embedding_path, token=token, type=config.type, images=image_files, metadata=metadata)
+                else:
+                    concept = library.add(
+                        embedding_path,
+                        name=config.name,
+                        token=token,
+                        type=config.type,
+                        images=image_files,
+                        metadata=metadata,
+                    ).one()
             finally:
                 library.close()
     return TrainResult(

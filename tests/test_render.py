@@ -354,6 +354,13 @@ def test_bad_prompt_files_and_options(world: dict[str, Any], tmp_path: Path) -> 
         run(world, tmp_path, ["a cat"], scheduler="eulr")
     with pytest.raises(UsageError, match="nothing to render"):
         run(world, tmp_path, [])
+    # A NaN guidance would render without guidance and write NaN (not JSON) into render.json.
+    with pytest.raises(UsageError, match=r"the guidance scale must be a number, got nan \(prompt line 1\)"):
+        run(world, tmp_path, ["a cat"], guidance=float("nan"))
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UsageError, match="is a file; renders go into a folder"):
+        run(world, tmp_path, ["a cat"], out=tmp_path / "afile")
+    assert not (tmp_path / "out").exists()
 
 
 # --- previews for pull requests ------------------------------------------------------------------

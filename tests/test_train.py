@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from conceptlib.errors import (
+    ConceptExistsError,
     DestinationExistsError,
     TrainingDivergedError,
     TrainingImageError,
+    TrainingInterrupted,
     TrainingTokenError,
     UsageError,
 )
@@ -23,6 +25,7 @@ from conceptlib.train import (
     TrainConfig,
     TrainResult,
     _caption,
+    _load_image,
     _resume_differences,
     _splice,
     _vary_tags,
@@ -178,6 +181,64 @@ def test_resume_accepts_checkpoints_from_before_new_settings() -> None:
     assert _resume_differences(saved, TrainConfig(model="m", images="i", token="<t>", tag_dropout=0.1)) == ["tag_dropout"]
 
 
+def test_high_bit_depth_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    """Pillow's convert("RGB") clips 16-bit and float images at 255 (white or black pictures)."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64)
+    Image.fromarray(ramp.astype(np.uint16)).save(tmp_path / "i16.png")  # read back as I;16
+    Image.fromarray(ramp.astype(np.int32)).save(tmp_path / "i32.tif")  # read back as I
+    Image.fromarray((ramp / 65535).astype(np.float32)).save(tmp_path / "f.tif")  # F, 0..1
+    expected = np.round(ramp / 257) / 127.5 - 1.0
+    for name in ("i16.png", "i32.tif", "f.tif"):
+        pixels, _size, _crop = _load_image(tmp_path / name, 64)
+        assert pixels.shape == (3, 64, 64)
+        assert np.abs(pixels[0] - expected).max() <= 1.01 / 127.5, name
+        assert (pixels[0] == pixels[2]).all()
+    Image.fromarray((ramp / 100).astype(np.float32)).save(tmp_path / "hdr.tif")
+    with pytest.raises(TrainingImageError, match="hdr.tif: is a floating-point image with values from 0 to 655.35"):
+        _load_image(tmp_path / "hdr.tif", 64)
+
+
+def test_resume_compares_where_paths_lead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "images").mkdir()
+    saved = TrainConfig(model=str(tmp_path / "model"), images=str(tmp_path / "images"), token="<t>").to_dict()
+    monkeypatch.chdir(tmp_path)
+    assert _resume_differences(saved, TrainConfig(model="./model", images="images/", token="<t>")) == []
+    (tmp_path / "other").mkdir()
+    assert _resume_differences(saved, TrainConfig(model="other", images="images", token="<t>")) == ["model"]
+
+
+def test_device_names_are_checked_before_anything_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from conceptlib._parallel import process_device
+
+    assert process_device("cpu") == "cpu"
+    with pytest.raises(UsageError, match="--device 'foo' is not a device"):
+        process_device("foo")
+    if not torch.cuda.is_available():
+        assert process_device("auto") == "cpu"
+        with pytest.raises(UsageError, match="--device cuda: CUDA is not available"):
+            process_device("cuda")
+    # A machine with two GPUs (device-count queries only; nothing runs on them). A bare "cuda"
+    # gets an index: torch.cuda.set_device refuses a device without one.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    from torch.cuda._utils import _get_device_index
+
+    assert process_device("cuda") == "cuda:0" and _get_device_index(torch.device(process_device("cuda"))) == 0
+    assert process_device("auto") == "cuda:0" and process_device("cuda:1") == "cuda:1"
+    with pytest.raises(UsageError, match=r"this machine has 2 CUDA GPUs \(cuda:0 to cuda:1\)"):
+        process_device("cuda:2")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert process_device("cuda") == "cuda:1"  # each launcher process its own GPU
+
+
 # --- guard rails that run before any model is loaded -----------------------------------------------
 
 
@@ -208,6 +269,11 @@ def test_images_and_token_checked_first(models: dict[str, Path], tmp_path: Path)
         _train(_config(models["sd1"], broken, tmp_path / "o6", lr_schedule="0.1", scheduler="cosine"))
     with pytest.raises(UsageError, match="no checkpoint"):
         _train(_config(models["sd1"], broken, tmp_path / "o7", resume=True))
+    with pytest.raises(UsageError, match="--warmup-steps needs a scheduler that warms up"):
+        _train(_config(models["sd1"], broken, tmp_path / "o8", warmup_steps=5))
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UsageError, match="afile: is a file; the run folder must be a folder"):
+        _train(_config(models["sd1"], broken, tmp_path / "afile"))
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -282,6 +348,68 @@ def test_resume_is_bit_identical(models: dict[str, Path], images: Path, tmp_path
     assert resumed.resumed_from == 4 and resumed.steps == 6
     assert resumed.embedding.vectors["clip_l"].tobytes() == whole.embedding.vectors["clip_l"].tobytes()
     assert resumed.losses == whole.losses
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_resume_checks_the_run(models: dict[str, Path], images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = dict(steps=6, save_every=2)
+    whole = _train(_config(models["sd1"], images, tmp_path / "whole", **settings))
+
+    def ctrl_c_at_5(step: int, total: int, loss: float | None) -> None:
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as stop:
+        _train(_config(models["sd1"], images, tmp_path / "parts", **settings), progress=ctrl_c_at_5)
+    assert isinstance(stop.value, KeyboardInterrupt)  # still Ctrl-C for code that catches it
+    assert (stop.value.step, stop.value.checkpoint_step) == (5, 4)
+    assert stop.value.checkpoint == str(tmp_path / "parts" / "checkpoint.safetensors")
+    with pytest.raises(UsageError, match="the checkpoint is at step 4; --steps 4 leaves nothing to train"):
+        _train(_config(models["sd1"], images, tmp_path / "parts", resume=True, **{**settings, "steps": 4}))
+    # The same folders spelt another way are the same run; "before training" is still step 0's.
+    monkeypatch.chdir(models["sd1"].parent)
+    resumed = _train(_config(Path(models["sd1"].name), images, tmp_path / "parts", resume=True, **settings))
+    assert resumed.embedding.vectors["clip_l"].tobytes() == whole.embedding.vectors["clip_l"].tobytes()
+    assert resumed.eval_loss_start == whole.eval_loss_start and resumed.eval_loss_end == whole.eval_loss_end
+    # Images added, removed or edited since the checkpoint: a different run, refused.
+    changed = tmp_path / "changed"
+    shutil.copytree(images, changed)
+    _train(_config(models["sd1"], changed, tmp_path / "c", **{**settings, "steps": 2}))
+    shutil.copy(changed / "000-red striped toy.png", changed / "003-red striped toy.png")
+    with pytest.raises(UsageError, match="the images in .* changed since the checkpoint"):
+        _train(_config(models["sd1"], changed, tmp_path / "c", resume=True, **settings))
+
+
+def test_cli_ctrl_c_says_where_to_resume(models: dict[str, Path], images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import conceptlib.train
+
+    checkpoint = tmp_path / "run" / "checkpoint.safetensors"
+
+    def interrupted(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+        raise TrainingInterrupted(61, str(checkpoint), 60)
+
+    monkeypatch.setattr(conceptlib.train, "train", interrupted)
+    args = ["train", "-m", str(models["sd1"]), "-i", str(images), "--token", "<x>", "--no-add", "--out", str(tmp_path / "run")]
+    assert _cli(args) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"Error: training interrupted at step 61; the checkpoint of step 60 is kept in {checkpoint} "
+        "(hint: rerun the same command with --resume to continue from it)"
+    )
+
+
+def test_resuming_a_run_that_added_its_concept_updates_it(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
+    from conceptlib.library import Library
+
+    first = _train(_config(models["sd1"], images, tmp_path / "run", steps=2, save_every=2, add_to_library=True, name="toy"))
+    assert first.concept is not None
+    # Another run may not take the name, even where a checkpoint sits: the name is what is wrong.
+    with pytest.raises(ConceptExistsError):
+        _train(_config(models["sd1"], images, tmp_path / "run", steps=2, add_to_library=True, name="toy", token="<other>"))
+    more = _train(_config(models["sd1"], images, tmp_path / "run", steps=4, save_every=2, add_to_library=True, name="toy", resume=True))
+    assert more.concept is not None and more.concept.name == "toy"
+    with Library.open() as lib:
+        shown = lib.show("toy")
+        assert shown.steps == 4 and [h["content_hash"] for h in shown.history] == [first.concept.content_hash]
+        assert lib.embedding("toy").same_vectors(more.embedding)
 
 
 def test_only_vectors_trained_and_checkpoint_is_small(models: dict[str, Path], images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
