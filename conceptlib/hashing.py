@@ -46,7 +46,8 @@ def addnet_hash(data: bytes) -> str | None:
 
 def a1111_checksum(tensor: Tensor) -> str:
     """AUTOMATIC1111's 4-hex checksum of a vector tensor (``Used embeddings: name [xxxx]``)."""
-    values = np.trunc(tensor.to_float32().astype(np.float32).reshape(-1) * np.float32(100)).astype(np.int64)
+    with np.errstate(invalid="ignore"):  # NaN/Inf vectors get a checksum too (inspect shows them)
+        values = np.trunc(tensor.to_float32().astype(np.float32).reshape(-1) * np.float32(100)).astype(np.int64)
     r = 0
     for v in values.tolist():
         r = ((r * 281) ^ (v * 997)) & 0xFFFFFFFF

@@ -69,6 +69,7 @@ from conceptlib.errors import (
     ConceptNotFoundError,
     DuplicateConceptError,
     EmbeddingStructureError,
+    FormatCapabilityError,
     IndexDamagedError,
     InvalidNameError,
     LibraryBusyError,
@@ -364,7 +365,7 @@ def check_name(name: str) -> str:
     """The slug for a user-given name, or :class:`InvalidNameError` when nothing usable is left."""
     slug = slugify(name)
     if not slug:
-        raise InvalidNameError(f"the name {name!r} has no letters or digits", hint="pass --name with letters or digits")
+        raise InvalidNameError(f"the name {name!r} has no letters or digits", hint="use a name with letters or digits")
     return slug
 
 
@@ -1431,7 +1432,11 @@ class Library:
                 emb.name = stem
             spec = FORMATS[fmt]
             dest = out / stem if not spec.suffix or fmt == "diffusers-sdxl" else out / f"{stem}{spec.suffix}"
-            fmt, files = plan(emb, dest, format=fmt)
+            try:
+                fmt, files = plan(emb, dest, format=fmt)
+            except FormatCapabilityError as exc:
+                # Several concepts in one export: say which one the format cannot hold.
+                raise FormatCapabilityError(f"{concept.name}: {exc.message}", path=exc.path, hint=exc.hint) from exc
             planned.append((concept, fmt, stem if by_word else concept.token, files))
         if not force:
             for _concept, _fmt, _word, files in planned:

@@ -276,7 +276,7 @@ def _single(emb: Embedding, fmt: str) -> Tensor:
     if len(emb.vectors) != 1:
         raise FormatCapabilityError(
             f"the {fmt} format holds one text encoder and this is an SDXL embedding ({emb.width_label})",
-            hint="use --to sdxl, sdxl-pt, diffusers-sdxl or png",
+            hint="write it as sdxl, sdxl-pt, diffusers-sdxl or png",
         )
     return next(iter(emb.vectors.values()))
 
@@ -285,7 +285,7 @@ def _sdxl_only(emb: Embedding, fmt: str) -> None:
     if not emb.is_sdxl:
         raise FormatCapabilityError(
             f"the {fmt} format is for SDXL (clip_l + clip_g) and this embedding is {emb.width_label} wide",
-            hint="use --to diffusers, a1111, emb-params or png",
+            hint="write it as diffusers, a1111, emb-params or png",
         )
 
 
