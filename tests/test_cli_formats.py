@@ -110,7 +110,7 @@ def test_convert_sdxl_to_single_encoder_format_explains(tmp_path: Path, capsys: 
     code = main(["convert", str(tmp_path / "xl.safetensors"), str(tmp_path / "out.safetensors"), "--to", "emb-params"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "SDXL embedding (768 + 1280)" in err and "--to sdxl" in err
+    assert "SDXL embedding (768 + 1280)" in err and "write it as sdxl" in err
     assert not (tmp_path / "out.safetensors").exists()
 
 

@@ -507,8 +507,10 @@ def test_export_in_a_format(filled: Library, tmp_path: Path) -> None:
     [folder] = filled.export(["cat-toy"], "concepts-library", out)
     assert (out / "cat-toy" / "token_identifier.txt").read_text() == "<cat-toy>"
     assert {p.name for p in folder.files} == {"learned_embeds.bin", "token_identifier.txt", "type_of_concept.txt"}
-    with pytest.raises(FormatCapabilityError):
-        filled.export(["watercolor"], "diffusers", out)
+    with pytest.raises(FormatCapabilityError, match=r"^watercolor: .*SDXL") as caught:
+        filled.export(["cat-toy", "watercolor"], "diffusers", out / "both")
+    assert "write it as sdxl" in (caught.value.hint or "")
+    assert not (out / "both").exists()  # all or nothing
     with pytest.raises(DestinationExistsError):
         filled.export(["cat-toy"], "diffusers", out)
     assert filled.export(["cat-toy"], "diffusers", out, force=True)[0].files == [out / "cat-toy.safetensors"]
