@@ -449,6 +449,11 @@ def _is_embedding_candidate(path: str) -> bool:
     return not _NOT_EMBEDDING_NAME.match(p.name) and not p.name.endswith(".optim")
 
 
+def _shown(paths: list[str]) -> str:
+    """The first few paths, for a one-line message."""
+    return ", ".join(paths[:8]) + (f", ... ({len(paths) - 8} more)" if len(paths) > 8 else "")
+
+
 def detect_layout(paths: list[str] | tuple[str, ...], *, repo_id: str = "", filename: str | None = None) -> Layout:
     """Decide which files of a repository hold its concept.
 
@@ -474,7 +479,12 @@ def detect_layout(paths: list[str] | tuple[str, ...], *, repo_id: str = "", file
     if filename is not None:
         name = filename.strip("/")
         if name not in files:
-            raise NotAConceptRepoError(f"{repo_id}: no file {name!r} in the repository", repo_id=repo_id)
+            listed = sorted(f for f in files if _is_embedding_candidate(f))
+            raise NotAConceptRepoError(
+                f"{repo_id}: no file {name!r} in the repository",
+                repo_id=repo_id,
+                hint=f"its embedding files: {_shown(listed)}" if listed else "it holds no embedding file",
+            )
         pair = name[: -len(".safetensors")] + "_2.safetensors" if name.endswith(".safetensors") else None
         if name == "learned_embeds.safetensors" and pair in files:
             return Layout("diffusers-sdxl", (name, pair), side, images)
@@ -500,9 +510,8 @@ def detect_layout(paths: list[str] | tuple[str, ...], *, repo_id: str = "", file
     named = [c for c in candidates if PurePosixPath(c).stem.lower() == stem]
     if len(named) == 1:
         return Layout("a1111", (named[0],), side, images)
-    shown = ", ".join(candidates[:8]) + (f", ... ({len(candidates) - 8} more)" if len(candidates) > 8 else "")
     raise NotAConceptRepoError(
-        f"{repo_id}: holds {len(candidates)} embedding files ({shown})",
+        f"{repo_id}: holds {len(candidates)} embedding files ({_shown(candidates)})",
         repo_id=repo_id,
         hint="pick one with --file PATH",
     )
@@ -914,7 +923,8 @@ def pull(
         revision: branch, tag, ``refs/pr/N`` or commit; default ``main``.
         name: the concept's name in the library; default: the one already pulled from this
             repository, else the repository's name.
-        filename: the embedding file to take when the repository holds several.
+        filename: the embedding file to take when the repository holds several; another file
+            than the one pulled before is imported (as an update) even at an unchanged commit.
         force: download and re-import even when the revision is unchanged.
         token: the word to type, instead of the repository's (e.g. when another concept of
             the same family already uses it); an update keeps the concept's current token.
@@ -962,6 +972,9 @@ def pull(
         origin = f"pulled from {source['repo_id']}" if source else "not from the Hub"
         raise ConceptExistsError(target, hint=f"it is {origin}; pull this one under another name with --as NAME")
     known = None if force or source is None else source.get("commit")
+    if known is not None and source is not None and filename is not None and filename.strip("/") != source.get("file"):
+        # An unchanged commit proves nothing when another of its files is asked for.
+        known = None
 
     if settings.offline:
         fetched: _Fetched | str = _fetch_offline(settings, repo_id, requested, filename)

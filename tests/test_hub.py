@@ -247,6 +247,35 @@ def test_pull_other_layouts(hub: HubServer, library: Any) -> None:
     assert (got_a1111.layout, got_a1111.name, got_a1111.content_hash) == ("a1111", "hands", a1111.content_hash())
 
 
+def two_file_repo(hub: HubServer, repo_id: str) -> tuple[Embedding, Embedding]:
+    """A repository holding two AUTOMATIC1111 embeddings, a.pt and b.pt."""
+    a, b = factory.sd1(1, seed=11, name="alpha"), factory.sd1(2, seed=12, name="beta")
+    files = {f"{e.name[0]}.pt": plan(e, f"{e.name[0]}.pt", format="a1111")[1][0][1] for e in (a, b)}
+    hub.create_repo(repo_id, files)
+    return a, b
+
+
+def test_pull_another_file_of_an_unchanged_commit(hub: HubServer, cli: Any, home: Path, library: Library) -> None:
+    a, b = two_file_repo(hub, "acme/two-files")
+    commit = hub.head("acme/two-files")[:7]
+    cli("pull", "acme/two-files", "--file", "b.pt", "--home", str(home))
+
+    other = cli("pull", "acme/two-files", "--file", "a.pt", "--home", str(home))
+    same = cli("pull", "acme/two-files", "--file", "a.pt", "--home", str(home))
+    missing = cli("pull", "acme/two-files", "--file", "nope.pt", "--home", str(home))
+
+    assert (other.exit_code, other.stdout) == (0, f"updated   two-files                acme/two-files@{commit}\n")
+    concept = library.show("two-files")
+    assert concept.content_hash == a.content_hash()
+    assert (hubmod._source_of(concept) or {})["file"] == "a.pt"
+    assert (same.exit_code, same.stdout) == (0, f"unchanged two-files                acme/two-files@{commit}\n")
+    assert (missing.exit_code, missing.stdout) == (2, "")
+    assert missing.stderr == (
+        "Error: acme/two-files: no file 'nope.pt' in the repository (hint: its embedding files: a.pt, b.pt)\n"
+    )
+    assert library.show("two-files").content_hash == a.content_hash()
+
+
 def test_pull_name_and_token_clashes(hub: HubServer, library: Library) -> None:
     from conceptlib.errors import ConceptExistsError, TokenInUseError
 
