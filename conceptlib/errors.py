@@ -108,8 +108,8 @@ class MissingDependencyError(ConceptlibError, ImportError):
 
 
 # --- Hugging Face Hub (conceptlib.hub) -----------------------------------------------------------
-# huggingface_hub's own errors (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError,
-# LocalEntryNotFoundError) pass through unchanged; these cover what it has no type for.
+# conceptlib.hub turns huggingface_hub's errors into these, because only it knows the repository,
+# revision and operation concerned; the client's own exception stays reachable as __cause__.
 
 
 class HubError(ConceptlibError):
@@ -124,6 +124,41 @@ class NotAConceptRepoError(HubError, BadInputError):
     """The repository holds no textual-inversion embedding, or several and none was chosen."""
 
     exit_code = 2
+
+
+class HubNotFoundError(HubError, BadInputError, LookupError):
+    """The Hub (or, offline, the local cache) has no such repository, revision or file.
+
+    Attributes:
+        repo_id: the repository asked for.
+        revision: the branch, tag or commit asked for, when one was.
+    """
+
+    exit_code = 2
+
+    def __init__(
+        self, message: str, *, repo_id: str | None = None, revision: str | None = None, hint: str | None = None
+    ) -> None:
+        self.revision = revision
+        super().__init__(message, repo_id=repo_id, hint=hint)
+
+
+class HubRepoNotFoundError(HubNotFoundError):
+    """No such repository, or a private one this token cannot see (the Hub answers both alike)."""
+
+    default_hint = "check the repository id; for a private one, log in with `hf auth login` or set HF_TOKEN"
+
+
+class HubRevisionNotFoundError(HubNotFoundError):
+    """The repository exists but has no such branch, tag or commit."""
+
+    default_hint = "check the branch, tag or commit id; leave out @REVISION for main"
+
+
+class HubNotCachedError(HubNotFoundError):
+    """Offline (``HF_HUB_OFFLINE``), and the repository, revision or file is not in the local cache."""
+
+    default_hint = "unset HF_HUB_OFFLINE and pull it once; later offline pulls resolve from the cache"
 
 
 class HubAuthError(HubError, BadInputError):

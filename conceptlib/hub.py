@@ -51,7 +51,12 @@ from conceptlib.errors import (
     ConceptlibError,
     DuplicateConceptError,
     HubAuthError,
+    HubError,
     HubIntegrityError,
+    HubNotCachedError,
+    HubNotFoundError,
+    HubRepoNotFoundError,
+    HubRevisionNotFoundError,
     HubUnavailableError,
     ModelConfigError,
     NotAConceptRepoError,
@@ -278,10 +283,58 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _translate(exc: BaseException, repo_id: str | None, what: str, attempts: int = 1) -> BaseException:
-    """Turn a client error the CLI has no words for into a conceptlib error with a next step."""
-    if isinstance(exc, ConceptlibError) or _is_not_found(exc):
+def _server_says(exc: BaseException) -> str:
+    """What the Hub said about an error (its X-Error-Message or JSON ``error``), on one line."""
+    said = " ".join(str(getattr(exc, "server_message", None) or "").split())
+    return said[:297] + "..." if len(said) > 300 else said
+
+
+def _not_found(exc: BaseException, repo_id: str | None, what: str, revision: str | None) -> HubError:
+    """A not-found answer of the Hub, saying which repository or revision and on which Hub."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo = repo_id or str(getattr(exc, "repo_id", None) or "the repository")
+    where = hub_settings().base_url
+    if isinstance(exc, GatedRepoError):
+        return HubAuthError(
+            f"{repo} on {where} is gated and this account has not been granted access",
+            repo_id=repo_id,
+            hint=f"ask for access on {where}/{repo}, then log in with `hf auth login` or set HF_TOKEN",
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        # The Hub answers 401 to an anonymous request and 404 to a logged-in one, whether the
+        # repository is missing or private: say which of the two cases this was.
+        if _status(exc) == 401:
+            return HubRepoNotFoundError(f"repository {repo} not found on {where} (or it is private, and no token was sent)", repo_id=repo_id)
+        return HubRepoNotFoundError(
+            f"repository {repo} not found on {where} (or it is private, and this token cannot see it)",
+            repo_id=repo_id,
+            hint="check the repository id; for a private one, run `hf auth login` with a token of an account that can read it",
+        )
+    if isinstance(exc, RevisionNotFoundError):
+        rev = f"no revision {revision!r}" if revision else "no such revision"
+        return HubRevisionNotFoundError(f"{repo} has {rev} on {where}", repo_id=repo_id, revision=revision)
+    said = _server_says(exc)
+    return HubNotFoundError(
+        f"{what}: not found on the Hub" + (f" ({said})" if said else ""),
+        repo_id=repo_id,
+        revision=revision,
+        hint=f"see what {repo} holds on {where}/{repo}",
+    )
+
+
+def _translate(
+    exc: BaseException, repo_id: str | None, what: str, attempts: int = 1, *, revision: str | None = None
+) -> BaseException:
+    """Turn a client error into a conceptlib error that names the repository and a next step."""
+    if isinstance(exc, ConceptlibError):
         return exc
+    if _is_not_found(exc):
+        return _not_found(exc, repo_id, what, revision)
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     for err in _causes(exc):
@@ -302,7 +355,8 @@ def _translate(exc: BaseException, repo_id: str | None, what: str, attempts: int
             tries = f" after {attempts} attempts" if attempts > 1 else ""
             return HubUnavailableError(f"{what}: the Hub answered {status}{tries}", repo_id=repo_id)
     if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is None and exc.__context__ is None:
-        return exc  # a plain offline cache miss: the CLI explains it
+        # The client's own offline switch, not a failed request.
+        return HubNotCachedError(f"{what}: not in the local cache, and huggingface_hub is offline", repo_id=repo_id, revision=revision)
     if _transient(exc):
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         return HubUnavailableError(f"{what}: the connection failed{tries} ({_first_line(_root_cause(exc))})", repo_id=repo_id)
@@ -326,6 +380,7 @@ def _with_retries(
     *,
     repo_id: str | None,
     what: str,
+    revision: str | None = None,
     retries: int | None = None,
     retry_if: Callable[[BaseException], bool] = _transient,
 ) -> T:
@@ -333,7 +388,8 @@ def _with_retries(
 
     huggingface_hub already retries some calls internally (downloads resume after a dropped
     connection, list pagination backs off); this outer loop covers the calls it does not
-    (repository info, tree listing) and gives up with a conceptlib error after ``retries``.
+    (repository info, tree listing) and gives up with a conceptlib error after ``retries``;
+    ``repo_id``, ``revision`` and ``what`` (the operation, for messages) name what failed.
     """
     budget = RETRIES if retries is None else retries
     attempt = 0
@@ -342,13 +398,13 @@ def _with_retries(
             return fn()
         except Exception as exc:
             if attempt >= budget or not retry_if(exc):
-                translated = _translate(exc, repo_id, what, attempt + 1)
+                translated = _translate(exc, repo_id, what, attempt + 1, revision=revision)
                 if translated is exc:
                     raise
                 raise translated from exc
             after = _retry_after(exc)
             if after is not None and after > MAX_RETRY_AFTER:
-                raise _translate(exc, repo_id, what, attempt + 1) from exc
+                raise _translate(exc, repo_id, what, attempt + 1, revision=revision) from exc
             delay = after if after is not None else min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2**attempt)
             time.sleep(delay)
             attempt += 1
@@ -623,7 +679,9 @@ def fetch_model_configs(repo_id: str, *, revision: str | None = None) -> Path:
     Raises:
         ModelConfigError: offline (or unreachable) and not cached, or the repository holds no
             ``model_index.json``.
-        HubAuthError: the repository is private or gated and the token does not open it.
+        HubAuthError: the repository is gated and the token does not open it.
+        HubRepoNotFoundError, HubRevisionNotFoundError: no such repository (or a private one
+            the token cannot see) or revision.
     """
     from huggingface_hub import snapshot_download
 
@@ -646,7 +704,9 @@ def fetch_model_configs(repo_id: str, *, revision: str | None = None) -> Path:
     folder: Path | None = None
     if not settings.offline:
         try:
-            folder = _with_retries(lambda: download(False), repo_id=repo_id, what=f"fetching them from {settings.base_url}")
+            folder = _with_retries(
+                lambda: download(False), repo_id=repo_id, revision=revision, what=f"fetching them from {settings.base_url}"
+            )
         except HubUnavailableError as exc:
             reason = exc.message
     if folder is None:
@@ -690,6 +750,7 @@ def _fetch_online(
     info = _with_retries(
         lambda: api.model_info(repo_id, revision=revision, files_metadata=True),
         repo_id=repo_id,
+        revision=revision,
         what=f"{repo_id}: reading the repository",
     )
     commit = str(info.sha)
@@ -704,7 +765,7 @@ def _fetch_online(
             raise _Changed(f"{repo_id} moved from {commit[:7]} to {folder.name[:7]} during the pull")
         return folder
 
-    folder = _with_retries(download, repo_id=repo_id, what=f"{repo_id}: downloading")
+    folder = _with_retries(download, repo_id=repo_id, revision=revision, what=f"{repo_id}: downloading")
     sha256: dict[str, str] = {}
     for path in layout.files:
         local = folder / path
@@ -715,6 +776,7 @@ def _fetch_online(
             _with_retries(
                 lambda p=path: _redownload(settings, repo_id, commit, p),  # type: ignore[misc]
                 repo_id=repo_id,
+                revision=commit,
                 what=f"{repo_id}: downloading {path}",
             )
             digest, problem = _check_file(local, remote.get(path))
@@ -734,26 +796,34 @@ def _fetch_online(
 
 def _fetch_offline(settings: HubSettings, repo_id: str, revision: str, filename: str | None) -> _Fetched:
     from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         paths = [f.path for f in get_cached_repo_tree(repo_id, revision=revision, cache_dir=settings.cache_dir)]
     except Exception:
         paths = []
-    if paths:
-        layout = detect_layout(paths, repo_id=repo_id, filename=filename)
-        folder = _snapshot(settings, repo_id, revision, layout.files, offline=True)
-    else:
-        # No cached listing: take whatever the cached snapshot holds.
-        folder = _snapshot(settings, repo_id, revision, (), offline=True)
-        listed = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-        layout = detect_layout(listed, repo_id=repo_id, filename=filename)
+    try:
+        if paths:
+            layout = detect_layout(paths, repo_id=repo_id, filename=filename)
+            folder = _snapshot(settings, repo_id, revision, layout.files, offline=True)
+        else:
+            # No cached listing: take whatever the cached snapshot holds.
+            folder = _snapshot(settings, repo_id, revision, (), offline=True)
+            listed = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+            layout = detect_layout(listed, repo_id=repo_id, filename=filename)
+    except LocalEntryNotFoundError as exc:
+        raise HubNotCachedError(
+            f"{repo_id}@{revision} is not in the local cache, and HF_HUB_OFFLINE is set", repo_id=repo_id, revision=revision
+        ) from exc
     sha256: dict[str, str] = {}
     for path in layout.files:
         local = folder / path
         if not local.is_file():
-            from huggingface_hub.errors import LocalEntryNotFoundError
-
-            raise LocalEntryNotFoundError(f"{repo_id}: {path} is not in the local cache (HF_HUB_OFFLINE is set)")
+            raise HubNotCachedError(
+                f"{repo_id}@{revision}: {path} is not in the local cache, and HF_HUB_OFFLINE is set",
+                repo_id=repo_id,
+                revision=revision,
+            )
         digest, problem = _check_file(local, None)
         if problem is not None:
             _evict(local)
@@ -940,9 +1010,9 @@ def pull(
         HubIntegrityError: downloaded bytes do not match their listed hash (nothing imported).
         HubAuthError: 401/403.
         HubUnavailableError: 5xx, 429 or dropped connections persisted through the retries.
-        huggingface_hub.errors.RepositoryNotFoundError: no such repository (or private).
-        huggingface_hub.errors.RevisionNotFoundError: no such revision.
-        huggingface_hub.errors.LocalEntryNotFoundError: offline and not in the cache.
+        HubRepoNotFoundError: no such repository (or a private one the token cannot see).
+        HubRevisionNotFoundError: no such revision.
+        HubNotCachedError: offline and not in the cache.
         EmbeddingFileError: the embedding file cannot be read (a subclass names why).
         ConceptExistsError: ``name`` (or the repository's name) belongs to another concept.
         TokenInUseError, DuplicateConceptError: the library already has the token or vectors.
@@ -1469,7 +1539,7 @@ def push(
         UsageError: bad repository id, offline, --create-pr with another branch, SDXL + bin.
         HubAuthError: no token, or no write access (use ``create_pr``).
         HubUnavailableError: the Hub kept failing.
-        huggingface_hub.errors.RepositoryNotFoundError: ``create_pr`` on a missing repository.
+        HubRepoNotFoundError: ``create_pr`` on a missing repository.
 
     Example:
         >>> push(lib, "cat-toy", "me/cat-toy", create_pr=True).pr_url
@@ -1510,7 +1580,15 @@ def push(
 
     # A retried PR could open two PRs if the first reply was lost, so PRs retry only on
     # faults that prove nothing was created (an HTTP error status, not a dropped connection).
-    info = _with_retries(commit, repo_id=repo_id, what=what, retry_if=_status_transient if create_pr else _transient)
+    try:
+        info = _with_retries(
+            commit, repo_id=repo_id, revision=revision, what=what, retry_if=_status_transient if create_pr else _transient
+        )
+    except HubRepoNotFoundError as exc:
+        if create_pr:
+            # Only --create-pr skips creating the repository.
+            exc.hint = "a pull request needs an existing repository: check the id, or push without --create-pr to create it"
+        raise
     base = settings.base_url
     pr_url = getattr(info, "pr_url", None)
     return PushResult(

@@ -323,7 +323,10 @@ def test_offline_without_cache_says_so(hub: HubServer, cli: Any, monkeypatch: py
     result = cli("pull", f"{ORG}/cat-toy")
 
     assert result.exit_code == 2
-    assert "not in the local cache" in result.output
+    assert result.stderr == (
+        f"Error: {ORG}/cat-toy@main is not in the local cache, and HF_HUB_OFFLINE is set "
+        "(hint: unset HF_HUB_OFFLINE and pull it once; later offline pulls resolve from the cache)\n"
+    )
     assert hub.requests() == []
 
 
@@ -409,16 +412,52 @@ def test_wrong_bytes_are_refused_and_library_unchanged(hub: HubServer, library: 
 
 def test_not_found_and_auth_errors(hub: HubServer, cli: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_concept(hub, f"{ORG}/cat-toy")
+    hub.create_repo("acme/gated", sd_concepts_repo(factory.sd1(1, token="<g>")))
+    hub.inject("GET", r"^/api/models/acme/gated", status=403, error_code="GatedRepo", times=None,
+               message="Access to model acme/gated is restricted and you are not in the authorized list.")
 
     missing = cli("pull", f"{ORG}/nope", "--home", str(home))
     bad_rev = cli("pull", f"{ORG}/cat-toy@v9", "--home", str(home))
+    gated = cli("pull", "acme/gated", "--home", str(home))
+    monkeypatch.delenv("HF_TOKEN")
+    anonymous = cli("pull", f"{ORG}/nope", "--home", str(home))
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     bad_token = cli("pull", f"{ORG}/cat-toy", "--home", str(home))
 
-    assert (missing.exit_code, bad_rev.exit_code, bad_token.exit_code) == (2, 2, 2)
-    assert "repository not found" in missing.output
-    assert "revision not found" in bad_rev.output
+    assert [r.exit_code for r in (missing, bad_rev, gated, anonymous, bad_token)] == [2, 2, 2, 2, 2]
+    assert missing.stderr == (
+        f"Error: repository {ORG}/nope not found on {hub.url} (or it is private, and this token cannot see it) "
+        "(hint: check the repository id; for a private one, run `hf auth login` with a token of an account that can read it)\n"
+    )
+    assert bad_rev.stderr == (
+        f"Error: {ORG}/cat-toy has no revision 'v9' on {hub.url} "
+        "(hint: check the branch, tag or commit id; leave out @REVISION for main)\n"
+    )
+    assert gated.stderr == (
+        f"Error: acme/gated on {hub.url} is gated and this account has not been granted access "
+        f"(hint: ask for access on {hub.url}/acme/gated, then log in with `hf auth login` or set HF_TOKEN)\n"
+    )
+    assert anonymous.stderr == (
+        f"Error: repository {ORG}/nope not found on {hub.url} (or it is private, and no token was sent) "
+        "(hint: check the repository id; for a private one, log in with `hf auth login` or set HF_TOKEN)\n"
+    )
     assert "refused the credentials (401)" in bad_token.output and "hf auth login" in bad_token.output
+
+
+def test_not_found_errors_carry_repo_and_revision(hub: HubServer, library: Library) -> None:
+    from conceptlib.errors import HubRepoNotFoundError, HubRevisionNotFoundError
+
+    make_concept(hub, f"{ORG}/cat-toy")
+
+    with pytest.raises(HubRepoNotFoundError) as repo:
+        hubmod.pull(library, f"{ORG}/nope")
+    with pytest.raises(HubRevisionNotFoundError) as rev:
+        hubmod.pull(library, f"{ORG}/cat-toy@v9")
+
+    assert (repo.value.repo_id, repo.value.revision) == (f"{ORG}/nope", None)
+    assert (rev.value.repo_id, rev.value.revision) == (f"{ORG}/cat-toy", "v9")
+    assert isinstance(rev.value, LookupError)
+    assert type(rev.value.__cause__).__name__ == "RevisionNotFoundError"  # the client's error stays reachable
 
 
 def test_not_a_concept_repo(hub: HubServer, cli: Any, home: Path) -> None:
@@ -524,7 +563,11 @@ def test_push_errors(hub: HubServer, library: Any, cli: Any, home: Path, monkeyp
     anonymous = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--home", str(home))
 
     assert forbidden.exit_code == 2 and "(403)" in forbidden.output and "--create-pr" in forbidden.output
-    assert no_repo_pr.exit_code == 2 and "repository not found" in no_repo_pr.output
+    assert no_repo_pr.exit_code == 2
+    assert no_repo_pr.stderr == (
+        f"Error: repository acme/missing not found on {hub.url} (or it is private, and this token cannot see it) "
+        "(hint: a pull request needs an existing repository: check the id, or push without --create-pr to create it)\n"
+    )
     assert pr_on_branch.exit_code == 2 and "against main" in pr_on_branch.output
     assert anonymous.exit_code == 2 and "hf auth login" in anonymous.output
 
@@ -663,8 +706,8 @@ def test_cli_pull_several_with_one_failure(hub: HubServer, cli: Any, home: Path)
     assert result.exit_code == 2
     data = json.loads(result.stdout)
     assert [d["status"] for d in data] == ["failed", "added"]
-    assert "repository not found" in data[0]["error"]
-    assert result.stderr.startswith("Error: repository not found")
+    assert data[0]["error"].startswith(f"repository {ORG}/nope not found on {hub.url}")
+    assert result.stderr.startswith(f"Error: repository {ORG}/nope not found on {hub.url}")
 
 
 def test_cli_pull_usage_errors(cli: Any) -> None:
