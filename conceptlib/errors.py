@@ -168,6 +168,28 @@ class HubAuthError(HubError, BadInputError):
     default_hint = "log in with `hf auth login` or set HF_TOKEN (a token with write access to push)"
 
 
+class HubRequestError(HubError, BadInputError):
+    """The Hub refused a request with another 4xx answer (a conflict, a bad request, ...).
+
+    Attributes:
+        status: the HTTP status the Hub answered.
+        server_message: what the Hub said about it, when it said something.
+    """
+
+    exit_code = 2
+    default_hint = (
+        "the Hub refused the request, so nothing changed there; if its reason points at conceptlib, "
+        "rerun with CONCEPTLIB_DEBUG=1 and report it"
+    )
+
+    def __init__(
+        self, message: str, *, status: int, server_message: str | None = None, repo_id: str | None = None, hint: str | None = None
+    ) -> None:
+        self.status = status
+        self.server_message = server_message
+        super().__init__(message, repo_id=repo_id, hint=hint)
+
+
 class HubIntegrityError(HubError, BadInputError):
     """Downloaded bytes do not match the hash the Hub lists for them; nothing was imported."""
 

@@ -56,6 +56,7 @@ from conceptlib.errors import (
     HubNotCachedError,
     HubNotFoundError,
     HubRepoNotFoundError,
+    HubRequestError,
     HubRevisionNotFoundError,
     HubUnavailableError,
     ModelConfigError,
@@ -354,6 +355,16 @@ def _translate(
         if status is not None and status >= 500:
             tries = f" after {attempts} attempts" if attempts > 1 else ""
             return HubUnavailableError(f"{what}: the Hub answered {status}{tries}", repo_id=repo_id)
+        if status is not None and status >= 400 and status not in _TRANSIENT_STATUS:
+            # Any other refusal (409 conflict, 400 bad request, ...): the Hub's words say why.
+            reason = str(getattr(getattr(err, "response", None), "reason_phrase", "") or "")
+            said = _server_says(err)
+            return HubRequestError(
+                f"{what}: the Hub answered {status}{' ' + reason if reason else ''}{': ' + said if said else ''}",
+                status=status,
+                server_message=said or None,
+                repo_id=repo_id,
+            )
     if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is None and exc.__context__ is None:
         # The client's own offline switch, not a failed request.
         return HubNotCachedError(f"{what}: not in the local cache, and huggingface_hub is offline", repo_id=repo_id, revision=revision)

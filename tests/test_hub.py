@@ -572,6 +572,28 @@ def test_push_errors(hub: HubServer, library: Any, cli: Any, home: Path, monkeyp
     assert anonymous.exit_code == 2 and "hf auth login" in anonymous.output
 
 
+def test_push_other_4xx_is_a_one_line_hub_error(hub: HubServer, library: Any, cli: Any, home: Path) -> None:
+    from conceptlib.errors import HubRequestError
+
+    make_concept(hub, f"{ORG}/cat-toy")
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    fault = hub.inject("POST", r"^/api/models/alice/cat-toy/commit/", status=409, message="Conflict: the branch moved", times=None)
+
+    result = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--home", str(home))
+    with pytest.raises(HubRequestError) as caught:
+        hubmod.push(library, "cat-toy", "alice/cat-toy")
+
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (
+        "Error: pushing cat-toy to alice/cat-toy: the Hub answered 409 Conflict: Conflict: the branch moved "
+        "(hint: the Hub refused the request, so nothing changed there; if its reason points at conceptlib, "
+        "rerun with CONCEPTLIB_DEBUG=1 and report it)\n"
+    )
+    assert fault.hits == 2  # a refusal is not retried
+    assert (caught.value.status, caught.value.server_message, caught.value.repo_id) == (409, "Conflict: the branch moved", "alice/cat-toy")
+    assert "learned_embeds.safetensors" not in hub.files("alice/cat-toy")
+
+
 def test_push_retries_5xx_on_commit(hub: HubServer, library: Any) -> None:
     make_concept(hub, f"{ORG}/cat-toy")
     hubmod.pull(library, f"{ORG}/cat-toy")
