@@ -198,9 +198,14 @@ class HubIntegrityError(HubError, BadInputError):
 
 
 class HubUnavailableError(HubError):
-    """The Hub kept failing (5xx, 429 rate limit, dropped connections) after retries."""
+    """The Hub kept failing (5xx, 429 rate limit, dropped connections) after retries.
 
-    default_hint = "check your connection and pull again: finished concepts are kept, nothing is half-imported"
+    The hint says what the failure left behind and what to do, which depends on the operation
+    (a pull imports nothing half-way; a push may or may not have committed), so
+    :mod:`conceptlib.hub` passes one; the default is only the common part.
+    """
+
+    default_hint = "check your connection and try again later"
 
 
 # --- The concept library (conceptlib.library, conceptlib.registry) -------------------------------

@@ -44,7 +44,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from conceptlib import config
 from conceptlib.errors import (
@@ -328,10 +328,42 @@ def _not_found(exc: BaseException, repo_id: str | None, what: str, revision: str
     )
 
 
+class _Again(NamedTuple):
+    """The hint for a Hub that kept failing, by what the last failure may have left behind."""
+
+    #: The Hub answered with an error status (429, 500, 502, 503): it did not act on the request.
+    answered: str
+    #: A timeout (408, 504) or a dropped connection: the request may have been acted on.
+    lost: str
+
+
+#: HTTP statuses that say the answer was lost, not that the request was refused.
+_TIMEOUT_STATUS = frozenset({408, 504})
+_PULL_AGAIN = _Again(
+    answered="check your connection and pull again: finished concepts are kept, nothing is half-imported",
+    lost="check your connection and pull again: finished concepts are kept, nothing is half-imported",
+)
+#: Before the commit (creating the repository or branch) nothing can have been committed.
+_PUSH_SETUP_AGAIN = _Again(answered="nothing was committed; push again later", lost="nothing was committed; push again later")
+_PUSH_AGAIN = _Again(
+    answered="nothing was committed; push again later",
+    lost="the commit may have landed before the connection failed; push again, which commits nothing if it did",
+)
+
+
 def _translate(
-    exc: BaseException, repo_id: str | None, what: str, attempts: int = 1, *, revision: str | None = None
+    exc: BaseException,
+    repo_id: str | None,
+    what: str,
+    attempts: int = 1,
+    *,
+    revision: str | None = None,
+    again: _Again | None = None,
 ) -> BaseException:
-    """Turn a client error into a conceptlib error that names the repository and a next step."""
+    """Turn a client error into a conceptlib error that names the repository and a next step.
+
+    ``again`` is the operation's hint for a Hub that kept failing (the error's default otherwise).
+    """
     if isinstance(exc, ConceptlibError):
         return exc
     if _is_not_found(exc):
@@ -351,10 +383,13 @@ def _translate(
         if status == 429:
             after = _retry_after(err)
             wait_s = f"; the Hub asks to wait {after:.0f} s" if after is not None else ""
-            return HubUnavailableError(f"{what}: rate limited by the Hub (429){wait_s}", repo_id=repo_id)
+            return HubUnavailableError(
+                f"{what}: rate limited by the Hub (429){wait_s}", repo_id=repo_id, hint=again.answered if again else None
+            )
         if status is not None and status >= 500:
             tries = f" after {attempts} attempts" if attempts > 1 else ""
-            return HubUnavailableError(f"{what}: the Hub answered {status}{tries}", repo_id=repo_id)
+            hint = (again.lost if status in _TIMEOUT_STATUS else again.answered) if again else None
+            return HubUnavailableError(f"{what}: the Hub answered {status}{tries}", repo_id=repo_id, hint=hint)
         if status is not None and status >= 400 and status not in _TRANSIENT_STATUS:
             # Any other refusal (409 conflict, 400 bad request, ...): the Hub's words say why.
             reason = str(getattr(getattr(err, "response", None), "reason_phrase", "") or "")
@@ -370,7 +405,11 @@ def _translate(
         return HubNotCachedError(f"{what}: not in the local cache, and huggingface_hub is offline", repo_id=repo_id, revision=revision)
     if _transient(exc):
         tries = f" after {attempts} attempts" if attempts > 1 else ""
-        return HubUnavailableError(f"{what}: the connection failed{tries} ({_first_line(_root_cause(exc))})", repo_id=repo_id)
+        return HubUnavailableError(
+            f"{what}: the connection failed{tries} ({_first_line(_root_cause(exc))})",
+            repo_id=repo_id,
+            hint=again.lost if again else None,
+        )
     return exc
 
 
@@ -392,6 +431,7 @@ def _with_retries(
     repo_id: str | None,
     what: str,
     revision: str | None = None,
+    again: _Again | None = None,
     retries: int | None = None,
     retry_if: Callable[[BaseException], bool] = _transient,
 ) -> T:
@@ -400,7 +440,8 @@ def _with_retries(
     huggingface_hub already retries some calls internally (downloads resume after a dropped
     connection, list pagination backs off); this outer loop covers the calls it does not
     (repository info, tree listing) and gives up with a conceptlib error after ``retries``;
-    ``repo_id``, ``revision`` and ``what`` (the operation, for messages) name what failed.
+    ``repo_id``, ``revision`` and ``what`` (the operation, for messages) name what failed, and
+    ``again`` gives the operation's next step when the Hub keeps failing.
     """
     budget = RETRIES if retries is None else retries
     attempt = 0
@@ -409,13 +450,13 @@ def _with_retries(
             return fn()
         except Exception as exc:
             if attempt >= budget or not retry_if(exc):
-                translated = _translate(exc, repo_id, what, attempt + 1, revision=revision)
+                translated = _translate(exc, repo_id, what, attempt + 1, revision=revision, again=again)
                 if translated is exc:
                     raise
                 raise translated from exc
             after = _retry_after(exc)
             if after is not None and after > MAX_RETRY_AFTER:
-                raise _translate(exc, repo_id, what, attempt + 1, revision=revision) from exc
+                raise _translate(exc, repo_id, what, attempt + 1, revision=revision, again=again) from exc
             delay = after if after is not None else min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2**attempt)
             time.sleep(delay)
             attempt += 1
@@ -762,6 +803,7 @@ def _fetch_online(
         lambda: api.model_info(repo_id, revision=revision, files_metadata=True),
         repo_id=repo_id,
         revision=revision,
+        again=_PULL_AGAIN,
         what=f"{repo_id}: reading the repository",
     )
     commit = str(info.sha)
@@ -776,7 +818,7 @@ def _fetch_online(
             raise _Changed(f"{repo_id} moved from {commit[:7]} to {folder.name[:7]} during the pull")
         return folder
 
-    folder = _with_retries(download, repo_id=repo_id, revision=revision, what=f"{repo_id}: downloading")
+    folder = _with_retries(download, repo_id=repo_id, revision=revision, again=_PULL_AGAIN, what=f"{repo_id}: downloading")
     sha256: dict[str, str] = {}
     for path in layout.files:
         local = folder / path
@@ -788,6 +830,7 @@ def _fetch_online(
                 lambda p=path: _redownload(settings, repo_id, commit, p),  # type: ignore[misc]
                 repo_id=repo_id,
                 revision=commit,
+                again=_PULL_AGAIN,
                 what=f"{repo_id}: downloading {path}",
             )
             digest, problem = _check_file(local, remote.get(path))
@@ -1280,6 +1323,7 @@ def pull_author(
     listed = _with_retries(
         lambda: [(m.id, getattr(m, "sha", None)) for m in client.list_models(author=author, limit=limit, expand=["sha", "lastModified"])],
         repo_id=None,
+        again=_PULL_AGAIN,
         what=f"listing {author}'s repositories",
     )
     summary = AuthorSummary(author)
@@ -1573,9 +1617,16 @@ def push(
 
     what = f"pushing {name} to {repo_id}"
     if not create_pr:
-        _with_retries(lambda: client.create_repo(repo_id, private=private, exist_ok=True), repo_id=repo_id, what=what)
+        _with_retries(
+            lambda: client.create_repo(repo_id, private=private, exist_ok=True), repo_id=repo_id, what=what, again=_PUSH_SETUP_AGAIN
+        )
         if revision not in (None, "main"):
-            _with_retries(lambda: client.create_branch(repo_id, branch=str(revision), exist_ok=True), repo_id=repo_id, what=what)
+            _with_retries(
+                lambda: client.create_branch(repo_id, branch=str(revision), exist_ok=True),
+                repo_id=repo_id,
+                what=what,
+                again=_PUSH_SETUP_AGAIN,
+            )
 
     def commit() -> Any:
         # Fresh operations per attempt: the client marks them as committed.
@@ -1591,16 +1642,27 @@ def push(
 
     # A retried PR could open two PRs if the first reply was lost, so PRs retry only on
     # faults that prove nothing was created (an HTTP error status, not a dropped connection).
+    base = settings.base_url
+    again = _PUSH_AGAIN
+    if create_pr:
+        again = _Again(
+            answered="no pull request was opened; push again later",
+            lost=f"a pull request may have been opened before the connection failed; see {base}/{repo_id}/discussions before pushing again",
+        )
     try:
         info = _with_retries(
-            commit, repo_id=repo_id, revision=revision, what=what, retry_if=_status_transient if create_pr else _transient
+            commit,
+            repo_id=repo_id,
+            revision=revision,
+            what=what,
+            again=again,
+            retry_if=_status_transient if create_pr else _transient,
         )
     except HubRepoNotFoundError as exc:
         if create_pr:
             # Only --create-pr skips creating the repository.
             exc.hint = "a pull request needs an existing repository: check the id, or push without --create-pr to create it"
         raise
-    base = settings.base_url
     pr_url = getattr(info, "pr_url", None)
     return PushResult(
         name=name,

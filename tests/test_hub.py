@@ -368,7 +368,10 @@ def test_persistent_500_fails_after_retries(hub: HubServer, cli: Any, home: Path
     result = cli("pull", f"{ORG}/cat-toy", "--home", str(home))
 
     assert result.exit_code == 1
-    assert "the Hub answered 500 after 5 attempts" in result.output
+    assert result.stderr == (
+        f"Error: {ORG}/cat-toy: reading the repository: the Hub answered 500 after 5 attempts "
+        "(hint: check your connection and pull again: finished concepts are kept, nothing is half-imported)\n"
+    )
     assert fault.hits == hubmod.RETRIES + 1
 
 
@@ -603,6 +606,46 @@ def test_push_retries_5xx_on_commit(hub: HubServer, library: Any) -> None:
 
     assert fault.hits == 2
     assert pushed.commit == hub.head("alice/cat-toy")
+
+
+def test_push_failure_hints_fit_push(hub: HubServer, library: Any, cli: Any, home: Path) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    hub.create_repo("acme/community", {"README.md": b"# community"})
+    args = ("cat-toy", "--home", str(home))
+
+    hub.inject("POST", r"/commit/", status=503, times=None)
+    refused = cli("push", *args, "--repo-id", "alice/cat-toy")
+    refused_pr = cli("push", *args, "--repo-id", "acme/community", "--create-pr")
+    hub.clear_faults()
+    hub.inject("POST", r"/commit/", status=504, times=None)
+    timed_out = cli("push", *args, "--repo-id", "alice/cat-toy")
+    timed_out_pr = cli("push", *args, "--repo-id", "acme/community", "--create-pr")
+    hub.clear_faults()
+    hub.inject("POST", r"^/api/repos/create", status=429, times=None)
+    rate_limited = cli("push", *args, "--repo-id", "alice/other")
+
+    assert [r.exit_code for r in (refused, refused_pr, timed_out, timed_out_pr, rate_limited)] == [1, 1, 1, 1, 1]
+    assert refused.stderr == (
+        "Error: pushing cat-toy to alice/cat-toy: the Hub answered 503 after 5 attempts "
+        "(hint: nothing was committed; push again later)\n"
+    )
+    assert refused_pr.stderr == (
+        "Error: pushing cat-toy to acme/community: the Hub answered 503 after 5 attempts "
+        "(hint: no pull request was opened; push again later)\n"
+    )
+    assert timed_out.stderr == (
+        "Error: pushing cat-toy to alice/cat-toy: the Hub answered 504 after 5 attempts (hint: the commit may have "
+        "landed before the connection failed; push again, which commits nothing if it did)\n"
+    )
+    assert timed_out_pr.stderr.endswith(
+        "(hint: a pull request may have been opened before the connection failed; "
+        f"see {hub.url}/acme/community/discussions before pushing again)\n"
+    )
+    assert rate_limited.stderr == (
+        "Error: pushing cat-toy to alice/other: rate limited by the Hub (429) (hint: nothing was committed; push again later)\n"
+    )
+    assert "pull again" not in "".join(r.stderr for r in (refused, refused_pr, timed_out, timed_out_pr, rate_limited))
 
 
 # --- organisations ------------------------------------------------------------------------------------
