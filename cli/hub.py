@@ -177,7 +177,8 @@ def push(
 
     Uploads learned_embeds.safetensors, token_identifier.txt, type_of_concept.txt,
     concept_images/ and a model card (license, base_model, tags, the token). Prints the commit
-    URL, or with --create-pr the pull request's URL.
+    URL, or with --create-pr the pull request's URL; a concept the repository already holds
+    unchanged is not committed again (nothing is printed on stdout then).
 
     Example: conceptlib push cat-toy --repo-id me/cat-toy
 
@@ -192,6 +193,11 @@ def push(
     )
     if json_:
         print_json(result.to_dict())
+        return
+    if result.status == "unchanged":
+        # No URL on stdout: there is no new commit or pull request to point at.
+        nothing = "nothing pushed, no pull request opened" if create_pr else "nothing pushed"
+        err.print(f"{result.name} is already up to date on {result.repo_id}@{result.revision} ({nothing})", markup=False)
         return
     out.print(result.pr_url or result.commit_url, markup=False)
     where = f"pull request {result.pr_url}" if result.pr_url else f"{result.repo_id}@{result.revision}"

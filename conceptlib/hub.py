@@ -1375,6 +1375,8 @@ def pull_author(
 
 # --- push ---------------------------------------------------------------------------------------
 
+PushStatus = Literal["pushed", "unchanged"]
+
 
 @dataclass(frozen=True)
 class PushResult:
@@ -1383,12 +1385,15 @@ class PushResult:
     Attributes:
         name: the concept pushed.
         repo_id: the repository.
-        revision: the branch committed to (``main`` unless given), or the PR's ``refs/pr/N``.
+        revision: the branch committed to (``main`` unless given), or the PR's ``refs/pr/N``;
+            ``main`` when a pull request was asked for but nothing changed.
         commit: the new commit id (the current one when nothing changed).
         commit_url: link to the commit.
-        pr_url: link to the pull request, with ``create_pr``.
-        files: paths uploaded, in commit order.
+        pr_url: link to the pull request, with ``create_pr`` (None when nothing changed).
+        files: paths of the concept's repository layout, in commit order.
         repo_url: link to the repository.
+        status: ``pushed``, or ``unchanged`` when the revision already held these exact files
+            (nothing was committed and no pull request was opened).
     """
 
     name: str
@@ -1399,12 +1404,14 @@ class PushResult:
     pr_url: str | None
     files: list[str]
     repo_url: str
+    status: PushStatus = "pushed"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what ``conceptlib push --json`` prints)."""
         return {
-            "name": self.name, "repo_id": self.repo_id, "revision": self.revision, "commit": self.commit,
-            "commit_url": self.commit_url, "pr_url": self.pr_url, "files": list(self.files), "repo_url": self.repo_url,
+            "name": self.name, "repo_id": self.repo_id, "status": self.status, "revision": self.revision,
+            "commit": self.commit, "commit_url": self.commit_url, "pr_url": self.pr_url, "files": list(self.files),
+            "repo_url": self.repo_url,
         }
 
 
@@ -1588,7 +1595,9 @@ def push(
         api: the client to use (default :func:`get_hub_api`).
 
     Returns:
-        A :class:`PushResult` with the commit, and the pull request's URL with ``create_pr``.
+        A :class:`PushResult` with the commit, and the pull request's URL with ``create_pr``;
+        its ``status`` is ``unchanged`` when the repository already held these exact files
+        (huggingface_hub then skips the empty commit, and opens no pull request).
 
     Raises:
         UsageError: bad repository id, offline, --create-pr with another branch, SDXL + bin.
@@ -1616,6 +1625,7 @@ def push(
     from huggingface_hub import CommitOperationAdd
 
     what = f"pushing {name} to {repo_id}"
+    head_before: str | None = None
     if not create_pr:
         _with_retries(
             lambda: client.create_repo(repo_id, private=private, exist_ok=True), repo_id=repo_id, what=what, again=_PUSH_SETUP_AGAIN
@@ -1627,6 +1637,15 @@ def push(
                 what=what,
                 again=_PUSH_SETUP_AGAIN,
             )
+        # huggingface_hub skips a commit that changes no file and then returns the branch's
+        # current commit, as if it were new: only the head before the commit tells them apart.
+        head_before = _with_retries(
+            lambda: str(client.model_info(repo_id, revision=revision or "main").sha),
+            repo_id=repo_id,
+            revision=revision or "main",
+            what=what,
+            again=_PUSH_SETUP_AGAIN,
+        )
 
     def commit() -> Any:
         # Fresh operations per attempt: the client marks them as committed.
@@ -1664,15 +1683,19 @@ def push(
             exc.hint = "a pull request needs an existing repository: check the id, or push without --create-pr to create it"
         raise
     pr_url = getattr(info, "pr_url", None)
+    commit_id = str(getattr(info, "oid", ""))
+    # A pull request that changes nothing is not opened (so has no URL).
+    unchanged = not pr_url if create_pr else commit_id == head_before
     return PushResult(
         name=name,
         repo_id=repo_id,
         revision=getattr(info, "pr_revision", None) or revision or "main",
-        commit=str(getattr(info, "oid", "")),
+        commit=commit_id,
         commit_url=str(getattr(info, "commit_url", "")),
         pr_url=str(pr_url) if pr_url else None,
         files=[path for path, _ in files],
         repo_url=f"{base}/{repo_id}",
+        status="unchanged" if unchanged else "pushed",
     )
 
 

@@ -523,7 +523,31 @@ def test_push_unchanged_is_not_a_new_commit(hub: HubServer, library: Any) -> Non
 
     second = hubmod.push(library, "cat-toy", "alice/cat-toy")
 
-    assert second.commit == first.commit
+    assert (first.status, second.status) == ("pushed", "unchanged")
+    assert second.commit == first.commit == hub.head("alice/cat-toy")
+    assert len(hub.state.repos["alice/cat-toy"].commits) == 2  # the initial commit + one upload
+
+
+def test_cli_push_unchanged_says_nothing_was_pushed(hub: HubServer, library: Any, cli: Any, home: Path) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    first = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--home", str(home))
+    head = hub.head("alice/cat-toy")
+
+    again = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--home", str(home))
+    as_json = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--json", "--home", str(home))
+    as_pr = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--create-pr", "--home", str(home))
+
+    assert (first.exit_code, first.stdout) == (0, f"{hub.url}/alice/cat-toy/commit/{head}\n")
+    assert first.stderr == f"Pushed cat-toy (6 files) to alice/cat-toy@main, commit {head[:7]}\n"
+    assert (again.exit_code, again.stdout) == (0, "")
+    assert again.stderr == "cat-toy is already up to date on alice/cat-toy@main (nothing pushed)\n"
+    data = json.loads(as_json.stdout)
+    assert (as_json.exit_code, data["status"], data["commit"], data["pr_url"]) == (0, "unchanged", head, None)
+    assert (as_pr.exit_code, as_pr.stdout) == (0, "")
+    assert as_pr.stderr == "cat-toy is already up to date on alice/cat-toy@main (nothing pushed, no pull request opened)\n"
+    repo = hub.state.repos["alice/cat-toy"]
+    assert (len(repo.commits), repo.prs, hub.head("alice/cat-toy")) == (2, {}, head)
 
 
 def test_push_pull_request_prints_url(hub: HubServer, library: Any, cli: Any, home: Path) -> None:
@@ -535,7 +559,8 @@ def test_push_pull_request_prints_url(hub: HubServer, library: Any, cli: Any, ho
     result = cli("push", "cat-toy", "--repo-id", "acme/community", "--create-pr", "--home", str(home))
 
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == f"{hub.url}/acme/community/discussions/1"
+    assert result.stdout == f"{hub.url}/acme/community/discussions/1\n"
+    assert json.loads(cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--json", "--home", str(home)).stdout)["status"] == "pushed"
     assert hub.head("acme/community") == main_before  # main untouched
     assert "learned_embeds.safetensors" in hub.files("acme/community", "refs/pr/1")
 
