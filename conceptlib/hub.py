@@ -1700,18 +1700,32 @@ def push(
 
 
 @contextlib.contextmanager
-def quiet_client_progress() -> Iterator[None]:
-    """Silence huggingface_hub's own tqdm bars (a caller is drawing its own progress)."""
+def quiet_client_output() -> Iterator[None]:
+    """Silence huggingface_hub's tqdm bars and its warnings while a caller reports progress itself.
+
+    The client logs every retried download ("Error while downloading ...", "Trying to resume
+    download...") and skipped empty commit; conceptlib retries on its own and reports the
+    outcome (or one error line), so those lines only repeat it. Both switches are global to
+    the process, and are restored on exit.
+
+    Example:
+        >>> with quiet_client_output():
+        ...     pull(lib, "sd-concepts-library/cat-toy")
+    """
     from huggingface_hub.utils import (
         are_progress_bars_disabled,
         disable_progress_bars,
         enable_progress_bars,
+        logging,
     )
 
     was_disabled = are_progress_bars_disabled()
+    verbosity = logging.get_verbosity()
     disable_progress_bars()
+    logging.set_verbosity_error()
     try:
         yield
     finally:
+        logging.set_verbosity(verbosity)
         if not was_disabled:
             enable_progress_bars()

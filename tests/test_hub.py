@@ -386,6 +386,31 @@ def test_dropped_connection_mid_download_resumes(hub: HubServer, library: Any) -
     assert result.content_hash == emb.content_hash()
 
 
+def test_cli_pull_and_push_leave_out_the_clients_bars_and_logs(hub: HubServer, home: Path) -> None:
+    import subprocess
+
+    emb = factory.sd1(8, seed=9, token="<big>")
+    hub.create_repo("acme/big", sd_concepts_repo(emb, images=1, safetensors=True))
+    fault = hub.inject("GET", r"/resolve/.*learned_embeds", drop_after=5000, times=2)
+
+    def conceptlib(*args: str) -> subprocess.CompletedProcess[str]:
+        # A child process: huggingface_hub's log handler writes to the stderr it found at
+        # import, which in-process capture does not see.
+        command = [sys.executable, "-m", "conceptlib", *args, "--home", str(home)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+    pulled = conceptlib("pull", "acme/big")
+    conceptlib("push", "big", "--repo-id", "alice/big")
+    pushed_again = conceptlib("push", "big", "--repo-id", "alice/big")
+
+    assert fault.hits == 2
+    assert (pulled.returncode, pulled.stderr) == (0, "")  # no client bars, no "Trying to resume download..."
+    assert pulled.stdout == f"added     big                      acme/big@{hub.head('acme/big')[:7]}\n"
+    # Not the client's "No files have been modified since last commit" besides.
+    assert (pushed_again.returncode, pushed_again.stdout) == (0, "")
+    assert pushed_again.stderr == "big is already up to date on alice/big@main (nothing pushed)\n"
+
+
 def test_wrong_bytes_once_are_downloaded_again(hub: HubServer, library: Any) -> None:
     emb = make_concept(hub, f"{ORG}/cat-toy")
     fault = hub.inject("GET", r"/resolve/.*learned_embeds", corrupt=True, times=1)
