@@ -932,8 +932,9 @@ def _read_embedding(source: Path, fetched: _Fetched, repo_id: str) -> Embedding:
     if not emb.token and fetched.card.get("instance_prompt"):
         emb.token = str(fetched.card["instance_prompt"]).strip() or None
     if not emb.token and fetched.layout.kind == "a1111":
-        # AUTOMATIC1111 prompts with the file name.
-        emb.token = PurePosixPath(fetched.layout.embedding[0]).stem
+        # The rule of a local `conceptlib add` (the stored name, else the file's stem), so a
+        # file gets the same token whichever way it comes in.
+        emb.token = emb.prompt_word() or PurePosixPath(fetched.layout.embedding[0]).stem
     return emb
 
 
@@ -1052,6 +1053,9 @@ def pull(
         force: download and re-import even when the revision is unchanged.
         token: the word to type, instead of the repository's (e.g. when another concept of
             the same family already uses it); an update keeps the concept's current token.
+            The repository's word is its ``token_identifier.txt``, else the token stored in the
+            file, else the card's ``instance_prompt``, else what ``conceptlib add`` takes for
+            the file (an AUTOMATIC1111 file's stored name, else its file name).
         api: the client to use (default :func:`get_hub_api`).
 
     Returns:

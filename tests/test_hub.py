@@ -276,6 +276,27 @@ def test_pull_another_file_of_an_unchanged_commit(hub: HubServer, cli: Any, home
     assert library.show("two-files").content_hash == a.content_hash()
 
 
+def test_pull_gives_a1111_files_the_token_of_a_local_add(hub: HubServer, library: Library, tmp_path: Path) -> None:
+    named = factory.sd1(2, seed=21, name="easy-hands")  # a renamed download: its stem says nothing
+    unnamed = factory.sd1(1, seed=22)  # kohya safetensors store no name: the stem it is
+    named_bytes = plan(named, "x.pt", format="a1111")[1][0][1]
+    unnamed_bytes = plan(unnamed, "x.safetensors", format="emb-params")[1][0][1]
+    hub.create_repo("acme/renamed", {"embeddings/x7f3.pt": named_bytes, "README.md": b"# hands\n"})
+    hub.create_repo("acme/plain", {"soft-light.safetensors": unnamed_bytes})
+    declared_bytes = plan(factory.sd1(1, seed=23, name="easy-hands"), "x.pt", format="a1111")[1][0][1]
+    hub.create_repo("acme/declared", {"x7f3.pt": declared_bytes, "token_identifier.txt": b"<declared>"})
+    (tmp_path / "x7f3.pt").write_bytes(named_bytes)
+    (tmp_path / "soft-light.safetensors").write_bytes(unnamed_bytes)
+
+    pulled = [hubmod.pull(library, repo).name for repo in ("acme/renamed", "acme/plain")]
+    with Library.open(tmp_path / "local-home") as local:
+        added = [local.add(tmp_path / f).one().token for f in ("x7f3.pt", "soft-light.safetensors")]
+    declared = hubmod.pull(library, "acme/declared", name="declared")
+
+    assert [library.show(n).token for n in pulled] == added == ["easy-hands", "soft-light"]
+    assert library.show(declared.name).token == "<declared>"  # the repository's own word wins
+
+
 def test_pull_name_and_token_clashes(hub: HubServer, library: Library) -> None:
     from conceptlib.errors import ConceptExistsError, TokenInUseError
 
