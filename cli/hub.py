@@ -6,6 +6,8 @@ so ``conceptlib --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -27,6 +29,15 @@ def _library(home: Path | None) -> Any:
 
 def _short(commit: str | None) -> str:
     return commit[:7] if commit else "-"
+
+
+@contextlib.contextmanager
+def _working(message: str, *, show: bool) -> Iterator[None]:
+    """A spinner on stderr (terminals only) in place of huggingface_hub's bars and retry logs."""
+    from conceptlib.hub import quiet_client_output
+
+    with quiet_client_output(), err.status(message) if show and err.is_terminal else contextlib.nullcontext():
+        yield
 
 
 def _show_pull(result: PullResult) -> None:
@@ -58,7 +69,7 @@ def _show_summary(summary: AuthorSummary, items: list[AuthorItem]) -> None:
 def _pull_author(library: Any, author: str, limit: int | None, jobs: int, json_: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from conceptlib.hub import AuthorSummary, pull_author, quiet_client_progress
+    from conceptlib.hub import AuthorSummary, pull_author, quiet_client_output
 
     seen: list[AuthorItem] = []
     bar = Progress(
@@ -75,7 +86,7 @@ def _pull_author(library: Any, author: str, limit: int | None, jobs: int, json_:
                 bar.console.print(f"failed: {item.repo_id}: {item.reason}", markup=False, highlight=False)
 
     try:
-        with bar, quiet_client_progress():
+        with bar, quiet_client_output():
             summary = pull_author(library, author, limit=limit, jobs=jobs, progress=progress)
     except KeyboardInterrupt:
         partial = AuthorSummary(author, list(seen))
@@ -143,7 +154,8 @@ def pull(
     worst = 0
     for repo in repos:
         try:
-            result = do_pull(library, repo, name=as_, filename=file, force=force, token=token)
+            with _working(f"Pulling {repo}", show=not json_):
+                result = do_pull(library, repo, name=as_, filename=file, force=force, token=token)
         except Exception as exc:
             if len(repos) == 1:
                 raise  # the error boundary in app.main prints it
@@ -177,7 +189,8 @@ def push(
 
     Uploads learned_embeds.safetensors, token_identifier.txt, type_of_concept.txt,
     concept_images/ and a model card (license, base_model, tags, the token). Prints the commit
-    URL, or with --create-pr the pull request's URL.
+    URL, or with --create-pr the pull request's URL; a concept the repository already holds
+    unchanged is not committed again (nothing is printed on stdout then).
 
     Example: conceptlib push cat-toy --repo-id me/cat-toy
 
@@ -186,12 +199,18 @@ def push(
     from conceptlib.hub import push as do_push
 
     library = _library(home)
-    result = do_push(
-        library, name, repo_id, private=private, create_pr=create_pr, revision=revision,
-        include_bin=with_bin, license=license, commit_message=message,
-    )
+    with _working(f"Pushing {name} to {repo_id}", show=not json_):
+        result = do_push(
+            library, name, repo_id, private=private, create_pr=create_pr, revision=revision,
+            include_bin=with_bin, license=license, commit_message=message,
+        )
     if json_:
         print_json(result.to_dict())
+        return
+    if result.status == "unchanged":
+        # No URL on stdout: there is no new commit or pull request to point at.
+        nothing = "nothing pushed, no pull request opened" if create_pr else "nothing pushed"
+        err.print(f"{result.name} is already up to date on {result.repo_id}@{result.revision} ({nothing})", markup=False)
         return
     out.print(result.pr_url or result.commit_url, markup=False)
     where = f"pull request {result.pr_url}" if result.pr_url else f"{result.repo_id}@{result.revision}"

@@ -108,8 +108,8 @@ class MissingDependencyError(ConceptlibError, ImportError):
 
 
 # --- Hugging Face Hub (conceptlib.hub) -----------------------------------------------------------
-# huggingface_hub's own errors (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError,
-# LocalEntryNotFoundError) pass through unchanged; these cover what it has no type for.
+# conceptlib.hub turns huggingface_hub's errors into these, because only it knows the repository,
+# revision and operation concerned; the client's own exception stays reachable as __cause__.
 
 
 class HubError(ConceptlibError):
@@ -126,11 +126,68 @@ class NotAConceptRepoError(HubError, BadInputError):
     exit_code = 2
 
 
+class HubNotFoundError(HubError, BadInputError, LookupError):
+    """The Hub (or, offline, the local cache) has no such repository, revision or file.
+
+    Attributes:
+        repo_id: the repository asked for.
+        revision: the branch, tag or commit asked for, when one was.
+    """
+
+    exit_code = 2
+
+    def __init__(
+        self, message: str, *, repo_id: str | None = None, revision: str | None = None, hint: str | None = None
+    ) -> None:
+        self.revision = revision
+        super().__init__(message, repo_id=repo_id, hint=hint)
+
+
+class HubRepoNotFoundError(HubNotFoundError):
+    """No such repository, or a private one this token cannot see (the Hub answers both alike)."""
+
+    default_hint = "check the repository id; for a private one, log in with `hf auth login` or set HF_TOKEN"
+
+
+class HubRevisionNotFoundError(HubNotFoundError):
+    """The repository exists but has no such branch, tag or commit."""
+
+    default_hint = "check the branch, tag or commit id; leave out @REVISION for main"
+
+
+class HubNotCachedError(HubNotFoundError):
+    """Offline (``HF_HUB_OFFLINE``), and the repository, revision or file is not in the local cache."""
+
+    default_hint = "unset HF_HUB_OFFLINE and pull it once; later offline pulls resolve from the cache"
+
+
 class HubAuthError(HubError, BadInputError):
     """The Hub refused the credentials (401) or their rights (403)."""
 
     exit_code = 2
     default_hint = "log in with `hf auth login` or set HF_TOKEN (a token with write access to push)"
+
+
+class HubRequestError(HubError, BadInputError):
+    """The Hub refused a request with another 4xx answer (a conflict, a bad request, ...).
+
+    Attributes:
+        status: the HTTP status the Hub answered.
+        server_message: what the Hub said about it, when it said something.
+    """
+
+    exit_code = 2
+    default_hint = (
+        "the Hub refused the request, so nothing changed there; if its reason points at conceptlib, "
+        "rerun with CONCEPTLIB_DEBUG=1 and report it"
+    )
+
+    def __init__(
+        self, message: str, *, status: int, server_message: str | None = None, repo_id: str | None = None, hint: str | None = None
+    ) -> None:
+        self.status = status
+        self.server_message = server_message
+        super().__init__(message, repo_id=repo_id, hint=hint)
 
 
 class HubIntegrityError(HubError, BadInputError):
@@ -141,9 +198,14 @@ class HubIntegrityError(HubError, BadInputError):
 
 
 class HubUnavailableError(HubError):
-    """The Hub kept failing (5xx, 429 rate limit, dropped connections) after retries."""
+    """The Hub kept failing (5xx, 429 rate limit, dropped connections) after retries.
 
-    default_hint = "check your connection and pull again: finished concepts are kept, nothing is half-imported"
+    The hint says what the failure left behind and what to do, which depends on the operation
+    (a pull imports nothing half-way; a push may or may not have committed), so
+    :mod:`conceptlib.hub` passes one; the default is only the common part.
+    """
+
+    default_hint = "check your connection and try again later"
 
 
 # --- The concept library (conceptlib.library, conceptlib.registry) -------------------------------

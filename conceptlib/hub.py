@@ -44,14 +44,20 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 from conceptlib import config
 from conceptlib.errors import (
     ConceptlibError,
     DuplicateConceptError,
     HubAuthError,
+    HubError,
     HubIntegrityError,
+    HubNotCachedError,
+    HubNotFoundError,
+    HubRepoNotFoundError,
+    HubRequestError,
+    HubRevisionNotFoundError,
     HubUnavailableError,
     ModelConfigError,
     NotAConceptRepoError,
@@ -278,10 +284,90 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _translate(exc: BaseException, repo_id: str | None, what: str, attempts: int = 1) -> BaseException:
-    """Turn a client error the CLI has no words for into a conceptlib error with a next step."""
-    if isinstance(exc, ConceptlibError) or _is_not_found(exc):
+def _server_says(exc: BaseException) -> str:
+    """What the Hub said about an error (its X-Error-Message or JSON ``error``), on one line."""
+    said = " ".join(str(getattr(exc, "server_message", None) or "").split())
+    return said[:297] + "..." if len(said) > 300 else said
+
+
+def _not_found(exc: BaseException, repo_id: str | None, what: str, revision: str | None) -> HubError:
+    """A not-found answer of the Hub, saying which repository or revision and on which Hub."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo = repo_id or str(getattr(exc, "repo_id", None) or "the repository")
+    where = hub_settings().base_url
+    if isinstance(exc, GatedRepoError):
+        return HubAuthError(
+            f"{repo} on {where} is gated and this account has not been granted access",
+            repo_id=repo_id,
+            hint=f"ask for access on {where}/{repo}, then log in with `hf auth login` or set HF_TOKEN",
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        # The Hub answers 401 to an anonymous request and 404 to a logged-in one, whether the
+        # repository is missing or private: say which of the two cases this was.
+        if _status(exc) == 401:
+            return HubRepoNotFoundError(f"repository {repo} not found on {where} (or it is private, and no token was sent)", repo_id=repo_id)
+        return HubRepoNotFoundError(
+            f"repository {repo} not found on {where} (or it is private, and this token cannot see it)",
+            repo_id=repo_id,
+            hint="check the repository id; for a private one, run `hf auth login` with a token of an account that can read it",
+        )
+    if isinstance(exc, RevisionNotFoundError):
+        rev = f"no revision {revision!r}" if revision else "no such revision"
+        return HubRevisionNotFoundError(f"{repo} has {rev} on {where}", repo_id=repo_id, revision=revision)
+    said = _server_says(exc)
+    return HubNotFoundError(
+        f"{what}: not found on the Hub" + (f" ({said})" if said else ""),
+        repo_id=repo_id,
+        revision=revision,
+        hint=f"see what {repo} holds on {where}/{repo}",
+    )
+
+
+class _Again(NamedTuple):
+    """The hint for a Hub that kept failing, by what the last failure may have left behind."""
+
+    #: The Hub answered with an error status (429, 500, 502, 503): it did not act on the request.
+    answered: str
+    #: A timeout (408, 504) or a dropped connection: the request may have been acted on.
+    lost: str
+
+
+#: HTTP statuses that say the answer was lost, not that the request was refused.
+_TIMEOUT_STATUS = frozenset({408, 504})
+_PULL_AGAIN = _Again(
+    answered="check your connection and pull again: finished concepts are kept, nothing is half-imported",
+    lost="check your connection and pull again: finished concepts are kept, nothing is half-imported",
+)
+#: Before the commit (creating the repository or branch) nothing can have been committed.
+_PUSH_SETUP_AGAIN = _Again(answered="nothing was committed; push again later", lost="nothing was committed; push again later")
+_PUSH_AGAIN = _Again(
+    answered="nothing was committed; push again later",
+    lost="the commit may have landed before the connection failed; push again, which commits nothing if it did",
+)
+
+
+def _translate(
+    exc: BaseException,
+    repo_id: str | None,
+    what: str,
+    attempts: int = 1,
+    *,
+    revision: str | None = None,
+    again: _Again | None = None,
+) -> BaseException:
+    """Turn a client error into a conceptlib error that names the repository and a next step.
+
+    ``again`` is the operation's hint for a Hub that kept failing (the error's default otherwise).
+    """
+    if isinstance(exc, ConceptlibError):
         return exc
+    if _is_not_found(exc):
+        return _not_found(exc, repo_id, what, revision)
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     for err in _causes(exc):
@@ -297,15 +383,33 @@ def _translate(exc: BaseException, repo_id: str | None, what: str, attempts: int
         if status == 429:
             after = _retry_after(err)
             wait_s = f"; the Hub asks to wait {after:.0f} s" if after is not None else ""
-            return HubUnavailableError(f"{what}: rate limited by the Hub (429){wait_s}", repo_id=repo_id)
+            return HubUnavailableError(
+                f"{what}: rate limited by the Hub (429){wait_s}", repo_id=repo_id, hint=again.answered if again else None
+            )
         if status is not None and status >= 500:
             tries = f" after {attempts} attempts" if attempts > 1 else ""
-            return HubUnavailableError(f"{what}: the Hub answered {status}{tries}", repo_id=repo_id)
+            hint = (again.lost if status in _TIMEOUT_STATUS else again.answered) if again else None
+            return HubUnavailableError(f"{what}: the Hub answered {status}{tries}", repo_id=repo_id, hint=hint)
+        if status is not None and status >= 400 and status not in _TRANSIENT_STATUS:
+            # Any other refusal (409 conflict, 400 bad request, ...): the Hub's words say why.
+            reason = str(getattr(getattr(err, "response", None), "reason_phrase", "") or "")
+            said = _server_says(err)
+            return HubRequestError(
+                f"{what}: the Hub answered {status}{' ' + reason if reason else ''}{': ' + said if said else ''}",
+                status=status,
+                server_message=said or None,
+                repo_id=repo_id,
+            )
     if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is None and exc.__context__ is None:
-        return exc  # a plain offline cache miss: the CLI explains it
+        # The client's own offline switch, not a failed request.
+        return HubNotCachedError(f"{what}: not in the local cache, and huggingface_hub is offline", repo_id=repo_id, revision=revision)
     if _transient(exc):
         tries = f" after {attempts} attempts" if attempts > 1 else ""
-        return HubUnavailableError(f"{what}: the connection failed{tries} ({_first_line(_root_cause(exc))})", repo_id=repo_id)
+        return HubUnavailableError(
+            f"{what}: the connection failed{tries} ({_first_line(_root_cause(exc))})",
+            repo_id=repo_id,
+            hint=again.lost if again else None,
+        )
     return exc
 
 
@@ -326,6 +430,8 @@ def _with_retries(
     *,
     repo_id: str | None,
     what: str,
+    revision: str | None = None,
+    again: _Again | None = None,
     retries: int | None = None,
     retry_if: Callable[[BaseException], bool] = _transient,
 ) -> T:
@@ -333,7 +439,9 @@ def _with_retries(
 
     huggingface_hub already retries some calls internally (downloads resume after a dropped
     connection, list pagination backs off); this outer loop covers the calls it does not
-    (repository info, tree listing) and gives up with a conceptlib error after ``retries``.
+    (repository info, tree listing) and gives up with a conceptlib error after ``retries``;
+    ``repo_id``, ``revision`` and ``what`` (the operation, for messages) name what failed, and
+    ``again`` gives the operation's next step when the Hub keeps failing.
     """
     budget = RETRIES if retries is None else retries
     attempt = 0
@@ -342,13 +450,13 @@ def _with_retries(
             return fn()
         except Exception as exc:
             if attempt >= budget or not retry_if(exc):
-                translated = _translate(exc, repo_id, what, attempt + 1)
+                translated = _translate(exc, repo_id, what, attempt + 1, revision=revision, again=again)
                 if translated is exc:
                     raise
                 raise translated from exc
             after = _retry_after(exc)
             if after is not None and after > MAX_RETRY_AFTER:
-                raise _translate(exc, repo_id, what, attempt + 1) from exc
+                raise _translate(exc, repo_id, what, attempt + 1, revision=revision, again=again) from exc
             delay = after if after is not None else min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2**attempt)
             time.sleep(delay)
             attempt += 1
@@ -449,6 +557,11 @@ def _is_embedding_candidate(path: str) -> bool:
     return not _NOT_EMBEDDING_NAME.match(p.name) and not p.name.endswith(".optim")
 
 
+def _shown(paths: list[str]) -> str:
+    """The first few paths, for a one-line message."""
+    return ", ".join(paths[:8]) + (f", ... ({len(paths) - 8} more)" if len(paths) > 8 else "")
+
+
 def detect_layout(paths: list[str] | tuple[str, ...], *, repo_id: str = "", filename: str | None = None) -> Layout:
     """Decide which files of a repository hold its concept.
 
@@ -474,7 +587,12 @@ def detect_layout(paths: list[str] | tuple[str, ...], *, repo_id: str = "", file
     if filename is not None:
         name = filename.strip("/")
         if name not in files:
-            raise NotAConceptRepoError(f"{repo_id}: no file {name!r} in the repository", repo_id=repo_id)
+            listed = sorted(f for f in files if _is_embedding_candidate(f))
+            raise NotAConceptRepoError(
+                f"{repo_id}: no file {name!r} in the repository",
+                repo_id=repo_id,
+                hint=f"its embedding files: {_shown(listed)}" if listed else "it holds no embedding file",
+            )
         pair = name[: -len(".safetensors")] + "_2.safetensors" if name.endswith(".safetensors") else None
         if name == "learned_embeds.safetensors" and pair in files:
             return Layout("diffusers-sdxl", (name, pair), side, images)
@@ -500,9 +618,8 @@ def detect_layout(paths: list[str] | tuple[str, ...], *, repo_id: str = "", file
     named = [c for c in candidates if PurePosixPath(c).stem.lower() == stem]
     if len(named) == 1:
         return Layout("a1111", (named[0],), side, images)
-    shown = ", ".join(candidates[:8]) + (f", ... ({len(candidates) - 8} more)" if len(candidates) > 8 else "")
     raise NotAConceptRepoError(
-        f"{repo_id}: holds {len(candidates)} embedding files ({shown})",
+        f"{repo_id}: holds {len(candidates)} embedding files ({_shown(candidates)})",
         repo_id=repo_id,
         hint="pick one with --file PATH",
     )
@@ -614,7 +731,9 @@ def fetch_model_configs(repo_id: str, *, revision: str | None = None) -> Path:
     Raises:
         ModelConfigError: offline (or unreachable) and not cached, or the repository holds no
             ``model_index.json``.
-        HubAuthError: the repository is private or gated and the token does not open it.
+        HubAuthError: the repository is gated and the token does not open it.
+        HubRepoNotFoundError, HubRevisionNotFoundError: no such repository (or a private one
+            the token cannot see) or revision.
     """
     from huggingface_hub import snapshot_download
 
@@ -637,7 +756,9 @@ def fetch_model_configs(repo_id: str, *, revision: str | None = None) -> Path:
     folder: Path | None = None
     if not settings.offline:
         try:
-            folder = _with_retries(lambda: download(False), repo_id=repo_id, what=f"fetching them from {settings.base_url}")
+            folder = _with_retries(
+                lambda: download(False), repo_id=repo_id, revision=revision, what=f"fetching them from {settings.base_url}"
+            )
         except HubUnavailableError as exc:
             reason = exc.message
     if folder is None:
@@ -681,6 +802,8 @@ def _fetch_online(
     info = _with_retries(
         lambda: api.model_info(repo_id, revision=revision, files_metadata=True),
         repo_id=repo_id,
+        revision=revision,
+        again=_PULL_AGAIN,
         what=f"{repo_id}: reading the repository",
     )
     commit = str(info.sha)
@@ -695,7 +818,7 @@ def _fetch_online(
             raise _Changed(f"{repo_id} moved from {commit[:7]} to {folder.name[:7]} during the pull")
         return folder
 
-    folder = _with_retries(download, repo_id=repo_id, what=f"{repo_id}: downloading")
+    folder = _with_retries(download, repo_id=repo_id, revision=revision, again=_PULL_AGAIN, what=f"{repo_id}: downloading")
     sha256: dict[str, str] = {}
     for path in layout.files:
         local = folder / path
@@ -706,6 +829,8 @@ def _fetch_online(
             _with_retries(
                 lambda p=path: _redownload(settings, repo_id, commit, p),  # type: ignore[misc]
                 repo_id=repo_id,
+                revision=commit,
+                again=_PULL_AGAIN,
                 what=f"{repo_id}: downloading {path}",
             )
             digest, problem = _check_file(local, remote.get(path))
@@ -725,26 +850,34 @@ def _fetch_online(
 
 def _fetch_offline(settings: HubSettings, repo_id: str, revision: str, filename: str | None) -> _Fetched:
     from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         paths = [f.path for f in get_cached_repo_tree(repo_id, revision=revision, cache_dir=settings.cache_dir)]
     except Exception:
         paths = []
-    if paths:
-        layout = detect_layout(paths, repo_id=repo_id, filename=filename)
-        folder = _snapshot(settings, repo_id, revision, layout.files, offline=True)
-    else:
-        # No cached listing: take whatever the cached snapshot holds.
-        folder = _snapshot(settings, repo_id, revision, (), offline=True)
-        listed = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-        layout = detect_layout(listed, repo_id=repo_id, filename=filename)
+    try:
+        if paths:
+            layout = detect_layout(paths, repo_id=repo_id, filename=filename)
+            folder = _snapshot(settings, repo_id, revision, layout.files, offline=True)
+        else:
+            # No cached listing: take whatever the cached snapshot holds.
+            folder = _snapshot(settings, repo_id, revision, (), offline=True)
+            listed = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+            layout = detect_layout(listed, repo_id=repo_id, filename=filename)
+    except LocalEntryNotFoundError as exc:
+        raise HubNotCachedError(
+            f"{repo_id}@{revision} is not in the local cache, and HF_HUB_OFFLINE is set", repo_id=repo_id, revision=revision
+        ) from exc
     sha256: dict[str, str] = {}
     for path in layout.files:
         local = folder / path
         if not local.is_file():
-            from huggingface_hub.errors import LocalEntryNotFoundError
-
-            raise LocalEntryNotFoundError(f"{repo_id}: {path} is not in the local cache (HF_HUB_OFFLINE is set)")
+            raise HubNotCachedError(
+                f"{repo_id}@{revision}: {path} is not in the local cache, and HF_HUB_OFFLINE is set",
+                repo_id=repo_id,
+                revision=revision,
+            )
         digest, problem = _check_file(local, None)
         if problem is not None:
             _evict(local)
@@ -799,8 +932,9 @@ def _read_embedding(source: Path, fetched: _Fetched, repo_id: str) -> Embedding:
     if not emb.token and fetched.card.get("instance_prompt"):
         emb.token = str(fetched.card["instance_prompt"]).strip() or None
     if not emb.token and fetched.layout.kind == "a1111":
-        # AUTOMATIC1111 prompts with the file name.
-        emb.token = PurePosixPath(fetched.layout.embedding[0]).stem
+        # The rule of a local `conceptlib add` (the stored name, else the file's stem), so a
+        # file gets the same token whichever way it comes in.
+        emb.token = emb.prompt_word() or PurePosixPath(fetched.layout.embedding[0]).stem
     return emb
 
 
@@ -914,10 +1048,14 @@ def pull(
         revision: branch, tag, ``refs/pr/N`` or commit; default ``main``.
         name: the concept's name in the library; default: the one already pulled from this
             repository, else the repository's name.
-        filename: the embedding file to take when the repository holds several.
+        filename: the embedding file to take when the repository holds several; another file
+            than the one pulled before is imported (as an update) even at an unchanged commit.
         force: download and re-import even when the revision is unchanged.
         token: the word to type, instead of the repository's (e.g. when another concept of
             the same family already uses it); an update keeps the concept's current token.
+            The repository's word is its ``token_identifier.txt``, else the token stored in the
+            file, else the card's ``instance_prompt``, else what ``conceptlib add`` takes for
+            the file (an AUTOMATIC1111 file's stored name, else its file name).
         api: the client to use (default :func:`get_hub_api`).
 
     Returns:
@@ -930,9 +1068,9 @@ def pull(
         HubIntegrityError: downloaded bytes do not match their listed hash (nothing imported).
         HubAuthError: 401/403.
         HubUnavailableError: 5xx, 429 or dropped connections persisted through the retries.
-        huggingface_hub.errors.RepositoryNotFoundError: no such repository (or private).
-        huggingface_hub.errors.RevisionNotFoundError: no such revision.
-        huggingface_hub.errors.LocalEntryNotFoundError: offline and not in the cache.
+        HubRepoNotFoundError: no such repository (or a private one the token cannot see).
+        HubRevisionNotFoundError: no such revision.
+        HubNotCachedError: offline and not in the cache.
         EmbeddingFileError: the embedding file cannot be read (a subclass names why).
         ConceptExistsError: ``name`` (or the repository's name) belongs to another concept.
         TokenInUseError, DuplicateConceptError: the library already has the token or vectors.
@@ -962,6 +1100,9 @@ def pull(
         origin = f"pulled from {source['repo_id']}" if source else "not from the Hub"
         raise ConceptExistsError(target, hint=f"it is {origin}; pull this one under another name with --as NAME")
     known = None if force or source is None else source.get("commit")
+    if known is not None and source is not None and filename is not None and filename.strip("/") != source.get("file"):
+        # An unchanged commit proves nothing when another of its files is asked for.
+        known = None
 
     if settings.offline:
         fetched: _Fetched | str = _fetch_offline(settings, repo_id, requested, filename)
@@ -1186,6 +1327,7 @@ def pull_author(
     listed = _with_retries(
         lambda: [(m.id, getattr(m, "sha", None)) for m in client.list_models(author=author, limit=limit, expand=["sha", "lastModified"])],
         repo_id=None,
+        again=_PULL_AGAIN,
         what=f"listing {author}'s repositories",
     )
     summary = AuthorSummary(author)
@@ -1237,6 +1379,8 @@ def pull_author(
 
 # --- push ---------------------------------------------------------------------------------------
 
+PushStatus = Literal["pushed", "unchanged"]
+
 
 @dataclass(frozen=True)
 class PushResult:
@@ -1245,12 +1389,15 @@ class PushResult:
     Attributes:
         name: the concept pushed.
         repo_id: the repository.
-        revision: the branch committed to (``main`` unless given), or the PR's ``refs/pr/N``.
+        revision: the branch committed to (``main`` unless given), or the PR's ``refs/pr/N``;
+            ``main`` when a pull request was asked for but nothing changed.
         commit: the new commit id (the current one when nothing changed).
         commit_url: link to the commit.
-        pr_url: link to the pull request, with ``create_pr``.
-        files: paths uploaded, in commit order.
+        pr_url: link to the pull request, with ``create_pr`` (None when nothing changed).
+        files: paths of the concept's repository layout, in commit order.
         repo_url: link to the repository.
+        status: ``pushed``, or ``unchanged`` when the revision already held these exact files
+            (nothing was committed and no pull request was opened).
     """
 
     name: str
@@ -1261,12 +1408,14 @@ class PushResult:
     pr_url: str | None
     files: list[str]
     repo_url: str
+    status: PushStatus = "pushed"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what ``conceptlib push --json`` prints)."""
         return {
-            "name": self.name, "repo_id": self.repo_id, "revision": self.revision, "commit": self.commit,
-            "commit_url": self.commit_url, "pr_url": self.pr_url, "files": list(self.files), "repo_url": self.repo_url,
+            "name": self.name, "repo_id": self.repo_id, "status": self.status, "revision": self.revision,
+            "commit": self.commit, "commit_url": self.commit_url, "pr_url": self.pr_url, "files": list(self.files),
+            "repo_url": self.repo_url,
         }
 
 
@@ -1450,13 +1599,15 @@ def push(
         api: the client to use (default :func:`get_hub_api`).
 
     Returns:
-        A :class:`PushResult` with the commit, and the pull request's URL with ``create_pr``.
+        A :class:`PushResult` with the commit, and the pull request's URL with ``create_pr``;
+        its ``status`` is ``unchanged`` when the repository already held these exact files
+        (huggingface_hub then skips the empty commit, and opens no pull request).
 
     Raises:
         UsageError: bad repository id, offline, --create-pr with another branch, SDXL + bin.
         HubAuthError: no token, or no write access (use ``create_pr``).
         HubUnavailableError: the Hub kept failing.
-        huggingface_hub.errors.RepositoryNotFoundError: ``create_pr`` on a missing repository.
+        HubRepoNotFoundError: ``create_pr`` on a missing repository.
 
     Example:
         >>> push(lib, "cat-toy", "me/cat-toy", create_pr=True).pr_url
@@ -1478,10 +1629,27 @@ def push(
     from huggingface_hub import CommitOperationAdd
 
     what = f"pushing {name} to {repo_id}"
+    head_before: str | None = None
     if not create_pr:
-        _with_retries(lambda: client.create_repo(repo_id, private=private, exist_ok=True), repo_id=repo_id, what=what)
+        _with_retries(
+            lambda: client.create_repo(repo_id, private=private, exist_ok=True), repo_id=repo_id, what=what, again=_PUSH_SETUP_AGAIN
+        )
         if revision not in (None, "main"):
-            _with_retries(lambda: client.create_branch(repo_id, branch=str(revision), exist_ok=True), repo_id=repo_id, what=what)
+            _with_retries(
+                lambda: client.create_branch(repo_id, branch=str(revision), exist_ok=True),
+                repo_id=repo_id,
+                what=what,
+                again=_PUSH_SETUP_AGAIN,
+            )
+        # huggingface_hub skips a commit that changes no file and then returns the branch's
+        # current commit, as if it were new: only the head before the commit tells them apart.
+        head_before = _with_retries(
+            lambda: str(client.model_info(repo_id, revision=revision or "main").sha),
+            repo_id=repo_id,
+            revision=revision or "main",
+            what=what,
+            again=_PUSH_SETUP_AGAIN,
+        )
 
     def commit() -> Any:
         # Fresh operations per attempt: the client marks them as committed.
@@ -1497,34 +1665,71 @@ def push(
 
     # A retried PR could open two PRs if the first reply was lost, so PRs retry only on
     # faults that prove nothing was created (an HTTP error status, not a dropped connection).
-    info = _with_retries(commit, repo_id=repo_id, what=what, retry_if=_status_transient if create_pr else _transient)
     base = settings.base_url
+    again = _PUSH_AGAIN
+    if create_pr:
+        again = _Again(
+            answered="no pull request was opened; push again later",
+            lost=f"a pull request may have been opened before the connection failed; see {base}/{repo_id}/discussions before pushing again",
+        )
+    try:
+        info = _with_retries(
+            commit,
+            repo_id=repo_id,
+            revision=revision,
+            what=what,
+            again=again,
+            retry_if=_status_transient if create_pr else _transient,
+        )
+    except HubRepoNotFoundError as exc:
+        if create_pr:
+            # Only --create-pr skips creating the repository.
+            exc.hint = "a pull request needs an existing repository: check the id, or push without --create-pr to create it"
+        raise
     pr_url = getattr(info, "pr_url", None)
+    commit_id = str(getattr(info, "oid", ""))
+    # A pull request that changes nothing is not opened (so has no URL).
+    unchanged = not pr_url if create_pr else commit_id == head_before
     return PushResult(
         name=name,
         repo_id=repo_id,
         revision=getattr(info, "pr_revision", None) or revision or "main",
-        commit=str(getattr(info, "oid", "")),
+        commit=commit_id,
         commit_url=str(getattr(info, "commit_url", "")),
         pr_url=str(pr_url) if pr_url else None,
         files=[path for path, _ in files],
         repo_url=f"{base}/{repo_id}",
+        status="unchanged" if unchanged else "pushed",
     )
 
 
 @contextlib.contextmanager
-def quiet_client_progress() -> Iterator[None]:
-    """Silence huggingface_hub's own tqdm bars (a caller is drawing its own progress)."""
+def quiet_client_output() -> Iterator[None]:
+    """Silence huggingface_hub's tqdm bars and its warnings while a caller reports progress itself.
+
+    The client logs every retried download ("Error while downloading ...", "Trying to resume
+    download...") and skipped empty commit; conceptlib retries on its own and reports the
+    outcome (or one error line), so those lines only repeat it. Both switches are global to
+    the process, and are restored on exit.
+
+    Example:
+        >>> with quiet_client_output():
+        ...     pull(lib, "sd-concepts-library/cat-toy")
+    """
     from huggingface_hub.utils import (
         are_progress_bars_disabled,
         disable_progress_bars,
         enable_progress_bars,
+        logging,
     )
 
     was_disabled = are_progress_bars_disabled()
+    verbosity = logging.get_verbosity()
     disable_progress_bars()
+    logging.set_verbosity_error()
     try:
         yield
     finally:
+        logging.set_verbosity(verbosity)
         if not was_disabled:
             enable_progress_bars()

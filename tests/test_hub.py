@@ -247,6 +247,56 @@ def test_pull_other_layouts(hub: HubServer, library: Any) -> None:
     assert (got_a1111.layout, got_a1111.name, got_a1111.content_hash) == ("a1111", "hands", a1111.content_hash())
 
 
+def two_file_repo(hub: HubServer, repo_id: str) -> tuple[Embedding, Embedding]:
+    """A repository holding two AUTOMATIC1111 embeddings, a.pt and b.pt."""
+    a, b = factory.sd1(1, seed=11, name="alpha"), factory.sd1(2, seed=12, name="beta")
+    files = {f"{e.name[0]}.pt": plan(e, f"{e.name[0]}.pt", format="a1111")[1][0][1] for e in (a, b)}
+    hub.create_repo(repo_id, files)
+    return a, b
+
+
+def test_pull_another_file_of_an_unchanged_commit(hub: HubServer, cli: Any, home: Path, library: Library) -> None:
+    a, b = two_file_repo(hub, "acme/two-files")
+    commit = hub.head("acme/two-files")[:7]
+    cli("pull", "acme/two-files", "--file", "b.pt", "--home", str(home))
+
+    other = cli("pull", "acme/two-files", "--file", "a.pt", "--home", str(home))
+    same = cli("pull", "acme/two-files", "--file", "a.pt", "--home", str(home))
+    missing = cli("pull", "acme/two-files", "--file", "nope.pt", "--home", str(home))
+
+    assert (other.exit_code, other.stdout) == (0, f"updated   two-files                acme/two-files@{commit}\n")
+    concept = library.show("two-files")
+    assert concept.content_hash == a.content_hash()
+    assert (hubmod._source_of(concept) or {})["file"] == "a.pt"
+    assert (same.exit_code, same.stdout) == (0, f"unchanged two-files                acme/two-files@{commit}\n")
+    assert (missing.exit_code, missing.stdout) == (2, "")
+    assert missing.stderr == (
+        "Error: acme/two-files: no file 'nope.pt' in the repository (hint: its embedding files: a.pt, b.pt)\n"
+    )
+    assert library.show("two-files").content_hash == a.content_hash()
+
+
+def test_pull_gives_a1111_files_the_token_of_a_local_add(hub: HubServer, library: Library, tmp_path: Path) -> None:
+    named = factory.sd1(2, seed=21, name="easy-hands")  # a renamed download: its stem says nothing
+    unnamed = factory.sd1(1, seed=22)  # kohya safetensors store no name: the stem it is
+    named_bytes = plan(named, "x.pt", format="a1111")[1][0][1]
+    unnamed_bytes = plan(unnamed, "x.safetensors", format="emb-params")[1][0][1]
+    hub.create_repo("acme/renamed", {"embeddings/x7f3.pt": named_bytes, "README.md": b"# hands\n"})
+    hub.create_repo("acme/plain", {"soft-light.safetensors": unnamed_bytes})
+    declared_bytes = plan(factory.sd1(1, seed=23, name="easy-hands"), "x.pt", format="a1111")[1][0][1]
+    hub.create_repo("acme/declared", {"x7f3.pt": declared_bytes, "token_identifier.txt": b"<declared>"})
+    (tmp_path / "x7f3.pt").write_bytes(named_bytes)
+    (tmp_path / "soft-light.safetensors").write_bytes(unnamed_bytes)
+
+    pulled = [hubmod.pull(library, repo).name for repo in ("acme/renamed", "acme/plain")]
+    with Library.open(tmp_path / "local-home") as local:
+        added = [local.add(tmp_path / f).one().token for f in ("x7f3.pt", "soft-light.safetensors")]
+    declared = hubmod.pull(library, "acme/declared", name="declared")
+
+    assert [library.show(n).token for n in pulled] == added == ["easy-hands", "soft-light"]
+    assert library.show(declared.name).token == "<declared>"  # the repository's own word wins
+
+
 def test_pull_name_and_token_clashes(hub: HubServer, library: Library) -> None:
     from conceptlib.errors import ConceptExistsError, TokenInUseError
 
@@ -294,7 +344,10 @@ def test_offline_without_cache_says_so(hub: HubServer, cli: Any, monkeypatch: py
     result = cli("pull", f"{ORG}/cat-toy")
 
     assert result.exit_code == 2
-    assert "not in the local cache" in result.output
+    assert result.stderr == (
+        f"Error: {ORG}/cat-toy@main is not in the local cache, and HF_HUB_OFFLINE is set "
+        "(hint: unset HF_HUB_OFFLINE and pull it once; later offline pulls resolve from the cache)\n"
+    )
     assert hub.requests() == []
 
 
@@ -336,7 +389,10 @@ def test_persistent_500_fails_after_retries(hub: HubServer, cli: Any, home: Path
     result = cli("pull", f"{ORG}/cat-toy", "--home", str(home))
 
     assert result.exit_code == 1
-    assert "the Hub answered 500 after 5 attempts" in result.output
+    assert result.stderr == (
+        f"Error: {ORG}/cat-toy: reading the repository: the Hub answered 500 after 5 attempts "
+        "(hint: check your connection and pull again: finished concepts are kept, nothing is half-imported)\n"
+    )
     assert fault.hits == hubmod.RETRIES + 1
 
 
@@ -349,6 +405,31 @@ def test_dropped_connection_mid_download_resumes(hub: HubServer, library: Any) -
 
     assert fault.hits == 1
     assert result.content_hash == emb.content_hash()
+
+
+def test_cli_pull_and_push_leave_out_the_clients_bars_and_logs(hub: HubServer, home: Path) -> None:
+    import subprocess
+
+    emb = factory.sd1(8, seed=9, token="<big>")
+    hub.create_repo("acme/big", sd_concepts_repo(emb, images=1, safetensors=True))
+    fault = hub.inject("GET", r"/resolve/.*learned_embeds", drop_after=5000, times=2)
+
+    def conceptlib(*args: str) -> subprocess.CompletedProcess[str]:
+        # A child process: huggingface_hub's log handler writes to the stderr it found at
+        # import, which in-process capture does not see.
+        command = [sys.executable, "-m", "conceptlib", *args, "--home", str(home)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+    pulled = conceptlib("pull", "acme/big")
+    conceptlib("push", "big", "--repo-id", "alice/big")
+    pushed_again = conceptlib("push", "big", "--repo-id", "alice/big")
+
+    assert fault.hits == 2
+    assert (pulled.returncode, pulled.stderr) == (0, "")  # no client bars, no "Trying to resume download..."
+    assert pulled.stdout == f"added     big                      acme/big@{hub.head('acme/big')[:7]}\n"
+    # Not the client's "No files have been modified since last commit" besides.
+    assert (pushed_again.returncode, pushed_again.stdout) == (0, "")
+    assert pushed_again.stderr == "big is already up to date on alice/big@main (nothing pushed)\n"
 
 
 def test_wrong_bytes_once_are_downloaded_again(hub: HubServer, library: Any) -> None:
@@ -380,16 +461,52 @@ def test_wrong_bytes_are_refused_and_library_unchanged(hub: HubServer, library: 
 
 def test_not_found_and_auth_errors(hub: HubServer, cli: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_concept(hub, f"{ORG}/cat-toy")
+    hub.create_repo("acme/gated", sd_concepts_repo(factory.sd1(1, token="<g>")))
+    hub.inject("GET", r"^/api/models/acme/gated", status=403, error_code="GatedRepo", times=None,
+               message="Access to model acme/gated is restricted and you are not in the authorized list.")
 
     missing = cli("pull", f"{ORG}/nope", "--home", str(home))
     bad_rev = cli("pull", f"{ORG}/cat-toy@v9", "--home", str(home))
+    gated = cli("pull", "acme/gated", "--home", str(home))
+    monkeypatch.delenv("HF_TOKEN")
+    anonymous = cli("pull", f"{ORG}/nope", "--home", str(home))
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
     bad_token = cli("pull", f"{ORG}/cat-toy", "--home", str(home))
 
-    assert (missing.exit_code, bad_rev.exit_code, bad_token.exit_code) == (2, 2, 2)
-    assert "repository not found" in missing.output
-    assert "revision not found" in bad_rev.output
+    assert [r.exit_code for r in (missing, bad_rev, gated, anonymous, bad_token)] == [2, 2, 2, 2, 2]
+    assert missing.stderr == (
+        f"Error: repository {ORG}/nope not found on {hub.url} (or it is private, and this token cannot see it) "
+        "(hint: check the repository id; for a private one, run `hf auth login` with a token of an account that can read it)\n"
+    )
+    assert bad_rev.stderr == (
+        f"Error: {ORG}/cat-toy has no revision 'v9' on {hub.url} "
+        "(hint: check the branch, tag or commit id; leave out @REVISION for main)\n"
+    )
+    assert gated.stderr == (
+        f"Error: acme/gated on {hub.url} is gated and this account has not been granted access "
+        f"(hint: ask for access on {hub.url}/acme/gated, then log in with `hf auth login` or set HF_TOKEN)\n"
+    )
+    assert anonymous.stderr == (
+        f"Error: repository {ORG}/nope not found on {hub.url} (or it is private, and no token was sent) "
+        "(hint: check the repository id; for a private one, log in with `hf auth login` or set HF_TOKEN)\n"
+    )
     assert "refused the credentials (401)" in bad_token.output and "hf auth login" in bad_token.output
+
+
+def test_not_found_errors_carry_repo_and_revision(hub: HubServer, library: Library) -> None:
+    from conceptlib.errors import HubRepoNotFoundError, HubRevisionNotFoundError
+
+    make_concept(hub, f"{ORG}/cat-toy")
+
+    with pytest.raises(HubRepoNotFoundError) as repo:
+        hubmod.pull(library, f"{ORG}/nope")
+    with pytest.raises(HubRevisionNotFoundError) as rev:
+        hubmod.pull(library, f"{ORG}/cat-toy@v9")
+
+    assert (repo.value.repo_id, repo.value.revision) == (f"{ORG}/nope", None)
+    assert (rev.value.repo_id, rev.value.revision) == (f"{ORG}/cat-toy", "v9")
+    assert isinstance(rev.value, LookupError)
+    assert type(rev.value.__cause__).__name__ == "RevisionNotFoundError"  # the client's error stays reachable
 
 
 def test_not_a_concept_repo(hub: HubServer, cli: Any, home: Path) -> None:
@@ -452,7 +569,31 @@ def test_push_unchanged_is_not_a_new_commit(hub: HubServer, library: Any) -> Non
 
     second = hubmod.push(library, "cat-toy", "alice/cat-toy")
 
-    assert second.commit == first.commit
+    assert (first.status, second.status) == ("pushed", "unchanged")
+    assert second.commit == first.commit == hub.head("alice/cat-toy")
+    assert len(hub.state.repos["alice/cat-toy"].commits) == 2  # the initial commit + one upload
+
+
+def test_cli_push_unchanged_says_nothing_was_pushed(hub: HubServer, library: Any, cli: Any, home: Path) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    first = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--home", str(home))
+    head = hub.head("alice/cat-toy")
+
+    again = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--home", str(home))
+    as_json = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--json", "--home", str(home))
+    as_pr = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--create-pr", "--home", str(home))
+
+    assert (first.exit_code, first.stdout) == (0, f"{hub.url}/alice/cat-toy/commit/{head}\n")
+    assert first.stderr == f"Pushed cat-toy (6 files) to alice/cat-toy@main, commit {head[:7]}\n"
+    assert (again.exit_code, again.stdout) == (0, "")
+    assert again.stderr == "cat-toy is already up to date on alice/cat-toy@main (nothing pushed)\n"
+    data = json.loads(as_json.stdout)
+    assert (as_json.exit_code, data["status"], data["commit"], data["pr_url"]) == (0, "unchanged", head, None)
+    assert (as_pr.exit_code, as_pr.stdout) == (0, "")
+    assert as_pr.stderr == "cat-toy is already up to date on alice/cat-toy@main (nothing pushed, no pull request opened)\n"
+    repo = hub.state.repos["alice/cat-toy"]
+    assert (len(repo.commits), repo.prs, hub.head("alice/cat-toy")) == (2, {}, head)
 
 
 def test_push_pull_request_prints_url(hub: HubServer, library: Any, cli: Any, home: Path) -> None:
@@ -464,7 +605,8 @@ def test_push_pull_request_prints_url(hub: HubServer, library: Any, cli: Any, ho
     result = cli("push", "cat-toy", "--repo-id", "acme/community", "--create-pr", "--home", str(home))
 
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == f"{hub.url}/acme/community/discussions/1"
+    assert result.stdout == f"{hub.url}/acme/community/discussions/1\n"
+    assert json.loads(cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--json", "--home", str(home)).stdout)["status"] == "pushed"
     assert hub.head("acme/community") == main_before  # main untouched
     assert "learned_embeds.safetensors" in hub.files("acme/community", "refs/pr/1")
 
@@ -495,9 +637,35 @@ def test_push_errors(hub: HubServer, library: Any, cli: Any, home: Path, monkeyp
     anonymous = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--home", str(home))
 
     assert forbidden.exit_code == 2 and "(403)" in forbidden.output and "--create-pr" in forbidden.output
-    assert no_repo_pr.exit_code == 2 and "repository not found" in no_repo_pr.output
+    assert no_repo_pr.exit_code == 2
+    assert no_repo_pr.stderr == (
+        f"Error: repository acme/missing not found on {hub.url} (or it is private, and this token cannot see it) "
+        "(hint: a pull request needs an existing repository: check the id, or push without --create-pr to create it)\n"
+    )
     assert pr_on_branch.exit_code == 2 and "against main" in pr_on_branch.output
     assert anonymous.exit_code == 2 and "hf auth login" in anonymous.output
+
+
+def test_push_other_4xx_is_a_one_line_hub_error(hub: HubServer, library: Any, cli: Any, home: Path) -> None:
+    from conceptlib.errors import HubRequestError
+
+    make_concept(hub, f"{ORG}/cat-toy")
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    fault = hub.inject("POST", r"^/api/models/alice/cat-toy/commit/", status=409, message="Conflict: the branch moved", times=None)
+
+    result = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--home", str(home))
+    with pytest.raises(HubRequestError) as caught:
+        hubmod.push(library, "cat-toy", "alice/cat-toy")
+
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == (
+        "Error: pushing cat-toy to alice/cat-toy: the Hub answered 409 Conflict: Conflict: the branch moved "
+        "(hint: the Hub refused the request, so nothing changed there; if its reason points at conceptlib, "
+        "rerun with CONCEPTLIB_DEBUG=1 and report it)\n"
+    )
+    assert fault.hits == 2  # a refusal is not retried
+    assert (caught.value.status, caught.value.server_message, caught.value.repo_id) == (409, "Conflict: the branch moved", "alice/cat-toy")
+    assert "learned_embeds.safetensors" not in hub.files("alice/cat-toy")
 
 
 def test_push_retries_5xx_on_commit(hub: HubServer, library: Any) -> None:
@@ -509,6 +677,46 @@ def test_push_retries_5xx_on_commit(hub: HubServer, library: Any) -> None:
 
     assert fault.hits == 2
     assert pushed.commit == hub.head("alice/cat-toy")
+
+
+def test_push_failure_hints_fit_push(hub: HubServer, library: Any, cli: Any, home: Path) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    hub.create_repo("acme/community", {"README.md": b"# community"})
+    args = ("cat-toy", "--home", str(home))
+
+    hub.inject("POST", r"/commit/", status=503, times=None)
+    refused = cli("push", *args, "--repo-id", "alice/cat-toy")
+    refused_pr = cli("push", *args, "--repo-id", "acme/community", "--create-pr")
+    hub.clear_faults()
+    hub.inject("POST", r"/commit/", status=504, times=None)
+    timed_out = cli("push", *args, "--repo-id", "alice/cat-toy")
+    timed_out_pr = cli("push", *args, "--repo-id", "acme/community", "--create-pr")
+    hub.clear_faults()
+    hub.inject("POST", r"^/api/repos/create", status=429, times=None)
+    rate_limited = cli("push", *args, "--repo-id", "alice/other")
+
+    assert [r.exit_code for r in (refused, refused_pr, timed_out, timed_out_pr, rate_limited)] == [1, 1, 1, 1, 1]
+    assert refused.stderr == (
+        "Error: pushing cat-toy to alice/cat-toy: the Hub answered 503 after 5 attempts "
+        "(hint: nothing was committed; push again later)\n"
+    )
+    assert refused_pr.stderr == (
+        "Error: pushing cat-toy to acme/community: the Hub answered 503 after 5 attempts "
+        "(hint: no pull request was opened; push again later)\n"
+    )
+    assert timed_out.stderr == (
+        "Error: pushing cat-toy to alice/cat-toy: the Hub answered 504 after 5 attempts (hint: the commit may have "
+        "landed before the connection failed; push again, which commits nothing if it did)\n"
+    )
+    assert timed_out_pr.stderr.endswith(
+        "(hint: a pull request may have been opened before the connection failed; "
+        f"see {hub.url}/acme/community/discussions before pushing again)\n"
+    )
+    assert rate_limited.stderr == (
+        "Error: pushing cat-toy to alice/other: rate limited by the Hub (429) (hint: nothing was committed; push again later)\n"
+    )
+    assert "pull again" not in "".join(r.stderr for r in (refused, refused_pr, timed_out, timed_out_pr, rate_limited))
 
 
 # --- organisations ------------------------------------------------------------------------------------
@@ -634,8 +842,8 @@ def test_cli_pull_several_with_one_failure(hub: HubServer, cli: Any, home: Path)
     assert result.exit_code == 2
     data = json.loads(result.stdout)
     assert [d["status"] for d in data] == ["failed", "added"]
-    assert "repository not found" in data[0]["error"]
-    assert result.stderr.startswith("Error: repository not found")
+    assert data[0]["error"].startswith(f"repository {ORG}/nope not found on {hub.url}")
+    assert result.stderr.startswith(f"Error: repository {ORG}/nope not found on {hub.url}")
 
 
 def test_cli_pull_usage_errors(cli: Any) -> None:
