@@ -421,8 +421,12 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 def _status_transient(exc: BaseException) -> bool:
-    """Only an HTTP error status: the server answered, so it did not act on the request."""
-    return any(_status(err) in _TRANSIENT_STATUS for err in _causes(exc))
+    """Only an HTTP error status that proves the request was not acted on.
+
+    A gateway or request timeout (504, 408) does not: the Hub behind the proxy may still have
+    opened the pull request, and a retry would open a second one.
+    """
+    return any(_status(err) in _TRANSIENT_STATUS - _TIMEOUT_STATUS for err in _causes(exc))
 
 
 def _with_retries(

@@ -689,9 +689,12 @@ def test_push_failure_hints_fit_push(hub: HubServer, library: Any, cli: Any, hom
     refused = cli("push", *args, "--repo-id", "alice/cat-toy")
     refused_pr = cli("push", *args, "--repo-id", "acme/community", "--create-pr")
     hub.clear_faults()
-    hub.inject("POST", r"/commit/", status=504, times=None)
+    gateway = hub.inject("POST", r"/commit/", status=504, times=None)
     timed_out = cli("push", *args, "--repo-id", "alice/cat-toy")
+    commits_tried = gateway.hits
     timed_out_pr = cli("push", *args, "--repo-id", "acme/community", "--create-pr")
+    # A commit is safe to repeat; a pull request behind a gateway timeout may exist already.
+    assert (commits_tried, gateway.hits - commits_tried) == (5, 1)
     hub.clear_faults()
     hub.inject("POST", r"^/api/repos/create", status=429, times=None)
     rate_limited = cli("push", *args, "--repo-id", "alice/other")
