@@ -1054,6 +1054,7 @@ def pull(
             repository, else the repository's name.
         filename: the embedding file to take when the repository holds several; another file
             than the one pulled before is imported (as an update) even at an unchanged commit.
+            Later pulls of the concept take the same file again without being told.
         force: download and re-import even when the revision is unchanged.
         token: the word to type, instead of the repository's (e.g. when another concept of
             the same family already uses it); an update keeps the concept's current token.
@@ -1103,6 +1104,9 @@ def pull(
 
         origin = f"pulled from {source['repo_id']}" if source else "not from the Hub"
         raise ConceptExistsError(target, hint=f"it is {origin}; pull this one under another name with --as NAME")
+    if filename is None and source is not None and source.get("picked"):
+        # Pulled with --file before: the same file again, as the user chose among several.
+        filename = str(source.get("file"))
     known = None if force or source is None else source.get("commit")
     if known is not None and source is not None and filename is not None and filename.strip("/") != source.get("file"):
         # An unchanged commit proves nothing when another of its files is asked for.
@@ -1127,6 +1131,8 @@ def pull(
         read_from, images = _stage(fetched, staging)
         emb = _read_embedding(read_from, fetched, repo_id)
         provenance = _provenance(settings, repo_id, requested, fetched)
+        if filename is not None:
+            provenance["picked"] = True  # later pulls take this file again without --file
         metadata = _concept_metadata(emb, fetched)
         with _LIBRARY_LOCK:
             if existing is None:

@@ -276,6 +276,21 @@ def test_pull_another_file_of_an_unchanged_commit(hub: HubServer, cli: Any, home
     assert library.show("two-files").content_hash == a.content_hash()
 
 
+def test_a_concept_pulled_with_file_follows_that_file(hub: HubServer, cli: Any, home: Path, library: Library) -> None:
+    a, _b = two_file_repo(hub, "acme/two-files")
+    assert cli("pull", "acme/two-files", "--file", "a.pt", "--home", str(home)).exit_code == 0
+    newer = factory.sd1(1, seed=13, name="alpha")
+    commit = hub.commit("acme/two-files", {"a.pt": plan(newer, "a.pt", format="a1111")[1][0][1]})[:7]
+
+    again = cli("pull", "acme/two-files", "--home", str(home))  # no --file: the one chosen before
+
+    assert (again.exit_code, again.stdout) == (0, f"updated   two-files                acme/two-files@{commit}\n")
+    assert library.show("two-files").content_hash == newer.content_hash() != a.content_hash()
+    # A repository with several files and no choice made is still refused.
+    fresh = cli("pull", "acme/two-files", "--as", "fresh", "--home", str(home))
+    assert (fresh.exit_code, fresh.stderr) == (2, "Error: acme/two-files: holds 2 embedding files (a.pt, b.pt) (hint: pick one with --file PATH)\n")
+
+
 def test_pull_gives_a1111_files_the_token_of_a_local_add(hub: HubServer, library: Library, tmp_path: Path) -> None:
     named = factory.sd1(2, seed=21, name="easy-hands")  # a renamed download: its stem says nothing
     unnamed = factory.sd1(1, seed=22)  # kohya safetensors store no name: the stem it is
