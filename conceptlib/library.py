@@ -1619,8 +1619,17 @@ class Library:
                         message = self._repair_embedding(concept)
                         if message:
                             repaired.append(message)
+                try:
+                    before: dict[str, str] | None = self.index.state()
+                except IndexDamagedError:
+                    before = None  # the rebuild says it moved the file aside
                 result = self._reindex_locked()
                 repaired += result.cleaned
+                after = self.index.state()
+                if before is not None:
+                    changed = sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
+                    if changed:
+                        repaired.append(f"rebuilt the index: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} {'was' if len(changed) == 1 else 'were'} missing, stale or gone")
             problems = [
                 Problem("staging", f"{STAGING_DIR}/{entry.name}", "leftover of an interrupted operation", True)
                 for entry in (sorted(self.staging_dir.iterdir()) if self.staging_dir.is_dir() else [])

@@ -300,7 +300,11 @@ def test_verify(filled: dict[str, Path], home: Path) -> None:
     assert data["ok"] is False and [p["kind"] for p in data["problems"]] == ["staging", "missing"]
     result = runner.invoke(app, ["verify", "--repair"])
     assert result.exit_code == 0
-    assert result.stderr == "repaired: deleted .staging/add-x\nOK: 2 concepts checked, no problems.\n"
+    assert result.stderr == (
+        "repaired: deleted .staging/add-x\n"
+        "repaired: rebuilt the index: watercolor was missing, stale or gone\n"
+        "OK: 2 concepts checked, no problems.\n"
+    )
 
 
 def test_home_option(files: dict[str, Path], tmp_path: Path) -> None:

@@ -666,7 +666,10 @@ def test_verify_finds_and_repairs_damage(filled: Library, src: Path) -> None:
     assert repaired.ok, repaired.problems
     assert "rebuilt cat-toy/embedding.safetensors from original/a.safetensors" in repaired.repaired
     assert "deleted .staging/add-leftover" in repaired.repaired
+    # easynegative was unindexed, watercolor's folder gone (cat-toy's record was right all along).
+    assert "rebuilt the index: easynegative, watercolor were missing, stale or gone" in repaired.repaired
     assert [c.name for c in filled.list()] == ["cat-toy", "easynegative"]
+    assert not any(line.startswith("rebuilt the index") for line in filled.verify(repair=True).repaired)
     assert filled.verify().ok
 
 
