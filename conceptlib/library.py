@@ -1534,6 +1534,10 @@ class Library:
         cleaned = self._clean_staging()
         items, problems, fixed = self._scan(fix=True)
         try:
+            # Deleting every row can succeed around a damaged page and keep it: check first.
+            damage = self.index.damage()
+            if damage is not None:
+                raise IndexDamagedError(f"the index is damaged ({damage})", path=sqlite_path(self.url))
             with self.registry.transaction() as tx:
                 count = tx.rebuild(items)
         except IndexDamagedError:
@@ -1640,7 +1644,11 @@ class Library:
                 problems += self._check_files(concept)
             try:
                 index = self.index
+                damage = index.damage()
+                if damage is not None:
+                    raise IndexDamagedError(f"the index is damaged ({damage})")
                 state = index.state()
+                fts_count, count = index.fts_count(), index.count()
             except IndexDamagedError as exc:
                 problems.append(Problem("index", self.url.rsplit("/", 1)[-1], exc.message, True))
                 return VerifyReport(len(items), problems, repaired)
@@ -1656,7 +1664,7 @@ class Library:
             for name in state:
                 if name not in on_disk and name not in folders:
                     problems.append(Problem("missing", name, "indexed, but its folder is gone", True))
-            if index.fts_count() != index.count():
+            if fts_count != count:
                 problems.append(Problem("search", "index.sqlite", "the search index is out of step with the concepts", True))
             return VerifyReport(len(items), problems, repaired)
 

@@ -202,6 +202,18 @@ class IndexReader:
         """Rows of the full-text table (equals :meth:`count` when in sync)."""
         return int(self._query(_SQL_FTS_COUNT)[0][0])
 
+    def damage(self) -> str | None:
+        """SQLite's own check of every page (``PRAGMA quick_check``): its first complaint, or None.
+
+        A damaged page is found only by a query that reads it; this reads them all, so
+        ``verify`` does not call an index fine that ``search`` would then fail on.
+        """
+        lines = [str(row[0]) for row in self._query("PRAGMA quick_check")]
+        if lines == ["ok"]:
+            return None
+        complaints = [line for part in lines for line in part.splitlines() if line and not line.startswith("***")]
+        return complaints[0] if complaints else "quick_check failed"
+
     def has(self, name: str) -> bool:
         """Whether a concept named ``name`` is indexed."""
         return bool(self._query(_SQL_HAS, {"name": name}))

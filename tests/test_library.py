@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -605,6 +606,32 @@ def test_reindex_moves_a_damaged_index_aside_and_rebuilds_it(filled: Library, da
     assert aside.read_bytes() == bytes(data)  # kept as it was, for whoever wants to look
     assert {c.name: lib.show(c.name) for c in lib.list()} == shown
     assert lib.verify().ok
+    lib.close()
+
+
+def test_verify_reads_every_page_of_the_index(filled: Library) -> None:
+    # One damaged page of the search index: list and count still work, only search would
+    # fail. verify must find it without being told where to look.
+    filled.close()
+    index = filled.home / "index.sqlite"
+    with contextlib.closing(sqlite3.connect(index)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'concepts_fts_idx'").fetchone()
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    data = bytearray(index.read_bytes())
+    start = (root - 1) * page_size
+    data[start + 8 : start + page_size] = b"\xa5" * (page_size - 8)
+    index.write_bytes(bytes(data))
+    lib = Library.open(filled.home)
+    assert len(lib.list()) == 3
+    with pytest.raises(IndexDamagedError):
+        lib.search("plush")
+    problems = lib.verify().problems
+    assert [(p.kind, p.repairable) for p in problems] == [("index", True)]
+    assert problems[0].message.startswith(f"the index is damaged (On tree page {root} ")
+    report = lib.verify(repair=True)
+    assert report.ok and any(line.startswith("moved the damaged index aside") for line in report.repaired)
+    assert [c.name for c in lib.search("plush")] == ["cat-toy"]
     lib.close()
 
 
