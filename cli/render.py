@@ -120,7 +120,12 @@ def preview_cmd(
         typer.Option("--changed", help="A git range (origin/main...HEAD): preview the concepts it adds or changes.", show_default=False),
     ] = None,
     from_file: Annotated[
-        Path | None, typer.Option("--from", help="File of concept paths or names, one a line.", show_default=False)
+        Path | None,
+        typer.Option(
+            "--from",
+            help="UTF-8 file of concept paths or names, one a line (# comments); relative paths are relative to the file's folder.",
+            show_default=False,
+        ),
     ] = None,
     repo: Annotated[Path, typer.Option("--repo", help="The repository --changed refers to.")] = Path("."),
     seed: SeedOpt = 0,
@@ -131,7 +136,7 @@ def preview_cmd(
     batch_size: BatchOpt = 4,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
-    strict: Annotated[bool, typer.Option("--strict", help="Warnings fail the preview too.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Warnings fail the preview too (exit code and preview.md).")] = False,
     image_base_url: Annotated[
         str | None, typer.Option("--image-base-url", help="URL prefix for image links in preview.md.", show_default=False)
     ] = None,
@@ -141,7 +146,8 @@ def preview_cmd(
 ) -> None:
     """Validate concepts and render a preview grid of each, with a Markdown summary for a pull request.
 
-    Exits with 1 when a concept does not fit the model (or cannot be read).
+    Exits with 1 when a concept does not fit the model (or cannot be read); a range that
+    changes no concept exits with 0 and a summary saying so.
 
     Example: conceptlib preview --changed origin/main...HEAD -m sd15 --out preview
     """
@@ -163,8 +169,17 @@ def preview_cmd(
         print_json(result.to_dict())
     else:
         for item in result.items:
-            verdict = f"failed: {item.error}" if item.failed else f"ok: {item.grid}"
+            if item.failed:
+                verdict = f"failed: {item.error}"
+            elif item.verdict(result.strict) == "failed":
+                verdict = f"failed (--strict): {item.warnings[0].message}"
+            else:
+                verdict = f"ok: {item.grid}"
             out.print(f"{item.name or item.source}: {verdict}", markup=False)
+        for skipped in result.skipped:
+            info(f"skipped {skipped.path}: {skipped.reason}")
+        if not result.items:
+            info("no concepts to preview")
         info(f"summary: {result.markdown}")
     raise typer.Exit(result.exit_code)
 

@@ -30,7 +30,9 @@ def quiet_loading() -> Iterator[None]:
 
     Loading prints a bar per component and warnings that concern processors conceptlib never
     uses ("CLIPImageProcessor requires torchvision"); on stderr they bury conceptlib's own
-    one-line messages. Errors still show; the previous settings come back afterwards.
+    one-line messages. Previews render inside it too: their prompts are built to fit, and
+    the tokenizer's "Token indices sequence length is longer ..." lines would only add noise.
+    Errors still show; the previous settings come back afterwards.
     """
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging

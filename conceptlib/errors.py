@@ -321,6 +321,25 @@ class ModelConfigError(ModelError):
     )
 
 
+class ModelWeightsMissingError(ModelError):
+    """A diffusers folder with configs but no weight files for a component that must load.
+
+    Reading a model (validation, ``models inspect``) needs only its configs and tokenizer;
+    rendering, previews and training load the weights, and this says which are missing
+    before anything is loaded or written. ``components`` lists them (``unet``, ``vae``, ...).
+    """
+
+    default_hint = (
+        "download the weight files into it (e.g. unet/diffusion_pytorch_model.safetensors, "
+        "text_encoder/model.safetensors), pass a .safetensors checkpoint, or try with a tiny "
+        "model made by `conceptlib models create-tiny DIR`"
+    )
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str], components: list[str], hint: str | None = None) -> None:
+        self.components = list(components)
+        super().__init__(message, path=path, hint=hint)
+
+
 class ModelNotFoundError(ModelError):
     """No file, folder, registered model or family has this name; ``name`` holds what was asked."""
 

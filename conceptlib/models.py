@@ -46,6 +46,7 @@ from conceptlib.errors import (
     DestinationExistsError,
     GitLFSPointerError,
     ModelNotFoundError,
+    ModelWeightsMissingError,
     UnknownModelError,
     UnsafePickleError,
     UsageError,
@@ -78,6 +79,7 @@ __all__ = [
     "list_models",
     "models_dir",
     "read_model",
+    "require_weights",
     "resolve_model",
 ]
 
@@ -541,6 +543,57 @@ def read_model(source: str | os.PathLike[str], *, hash_files: bool = True) -> Mo
     if path.is_dir():
         return _read_diffusers(path, hash_files=hash_files)
     return _read_checkpoint(path, hash_files=hash_files)
+
+
+#: The diffusers components conceptlib's pipelines load weights for (tokenizers, schedulers and
+#: safety checkers have none, or are not loaded).
+_WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+def require_weights(model: ModelInfo) -> None:
+    """Check that a diffusers folder holds the weight files rendering and training load.
+
+    A folder of configs alone (``model_index.json``, ``*/config.json`` and a tokenizer) is a
+    whole model for :func:`read_model` and validation, but diffusers fails deep inside
+    ``from_pretrained`` on it. ``render``, ``preview`` and ``train`` call this first, so the
+    user gets one line before anything is loaded or written. Checkpoints (the file is the
+    weights) and family names (callers say what they need instead) pass unchecked.
+
+    Args:
+        model: the model about to be loaded.
+
+    Raises:
+        ModelWeightsMissingError: a component listed in ``model_index.json`` (or present as a
+            folder) among unet, vae, text_encoder, text_encoder_2 has no weight file.
+
+    Example:
+        >>> require_weights(read_model("sd1"))  # a family name: nothing to check
+    """
+    if model.kind != "diffusers" or not model.path:
+        return
+    folder = Path(model.path)
+    index_path = folder / "model_index.json"
+    index = _read_json(index_path) if index_path.is_file() else {}
+    if index:
+        wanted = [c for c in _WEIGHTED_COMPONENTS if isinstance(index.get(c), list) and index[c] and index[c][0] is not None]
+    else:
+        wanted = [c for c in _WEIGHTED_COMPONENTS if (folder / c).is_dir()]
+
+    def has_weights(component: Path) -> bool:
+        # Sharded weights count too (their shards carry the suffix); a `.lfs-pointer` copy or
+        # an index without shards does not.
+        return component.is_dir() and any(
+            p.is_file() and p.suffix in WEIGHT_SUFFIXES and not p.name.startswith(".") for p in component.iterdir()
+        )
+
+    missing = [c for c in wanted if not has_weights(folder / c)]
+    if not missing:
+        return
+    if len(missing) == len(wanted):
+        message = f"has configs but no weights (no weight files in {', '.join(missing)})"
+    else:
+        message = f"has no weight files in {', '.join(missing)} (configs only there)"
+    raise ModelWeightsMissingError(message, path=folder, components=missing)
 
 
 def _check_lfs(path: Path) -> None:

@@ -12,15 +12,18 @@ Concepts come from three places, in any mix:
   concepts-library repository are mapped to concepts: an embedding file, or the
   sd-concepts-library folder a changed file belongs to (``learned_embeds.bin``,
   ``token_identifier.txt``, ``concept_images/...``);
-* ``from_file``: a text file listing paths or names, one a line.
+* ``from_file``: a text file listing paths or names, one a line; relative paths are relative
+  to the list file's folder.
 
 Files are imported into a scratch library (the same reading, checks and token rules as
 ``conceptlib add``), so a file that cannot be added is reported, not rendered. Every concept is
 validated against the model; those that fit are rendered with :func:`conceptlib.render.render`
 through a fixed prompt set for their type (object, style, or negative, whose token goes into
 the negative prompt), with the same seeds for every concept so grids are comparable across pull
-requests. The summary ``preview.md`` holds one table row per concept: validation verdict,
-findings, and a thumbnail linking to the grid.
+requests. The summary ``preview.md`` holds one table row per concept: validation verdict
+(under ``strict``, warnings fail too, as in the exit code), findings, and a thumbnail linking
+to the grid; changed files that gave no concept are listed with the reason. A range that
+changes no concept still gets a summary, saying so.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from conceptlib._parallel import rank_and_world
 from conceptlib.errors import BadInputError, UsageError
 
 if TYPE_CHECKING:
+    from conceptlib.library import AddReport
     from conceptlib.models import ModelInfo
     from conceptlib.render import ProgressCallback
     from conceptlib.validate import Finding
@@ -49,6 +53,7 @@ __all__ = [
     "STYLE_TEMPLATES",
     "PreviewItem",
     "PreviewResult",
+    "Skipped",
     "changed_concepts",
     "preview",
     "preview_prompts",
@@ -74,11 +79,36 @@ NEGATIVE_PROMPTS: tuple[str, ...] = (
     "a house in a forest",
     "a city street at night",
 )
+#: CLIP's context, BOS and EOS included (``conceptlib.models.CONTEXT_LENGTH``, not imported
+#: here: this module loads with the CLI).
+CONTEXT_LENGTH = 77
 SUMMARY_NAME = "preview.md"
 THUMB_WIDTH = 384
 _EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 _IMAGE_SUFFIXES = (".png", ".webp")
 _FOLDER_MARKERS = ("learned_embeds.safetensors", "learned_embeds.bin", "token_identifier.txt", "embeddings.pt")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A changed file that gave no concept to preview, and why.
+
+    Attributes:
+        path: the file, relative to the repository.
+        reason: ``holds no concept``, ``deleted by the change`` or ``not in the working tree``.
+    """
+
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-ready form."""
+        return {"path": self.path, "reason": self.reason}
+
+
+SKIP_NO_CONCEPT = "holds no concept"
+SKIP_DELETED = "deleted by the change"
+SKIP_MISSING = "not in the working tree (check out the range's last commit)"
 
 
 @dataclass
@@ -114,14 +144,26 @@ class PreviewItem:
         """Not rendered because of an error."""
         return self.error is not None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+    @property
+    def warnings(self) -> list[Finding]:
+        """The validation warnings (they fail the item under ``strict``)."""
+        return [f for f in self.findings if f.severity == "warning"]
+
+    def verdict(self, strict: bool = False) -> str:
+        """``failed`` (an error; a warning too under ``strict``), ``warning`` or ``ok``."""
+        if self.failed or (strict and self.warnings):
+            return "failed"
+        return "warning" if self.warnings else "ok"
+
+    def to_dict(self, strict: bool = False) -> dict[str, Any]:
+        """JSON-ready form; ``verdict`` as :meth:`verdict` gives it under ``strict``."""
         return {
             "source": self.source,
             "name": self.name,
             "token": self.token,
             "type": self.type,
             "family": self.family,
+            "verdict": self.verdict(strict),
             "findings": [f.to_dict() for f in self.findings],
             "error": self.error,
             "grid": str(self.grid) if self.grid else None,
@@ -137,23 +179,27 @@ class PreviewResult:
         out: the output folder.
         items: one per concept, in the order asked.
         markdown: the summary (``preview.md``).
-        skipped: changed files that hold no concept (README, images of nothing), for the record.
+        skipped: changed files that gave no concept (README, deleted files), with the reason.
         strict: warnings count as failures.
+        changed: the git range previewed, when one was.
     """
 
     out: Path
     items: list[PreviewItem]
     markdown: Path
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
     strict: bool = False
+    changed: str | None = None
+
+    @property
+    def failed(self) -> list[PreviewItem]:
+        """The items that fail the preview (errors; warnings too if strict)."""
+        return [i for i in self.items if i.verdict(self.strict) == "failed"]
 
     @property
     def exit_code(self) -> int:
         """1 when any concept failed (unreadable, or a validation error; warnings too if strict), else 0."""
-        for item in self.items:
-            if item.failed or (self.strict and any(f.severity == "warning" for f in item.findings)):
-                return 1
-        return 0
+        return 1 if self.failed else 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what ``preview --json`` prints)."""
@@ -161,64 +207,97 @@ class PreviewResult:
             "out": str(self.out),
             "markdown": str(self.markdown),
             "exit_code": self.exit_code,
-            "items": [i.to_dict() for i in self.items],
-            "skipped": list(self.skipped),
+            "strict": self.strict,
+            "items": [i.to_dict(self.strict) for i in self.items],
+            "skipped": [s.to_dict() for s in self.skipped],
         }
 
 
-def preview_prompts(token: str, concept_type: str) -> tuple[list[str], str]:
+def preview_prompts(
+    token: str, concept_type: str, *, vectors: int = 1, context: int = CONTEXT_LENGTH
+) -> tuple[list[str], str]:
     """The fixed prompts for a concept, and the negative prompt.
+
+    A template is used only when it fits the text encoder's context with the concept's
+    vectors; otherwise that prompt is the token alone, so nothing is ever silently truncated
+    (a 75-vector embedding fills SD's 77-token context by itself). Template words count as
+    one CLIP token each: they are ordinary words, each one token of the CLIP vocabulary
+    (a test checks this against the real tokenizer).
 
     Args:
         token: the concept's token.
         concept_type: ``object``, ``style`` or ``negative``.
+        vectors: the concept's number of vectors (the tokens it takes in a prompt).
+        context: the text encoder's context length, BOS and EOS included.
 
     Returns:
         ``(prompts, negative)``: a negative concept is rendered in the negative prompt of
         ordinary prompts; the others fill their type's templates.
 
+    Raises:
+        UsageError: the vectors alone do not fit the context (validation refuses such a
+            concept before a preview renders it).
+
     Example:
         >>> preview_prompts("<birb>", "style")[0][0]
         'a painting in the style of <birb>'
+        >>> preview_prompts("<huge>", "object", vectors=75)[0][0]
+        '<huge>'
     """
+    usable = context - 2  # BOS and EOS
+    if vectors > usable:
+        raise UsageError(f"{vectors} vectors do not fit the {context}-token context ({usable} after BOS/EOS)")
     if concept_type == "negative":
         return list(NEGATIVE_PROMPTS), token
     templates = STYLE_TEMPLATES if concept_type == "style" else OBJECT_TEMPLATES
-    return [t.format(token) for t in templates], ""
+    prompts = []
+    for template in templates:
+        words = len(template.replace("{}", " ").split())
+        prompts.append(template.format(token) if words + vectors <= usable else token)
+    return prompts, ""
 
 
-def changed_concepts(git_range: str, *, repo: str | os.PathLike[str] = ".") -> tuple[list[Path], list[str]]:
-    """The concepts a git range adds or modifies in a concepts-library repository.
+def _git(repo: str | os.PathLike[str], *args: str) -> str:
+    try:
+        done = subprocess.run(["git", "-C", os.fspath(repo), *args], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise UsageError("--changed needs git, which is not installed") from None
+    if done.returncode != 0:
+        reason = " ".join((done.stderr.strip() or "failed").split())
+        raise UsageError(f"git {' '.join(args)}: {reason}", hint="run it inside the concepts repository, with the range fetched")
+    return done.stdout
 
-    Args:
-        git_range: anything ``git diff`` accepts (``origin/main...HEAD``, ``HEAD~1``).
-        repo: a folder inside the repository.
 
-    Returns:
-        ``(inputs, skipped)``: concept inputs (embedding files, or sd-concepts-library folders)
-        as absolute paths, in path order; and changed files that hold no concept.
+def _changed(git_range: str, repo: str | os.PathLike[str]) -> tuple[Path, list[Path], list[Skipped]]:
+    from conceptlib.library import _concept_folder_files
 
-    Raises:
-        UsageError: not a git repository, or git rejects the range.
-    """
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", "-C", os.fspath(repo), *args], capture_output=True, text=True, check=False)
-        except FileNotFoundError:
-            raise UsageError("--changed needs git, which is not installed") from None
-        if done.returncode != 0:
-            raise UsageError(f"git {' '.join(args)}: {done.stderr.strip() or 'failed'}", hint="run it inside the concepts repository, with the range fetched")
-        return done.stdout
-
-    root = Path(git("rev-parse", "--show-toplevel").strip())
-    # Added, copied, modified, renamed: deleted concepts have nothing to preview.
-    names = [n for n in git("diff", "--name-only", "--diff-filter=ACMR", "-z", git_range).split("\0") if n]
+    # git would read `--output=FILE` as an option and write that file: a range is never one.
+    if not git_range or git_range.startswith("-"):
+        raise UsageError(f"--changed {git_range!r} is not a git range (it may not start with '-')", hint="pass a range such as origin/main...HEAD")
+    root = Path(_git(repo, "rev-parse", "--show-toplevel").strip())
+    # --end-of-options keeps the range a revision even if it looks like an option; `--` ends
+    # the revisions, so it is never read as a path either.
+    raw = _git(repo, "diff", "--name-status", "-z", "--diff-filter=ACMRD", "--end-of-options", git_range, "--")
+    fields = raw.split("\0")
+    changes: list[tuple[str, str]] = []  # (status letter, path in the range's last commit)
+    i = 0
+    while i < len(fields) and fields[i]:
+        status = fields[i]
+        if status[:1] in ("R", "C"):  # renamed or copied: old path, then new path
+            changes.append((status[0], fields[i + 2]))
+            i += 3
+        else:
+            changes.append((status[:1], fields[i + 1]))
+            i += 2
     inputs: list[Path] = []
-    skipped: list[str] = []
-    for name in names:
+    skipped: list[Skipped] = []
+    for status, name in changes:
         path = root / name
+        if status == "D":
+            skipped.append(Skipped(name, SKIP_DELETED))
+            continue
         if not path.exists():
-            skipped.append(name)
+            skipped.append(Skipped(name, SKIP_MISSING))
             continue
         concept: Path | None = None
         # A file inside an sd-concepts-library folder (its images included) means the folder.
@@ -226,15 +305,43 @@ def changed_concepts(git_range: str, *, repo: str | os.PathLike[str] = ".") -> t
             if folder != root and folder.is_dir() and any((folder / m).is_file() for m in _FOLDER_MARKERS):
                 concept = folder
                 break
-        if concept is None and path.suffix.lower() in _EMBEDDING_SUFFIXES:
+        if path.suffix.lower() in _EMBEDDING_SUFFIXES and not (
+            concept is not None and path.parent == concept and path.name in _concept_folder_files(concept)
+        ):
+            # An embedding that is not the folder's own learned_embeds file is a concept of
+            # its own, even beside one (the library adds it as one).
             concept = path
         elif concept is None and path.suffix.lower() in _IMAGE_SUFFIXES and _is_embedding_image(path):
             concept = path  # an AUTOMATIC1111 embedding PNG
         if concept is None:
-            skipped.append(name)
+            skipped.append(Skipped(name, SKIP_NO_CONCEPT))
         elif concept not in inputs:
             inputs.append(concept)
-    return sorted(inputs), skipped
+    return root, sorted(inputs), skipped
+
+
+def changed_concepts(git_range: str, *, repo: str | os.PathLike[str] = ".") -> tuple[list[Path], list[Skipped]]:
+    """The concepts a git range adds or modifies in a concepts-library repository.
+
+    Args:
+        git_range: anything ``git diff`` accepts (``origin/main...HEAD``, ``HEAD~1``); never
+            an option (a range starting with ``-`` is refused).
+        repo: a folder inside the repository.
+
+    Returns:
+        ``(inputs, skipped)``: concept inputs (embedding files, or sd-concepts-library folders)
+        as absolute paths, in path order; and changed files that give no concept, with the
+        reason (no concept in them, deleted by the range, missing from the working tree).
+
+    Raises:
+        UsageError: not a git repository, a range starting with ``-``, or git rejects the range.
+
+    Example:
+        >>> changed_concepts("origin/main...HEAD")  # doctest: +SKIP
+        ([PosixPath('/repo/cat-toy')], [Skipped(path='README.md', reason='holds no concept')])
+    """
+    _root, inputs, skipped = _changed(git_range, repo)
+    return inputs, skipped
 
 
 def _is_embedding_image(path: Path) -> bool:
@@ -247,6 +354,74 @@ def _is_embedding_image(path: Path) -> bool:
     return True
 
 
+def _looks_like_path(line: str) -> bool:
+    """Whether a line of a ``--from`` file names a file rather than a concept (names are slugs)."""
+    return (
+        "/" in line or "\\" in line or line.startswith(("~", "."))
+        or Path(line).suffix.lower() in (*_EMBEDDING_SUFFIXES, *_IMAGE_SUFFIXES)
+    )  # fmt: skip
+
+
+def _read_list(from_file: str | os.PathLike[str]) -> list[tuple[str, str | Path]]:
+    """The entries of a ``--from`` file: (line, a path to add or a library name)."""
+    list_path = Path(from_file).expanduser()
+    try:
+        text = list_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(
+            "is not UTF-8 text (expected concept paths or names, one a line)", path=list_path,
+            hint="save the list as UTF-8",
+        ) from None  # fmt: skip
+    base = list_path.absolute().parent
+    wanted: list[tuple[str, str | Path]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        candidate = Path(line).expanduser()
+        if not candidate.is_absolute():
+            candidate = base / candidate  # relative to the list, wherever the command runs
+        if candidate.exists():
+            wanted.append((line, candidate.resolve()))
+        elif _looks_like_path(line):
+            wanted.append((line, candidate))  # reported as a missing file, not as an unknown name
+        else:
+            wanted.append((line, line))
+    return wanted
+
+
+def _outcomes(report: AddReport, what: Path) -> list[tuple[str, str | None, str | None]]:
+    """What adding ``what`` to the scratch library gave: (sub-label, scratch name, error) each.
+
+    Adding a concept folder also adds the embeddings beside its own file; only the folder's
+    concept is its outcome (a changed file beside it is an input of its own). A folder that
+    is no concept itself (a ``token_identifier.txt`` beside loose files) gives every concept
+    found in it.
+    """
+    key, own = str(what), os.fspath(what.resolve())
+    for rejected in report.rejected:
+        if rejected.path == key:
+            return [("", None, rejected.reason)]
+    for concept in report.added:
+        if concept.source.get("path") == own:
+            return [("", concept.name, None)]
+    for duplicate in report.duplicates:
+        if duplicate.path == key:
+            return [("", duplicate.existing, None)]
+
+    def sub(path: str) -> str:
+        try:
+            return "/" + Path(path).relative_to(what).as_posix()
+        except ValueError:
+            return ""
+
+    found: list[tuple[str, str | None, str | None]] = []
+    found += [(sub(str(c.source.get("path", ""))), c.name, None) for c in report.added]
+    found += [(sub(d.path), d.existing, None) for d in report.duplicates]
+    found += [(sub(r.path), None, r.reason) for r in report.rejected]
+    return found or [("", None, "holds no concept")]
+
+
 def _markdown(result: PreviewResult, model: ModelInfo, settings: dict[str, Any], image_base_url: str | None) -> str:
     """The summary a CI job posts on the pull request."""
 
@@ -257,7 +432,6 @@ def _markdown(result: PreviewResult, model: ModelInfo, settings: dict[str, Any],
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
-    failed = sum(1 for i in result.items if i.failed)
     lines = [
         "## conceptlib preview",
         "",
@@ -265,16 +439,26 @@ def _markdown(result: PreviewResult, model: ModelInfo, settings: dict[str, Any],
         f"{settings['prompts']} prompts per concept · seed {settings['seed']} · {settings['steps']} steps · "
         f"{settings['size'][0]}x{settings['size'][1]}",
         "",
-        f"**{len(result.items) - failed} of {len(result.items)} concepts fit the model**"
-        + (f", {failed} failed" if failed else "") + ".",
-        "",
-        "| Concept | Token | Type | Base | Validation | Preview |",
-        "|---|---|---|---|---|---|",
     ]
+    if not result.items:
+        where = f" in `{cell(result.changed)}`" if result.changed is not None else ""
+        lines.append(f"**No concepts changed**{where}: nothing to preview.")
+    else:
+        failed = len(result.failed)
+        lines += [
+            f"**{len(result.items) - failed} of {len(result.items)} concepts fit the model**"
+            + (f", {failed} failed" if failed else "")
+            + (" (--strict: warnings fail)" if result.strict else "") + ".",
+            "",
+            "| Concept | Token | Type | Base | Validation | Preview |",
+            "|---|---|---|---|---|---|",
+        ]  # fmt: skip
     for item in result.items:
-        warnings = [f for f in item.findings if f.severity == "warning"]
+        warnings = item.warnings
         if item.failed:
             verdict = f"❌ {cell(item.error or '')}"
+        elif warnings and result.strict:
+            verdict = f"❌ {cell(warnings[0].message)} (warning, failed under --strict)"
         elif warnings:
             verdict = f"⚠️ {cell(warnings[0].message)}"
         else:
@@ -294,7 +478,8 @@ def _markdown(result: PreviewResult, model: ModelInfo, settings: dict[str, Any],
             lines.append("")
         lines.append("</details>")
     if result.skipped:
-        lines += ["", f"Changed files without a concept: {', '.join('`' + cell(s) + '`' for s in result.skipped)}"]
+        lines += ["", "Skipped changed files:", ""]
+        lines += [f"- `{cell(s.path)}`: {cell(s.reason)}" for s in result.skipped]
     return "\n".join(lines) + "\n"
 
 
@@ -327,15 +512,16 @@ def preview(
         concepts: library concept names or tokens.
         model: the model to preview with (registered name, diffusers folder, checkpoint).
         out: the output folder: ``<name>/grid.png``, ``<name>/thumb.png``, the images and
-            ``preview.md``.
+            ``preview.md``. Two concepts with one name get ``<name>`` and ``<name>-2``.
         changed: a git range; the concepts it adds or changes are previewed (see
-            :func:`changed_concepts`).
-        from_file: a file of paths or names, one a line (``#`` comments allowed).
+            :func:`changed_concepts`). A range that changes none gives a summary saying so.
+        from_file: a file of paths or names, one a line (``#`` comments allowed); relative
+            paths are relative to the file's folder.
         repo: the repository ``changed`` refers to.
         home: the library ``concepts`` names refer to (default: ``CONCEPTLIB_HOME``).
         seed, steps, guidance, scheduler, size, batch_size, device, dtype: as for
             :class:`conceptlib.render.RenderConfig`; the same seeds for every concept.
-        strict: warnings fail the preview too.
+        strict: warnings fail the preview too (exit code and summary alike).
         image_base_url: prefix for image links in the summary (where CI publishes ``out``);
             default: paths relative to ``out``.
         progress: ``progress(done, total, message)`` per concept.
@@ -347,8 +533,10 @@ def preview(
         The result; ``result.exit_code`` is 1 when any concept failed.
 
     Raises:
-        UsageError: nothing to preview, or a bad git range.
+        UsageError: nothing asked for, a bad git range, an unreadable ``from_file``, ``out``
+            is a file, or ``model`` is a family name (no weights).
         ModelNotFoundError: ``model`` names nothing.
+        ModelWeightsMissingError: ``model`` is a diffusers folder of configs alone.
 
     Example:
         >>> preview(["cat-toy"], model="tiny-sd1", out="preview").exit_code  # doctest: +SKIP
@@ -356,83 +544,113 @@ def preview(
     """
     from PIL import Image
 
+    from conceptlib._deps import quiet_loading
     from conceptlib._parallel import process_device
     from conceptlib.library import Library
-    from conceptlib.models import resolve_model
+    from conceptlib.models import require_weights, resolve_model
     from conceptlib.render import RenderConfig, load_pipeline, render
     from conceptlib.single_file import native_size, resolve_configs
+    from conceptlib.slug import numbered
     from conceptlib.validate import validate
 
+    if not concepts and changed is None and from_file is None:
+        raise UsageError("nothing to preview: give concept names, --changed RANGE or --from FILE")
     out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError("is a file; the preview goes into a folder", path=out_dir, hint="pass --out a folder")
     info = resolve_model(model, home=home)
+    if pipeline is None:
+        # Before anything is read or written: a model that cannot render fails the run now.
+        require_weights(info)
+        if not info.path:
+            raise UsageError(
+                f"{info.display_name} is a family name, without weights to render with",
+                hint="pass a diffusers folder or a .safetensors checkpoint, or register one with `conceptlib models add`",
+            )
     device = process_device(device)  # a device this machine lacks fails now, not after loading
     configs = resolve_configs(info, model_config) if info.kind == "checkpoint" and pipeline is None else None
     native = native_size(info, configs)
     width, height = size or (native, native)
+    context = min((e.context_length for e in info.encoders), default=CONTEXT_LENGTH)
 
-    # 1. What to preview: (source label, library home, name in that library or a path to add).
+    # 1. What to preview: (source label, name in the user's library or a path to add).
     wanted: list[tuple[str, str | Path]] = [(c, c) for c in concepts]
-    skipped: list[str] = []
-    if changed:
-        paths, skipped = changed_concepts(changed, repo=repo)
-        root = Path(subprocess.run(["git", "-C", os.fspath(repo), "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True).stdout.strip())
+    skipped: list[Skipped] = []
+    if changed is not None:
+        root, paths, skipped = _changed(changed, repo)
         wanted += [(p.relative_to(root).as_posix(), p) for p in paths]
-    if from_file:
-        for raw in Path(from_file).read_text(encoding="utf-8").splitlines():
-            line = raw.strip()
-            if line and not line.startswith("#"):
-                candidate = Path(line).expanduser()
-                wanted.append((line, candidate.resolve() if candidate.exists() else line))
-    if not wanted:
-        raise UsageError("nothing to preview: give concept names, --changed RANGE or --from FILE")
+    if from_file is not None:
+        wanted += _read_list(from_file)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     items: list[PreviewItem] = []
+    folders: set[str] = set()  # output folder names taken in this preview
     pipe = pipeline
     with tempfile.TemporaryDirectory(prefix="conceptlib-preview-") as scratch, Library.open(home) as user_lib:
         # Files go through a scratch library: the same reading and token rules as `add`.
         scratch_lib = Library.open(Path(scratch) / "library")
         try:
-            for done, (label, what) in enumerate(wanted, start=1):
-                item = PreviewItem(source=label)
+            # 2. Each input -> concepts (a folder beside loose files may give several).
+            targets: list[tuple[PreviewItem, Library | None, str | None]] = []
+            from_scratch: set[str] = set()  # a scratch concept is previewed once
+            for label, what in wanted:
+                if isinstance(what, Path):
+                    if not what.exists():
+                        targets.append((PreviewItem(source=label, error=f"{what}: no such file or folder"), None, None))
+                        continue
+                    for sub, name, error in _outcomes(scratch_lib.add(what), what):
+                        if name is not None and name in from_scratch:
+                            continue
+                        if name is not None:
+                            from_scratch.add(name)
+                        targets.append((PreviewItem(source=label + sub, error=error), scratch_lib, name))
+                else:
+                    try:
+                        targets.append((PreviewItem(source=label), user_lib, user_lib.resolve(what)))
+                    except BadInputError as exc:
+                        targets.append((PreviewItem(source=label, error=_message(exc)), None, None))
+
+            for done, (item, lib, name) in enumerate(targets):
                 items.append(item)
                 if progress:
-                    progress(done - 1, len(wanted), label)
-                lib, lib_home = user_lib, home
+                    progress(done, len(targets), item.source)
+                if lib is None or name is None:
+                    continue
+                lib_home = scratch_lib.home if lib is scratch_lib else home
                 try:
-                    if isinstance(what, Path):
-                        report = scratch_lib.add(what)
-                        if report.rejected:
-                            raise BadInputError(report.rejected[0].reason)
-                        name = (report.added or [scratch_lib.show(report.duplicates[0].existing)])[0].name
-                        lib, lib_home = scratch_lib, scratch_lib.home
-                    else:
-                        name = user_lib.resolve(what)
                     concept = lib.show(name)
                     embedding = lib.embedding(name)
                 except BadInputError as exc:
-                    item.error = f"{exc.message}" + (f" ({exc.hint})" if exc.hint else "")
+                    item.error = _message(exc)
                     continue
                 item.name, item.token, item.type = concept.name, concept.token, concept.type
                 item.family = concept.family_label
 
-                # 2. Validation decides whether it is rendered at all.
+                # 3. Validation decides whether it is rendered at all.
                 item.findings = validate(embedding, info, token=concept.token, home=home)
                 errors = [f for f in item.findings if f.severity == "error"]
                 if errors:
                     item.error = errors[0].message
                     continue
 
-                # 3. The fixed prompt set, rendered with the same seeds as every other concept.
+                # 4. The fixed prompt set, rendered with the same seeds as every other concept,
+                # into a folder of its own (two concepts may share a name: a library concept
+                # and a changed file).
+                folder, n = concept.name, 2
+                while folder in folders:
+                    folder, n = numbered(concept.name, n), n + 1
+                folders.add(folder)
                 if pipe is None:
                     pipe = load_pipeline(info, device=device, dtype=dtype, configs=configs)
-                prompts, negative = preview_prompts(concept.token, concept.type)
-                rendered = render(RenderConfig(
-                    model=info, prompts=prompts, negative=negative, seed=seed,
-                    steps=steps, guidance=guidance, scheduler=scheduler, size=(width, height),
-                    batch_size=batch_size, out=out_dir / concept.name, grid=True, device=device,
-                    dtype=dtype, home=lib_home,
-                ), pipeline=pipe)  # fmt: skip
+                prompts, negative = preview_prompts(concept.token, concept.type, vectors=embedding.num_vectors, context=context)
+                # transformers and diffusers log each too-long prompt ("Token indices sequence
+                # length is longer ..."); the prompts fit, and their logs would bury ours.
+                with quiet_loading():
+                    rendered = render(RenderConfig(
+                        model=info, prompts=prompts, negative=negative, seed=seed,
+                        steps=steps, guidance=guidance, scheduler=scheduler, size=(width, height),
+                        batch_size=batch_size, out=out_dir / folder, grid=True, device=device,
+                        dtype=dtype, home=lib_home,
+                    ), pipeline=pipe)  # fmt: skip
                 item.images = [i.path for i in rendered.images]
                 item.grid = rendered.grid
                 if rendered.grid is not None:
@@ -447,10 +665,14 @@ def preview(
             scratch_lib.close()
 
     if progress:
-        progress(len(wanted), len(wanted), "done")
+        progress(len(items), len(items), "done")
     settings = {"prompts": len(OBJECT_TEMPLATES), "seed": seed, "steps": steps, "size": (width, height)}
-    result = PreviewResult(out_dir, items, out_dir / SUMMARY_NAME, skipped, strict)
+    result = PreviewResult(out_dir, items, out_dir / SUMMARY_NAME, skipped, strict, changed)
     # Under a launcher only the main process holds the grids (render writes them there).
     if rank_and_world()[0] == 0:
         atomic_write_bytes(result.markdown, _markdown(result, info, settings, image_base_url).encode("utf-8"))
     return result
+
+
+def _message(exc: BadInputError) -> str:
+    return f"{exc.message}" + (f" ({exc.hint})" if exc.hint else "")

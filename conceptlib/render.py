@@ -877,10 +877,12 @@ def load_pipeline(
 
     Raises:
         UsageError: a family name (no weights), or an unknown dtype.
+        ModelWeightsMissingError: a diffusers folder of configs without weight files.
         ModelConfigError: a single file's configs cannot be found or do not fit it.
         MissingDependencyError: torch or diffusers missing.
     """
     from conceptlib._deps import quiet_loading, require
+    from conceptlib.models import require_weights
 
     require("torch", "diffusers", "transformers", purpose="rendering")
     import torch
@@ -893,6 +895,7 @@ def load_pipeline(
     torch_dtype = getattr(torch, _dtype_name(dtype))
     cls = StableDiffusionXLPipeline if model.family == "sdxl" else StableDiffusionPipeline
     if model.kind == "diffusers" and model.path:
+        require_weights(model)
         with quiet_loading():
             pipe = cls.from_pretrained(model.path, **single_file.dtype_kwargs(torch_dtype))
     elif model.kind == "checkpoint" and model.path:
@@ -1092,11 +1095,12 @@ def render(
         ConceptNotFoundError: a prompt names a concept the library lacks (with the closest names).
         ConceptDoesNotFitError: a concept does not fit the model (validation's message).
         ModelNotFoundError: ``config.model`` names nothing.
+        ModelWeightsMissingError: ``config.model`` is a diffusers folder without weight files.
 
     Example:
         >>> render(RenderConfig(model="tiny-sd1", prompts=["a <cat-toy>"], out="out"))  # doctest: +SKIP
     """
-    from conceptlib.models import resolve_model
+    from conceptlib.models import require_weights, resolve_model
     from conceptlib.single_file import native_size, resolve_configs
     from conceptlib.validate import validate_many
 
@@ -1113,6 +1117,8 @@ def render(
     if not specs:
         raise UsageError("nothing to render: give prompts or --prompts FILE")
     model = resolve_model(config.model, home=config.home)
+    if pipeline is None:
+        require_weights(model)  # a folder of configs alone fails here, before any work
     configs = None
     if model.kind == "checkpoint" and pipeline is None:
         # Before anything heavy: a single file's configs may need fetching, or may not fit it.

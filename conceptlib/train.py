@@ -933,6 +933,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     Raises:
         UsageError: contradictory or impossible settings, a model without weights, a run
             folder that already holds a checkpoint (pass ``resume``) or none to resume.
+        ModelWeightsMissingError: a diffusers folder of configs without weight files.
         TrainingImageError: no images, or an unreadable or too small one (the file is named).
         TokenInUseError: the token collides with the tokenizer's vocabulary or with a
             concept in the library, found before any step runs.
@@ -959,7 +960,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     from conceptlib.embedding import Embedding
     from conceptlib.formats import write
     from conceptlib.library import Library, check_name, check_token
-    from conceptlib.models import resolve_model
+    from conceptlib.models import require_weights, resolve_model
     from conceptlib.single_file import native_size, resolve_configs
     from conceptlib.slug import slugify
     from conceptlib.tensor import Tensor
@@ -997,6 +998,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
             f"training needs weights; {config.model!r} is a family name",
             hint="pass a diffusers folder (with model_index.json) or a .safetensors checkpoint; `conceptlib models create-tiny` makes a tiny one to try",
         )
+    require_weights(info)  # a diffusers folder of configs alone: one line now, not a diffusers error later
     root = Path(info.path)
     sdxl = info.family == "sdxl"
     keys = info.encoder_keys  # canonical order = text_encoder, text_encoder_2

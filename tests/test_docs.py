@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -25,3 +26,62 @@ def commands() -> list[tuple[str, typer.models.CommandInfo]]:
 def test_command_has_help_and_is_documented(name: str, info: typer.models.CommandInfo) -> None:
     assert info.callback is not None and (info.callback.__doc__ or "").strip(), f"{name} has no help text"
     assert f"conceptlib {name}" in README, f"`conceptlib {name}` is not in the README"
+
+
+# --- docs/preview-workflow.yml -----------------------------------------------------------------
+
+WORKFLOW = Path(__file__).resolve().parents[1] / "docs" / "preview-workflow.yml"
+
+
+def workflow() -> dict[str, Any]:
+    yaml = pytest.importorskip("yaml")
+    data = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def step(data: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in data["jobs"]["preview"]["steps"] if s.get("name", "").startswith(name))
+
+
+def test_preview_workflow_runs_on_every_file_preview_reads() -> None:
+    from conceptlib.preview import _EMBEDDING_SUFFIXES, _IMAGE_SUFFIXES
+
+    data = workflow()
+    paths = data[True]["pull_request"]["paths"]  # YAML 1.1 reads the key `on` as True
+    for suffix in (*_EMBEDDING_SUFFIXES, *_IMAGE_SUFFIXES):
+        assert f"**/*{suffix}" in paths, suffix
+    # Forks' tokens cannot comment: the step is for same-repository pull requests only.
+    assert "github.event.pull_request.head.repo.full_name == github.repository" in step(data, "Post or update")["if"]
+    assert step(data, "Upload grids")["if"] == "always()"
+
+
+@pytest.mark.parametrize(("code", "writes_summary"), [(0, True), (1, True), (2, False)])
+def test_preview_workflow_step_always_leaves_a_summary(tmp_path: Path, code: int, writes_summary: bool) -> None:
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    script = step(workflow(), "Render previews")["run"]
+    # A stand-in for conceptlib: preview.md on exit 0 and 1, one error line on exit 2.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "conceptlib"
+    body = "mkdir -p preview && echo '## conceptlib preview' > preview/preview.md" if writes_summary else "echo 'Error: the model has no weights' >&2"
+    fake.write_text(f"#!/usr/bin/env bash\n{body}\nexit {code}\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "GITHUB_OUTPUT": str(tmp_path / "output"),
+           "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"), "RANGE": "origin/main...HEAD", "PREVIEW_STEPS": "1", "PREVIEW_SIZE": "8x8"}  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    # GitHub runs `run:` blocks as `bash --noprofile --norc -eo pipefail {0}`.
+    done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=work, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # the last step fails the job, after posting
+    assert (tmp_path / "output").read_text() == f"status={code}\n"
+    summary = (work / "preview" / "preview.md").read_text(encoding="utf-8")
+    assert (tmp_path / "summary").read_text(encoding="utf-8") == summary
+    if not writes_summary:
+        assert "could not run (exit status 2)" in summary and "Error: the model has no weights" in summary
+        assert "Error: the model has no weights" in done.stderr  # still in the step's log

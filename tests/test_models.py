@@ -16,6 +16,7 @@ from conceptlib.errors import (
     DestinationExistsError,
     GitLFSPointerError,
     ModelNotFoundError,
+    ModelWeightsMissingError,
     UnknownModelError,
     UsageError,
 )
@@ -30,6 +31,7 @@ from conceptlib.models import (
     list_models,
     models_dir,
     read_model,
+    require_weights,
     resolve_model,
 )
 from conceptlib.tensor import Tensor
@@ -448,3 +450,34 @@ def test_resolve_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_model("sd2-v").kind == "family"
     with pytest.raises(ModelNotFoundError, match="'nothing'"):
         resolve_model("nothing")
+
+
+# --- weights for rendering and training ----------------------------------------------------------
+
+
+def test_require_weights_names_the_components_without_weight_files(tmp_path: Path) -> None:
+    from conceptlib.samples import write_model_description
+
+    folder = write_model_description(tmp_path / "configs-only")
+    info = read_model(folder)  # configs are a whole model for reading and validation
+    with pytest.raises(ModelWeightsMissingError) as caught:
+        require_weights(info)
+    assert str(caught.value) == f"{folder.resolve()}: has configs but no weights (no weight files in text_encoder)"
+    assert "conceptlib models create-tiny" in (caught.value.hint or "")
+    assert caught.value.components == ["text_encoder"]
+
+    # Components model_index.json lists, each checked; a Git LFS stub's copy is not weights.
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(unet=["diffusers", "UNet2DConditionModel"], vae=["diffusers", "AutoencoderKL"])
+    (folder / "model_index.json").write_text(json.dumps(index))
+    for component in ("unet", "vae"):
+        (folder / component).mkdir()
+        (folder / component / "config.json").write_text("{}")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"weights")
+    (folder / "vae" / "diffusion_pytorch_model.safetensors.lfs-pointer").write_text("version https://git-lfs")
+    (folder / "text_encoder" / "model-00001-of-00002.safetensors").write_bytes(b"a shard")
+    with pytest.raises(ModelWeightsMissingError, match=r"has no weight files in vae \(configs only there\)$"):
+        require_weights(info)
+    (folder / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"weights")
+    require_weights(info)
+    require_weights(read_model("sd1"))  # family names: the callers say what they need

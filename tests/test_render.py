@@ -398,7 +398,7 @@ def test_preview_changed_files_in_a_concepts_repository(world: dict[str, Any], t
     import subprocess
 
     from conceptlib.formats import write
-    from conceptlib.preview import changed_concepts, preview
+    from conceptlib.preview import Skipped, changed_concepts, preview
 
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
@@ -424,12 +424,270 @@ def test_preview_changed_files_in_a_concepts_repository(world: dict[str, Any], t
 
     inputs, skipped = changed_concepts("HEAD~1...HEAD", repo=repo)
     assert [p.name for p in inputs] == ["new-toy", "too-wide.safetensors"]
-    assert skipped == ["README.md"]
+    assert skipped == [Skipped("README.md", "holds no concept")]
     result = preview(changed="HEAD~1...HEAD", repo=repo, model=world["sd1"], out=tmp_path / "pv",
                      steps=1, size=SIZE, pipeline=world["sd1_pipe"])  # fmt: skip
     assert [(i.source, i.failed) for i in result.items] == [("new-toy", False), ("too-wide.safetensors", True)]
     assert result.exit_code == 1
     assert "`README.md`" in result.markdown.read_text(encoding="utf-8")
+
+
+def concepts_repo(path: Path) -> Any:
+    """An empty git repository at ``path``; returns ``git(*args)`` run inside it."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    path.mkdir(parents=True)
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, capture_output=True, text=True)
+        return done.stdout
+
+    git("init", "-q")
+    return git
+
+
+def test_preview_changed_loose_file_beside_a_concept_folder(world: dict[str, Any], tmp_path: Path) -> None:
+    from conceptlib.formats import write
+    from conceptlib.preview import changed_concepts, preview
+
+    repo = tmp_path / "concepts"
+    git = concepts_repo(repo)
+    # An old folder with an unchanged loose file beside its learned_embeds.
+    (repo / "old").mkdir()
+    write(factory.sd1(1, seed=30, token="<old>"), repo / "old" / "learned_embeds.safetensors")
+    write(factory.sd1(1, seed=31, token="<old-extra>"), repo / "old" / "unchanged.safetensors")
+    git("add", ".")
+    git("commit", "-qm", "base")
+    # The pull request: a diffusers folder with a loose embedding beside learned_embeds, and a
+    # token file for the old folder.
+    (repo / "new-toy").mkdir()
+    write(factory.sd1(2, seed=32, token="<new-toy>"), repo / "new-toy" / "learned_embeds.safetensors")
+    write(factory.sd1(1, seed=33, token="<new-extra>"), repo / "new-toy" / "extra.safetensors")
+    (repo / "old" / "token_identifier.txt").write_text("<old>")
+    git("add", ".")
+    git("commit", "-qm", "pr")
+
+    inputs, skipped = changed_concepts("HEAD~1...HEAD", repo=repo)
+    assert [p.relative_to(repo.resolve()).as_posix() for p in inputs] == ["new-toy", "new-toy/extra.safetensors", "old"]
+    assert skipped == []
+    result = preview(changed="HEAD~1...HEAD", repo=repo, model=world["sd1"], out=tmp_path / "pv",
+                     steps=1, size=SIZE, pipeline=world["sd1_pipe"])  # fmt: skip
+    # Every concept the change adds, and only those (not old/unchanged.safetensors).
+    assert [(i.source, i.token, i.failed) for i in result.items] == [
+        ("new-toy", "<new-toy>", False),
+        ("new-toy/extra.safetensors", "<new-extra>", False),
+        ("old", "<old>", False),
+    ]
+    assert all(i.grid is not None and i.grid.is_file() for i in result.items)
+
+
+def test_preview_range_without_concepts_writes_a_summary(world: dict[str, Any], tmp_path: Path, cli: Any) -> None:
+    from conceptlib.formats import write
+
+    repo = tmp_path / "concepts"
+    git = concepts_repo(repo)
+    (repo / "old").mkdir()
+    write(factory.sd1(1, seed=40, token="<old>"), repo / "old" / "learned_embeds.safetensors")
+    (repo / "README.md").write_text("hello")
+    git("add", ".")
+    git("commit", "-qm", "base")
+    write(factory.sd1(1, seed=41, token="<gone>"), repo / "gone.safetensors")
+    git("add", ".")
+    git("commit", "-qm", "add gone")
+    git("rm", "-rq", "old", "gone.safetensors")
+    (repo / "README.md").write_text("hello again")
+    git("commit", "-qam", "delete a concept, edit the README")
+
+    out = tmp_path / "pv"
+    common = ["--model", str(world["sd1"]), "--home", str(world["home"]), "--repo", str(repo), "--out", str(out)]
+    run = cli("preview", "--changed", "HEAD~1...HEAD", *common)
+    assert (run.exit_code, run.stdout) == (0, "")
+    assert run.stderr == (
+        "skipped README.md: holds no concept\n"
+        "skipped gone.safetensors: deleted by the change\n"
+        "skipped old/learned_embeds.safetensors: deleted by the change\n"
+        "no concepts to preview\n"
+        f"summary: {out / 'preview.md'}\n"
+    )
+    md = (out / "preview.md").read_text(encoding="utf-8")
+    assert "**No concepts changed** in `HEAD~1...HEAD`: nothing to preview." in md
+    assert "| Concept |" not in md
+    assert md.endswith(
+        "Skipped changed files:\n\n"
+        "- `README.md`: holds no concept\n"
+        "- `gone.safetensors`: deleted by the change\n"
+        "- `old/learned_embeds.safetensors`: deleted by the change\n"
+    )
+
+    # A range whose files the working tree no longer has: listed, not dropped.
+    run = cli("preview", "--changed", "HEAD~2...HEAD~1", *common, "--json")
+    assert run.exit_code == 0, run.output
+    data = json.loads(run.stdout)
+    assert data["items"] == [] and data["exit_code"] == 0
+    assert data["skipped"] == [
+        {"path": "gone.safetensors", "reason": "not in the working tree (check out the range's last commit)"}
+    ]
+
+
+def test_preview_refuses_a_range_that_git_would_read_as_an_option(world: dict[str, Any], tmp_path: Path, cli: Any) -> None:
+    from conceptlib.preview import changed_concepts
+
+    repo = tmp_path / "concepts"
+    git = concepts_repo(repo)
+    git("commit", "-q", "--allow-empty", "-m", "base")
+    written = tmp_path / "written-by-git"
+    run = cli("preview", f"--changed=--output={written}", "--model", str(world["sd1"]), "--repo", str(repo),
+              "--out", str(tmp_path / "pv"))  # fmt: skip
+    assert run.exit_code == 2
+    assert run.stderr == (
+        f"Error: --changed '--output={written}' is not a git range (it may not start with '-') "
+        "(hint: pass a range such as origin/main...HEAD)\n"
+    )
+    assert not written.exists() and not (tmp_path / "pv").exists()
+    with pytest.raises(UsageError, match="is not a git range"):
+        changed_concepts("-p", repo=repo)
+
+
+def test_preview_strict_fails_warnings_in_the_summary_too(world: dict[str, Any], tmp_path: Path) -> None:
+    from conceptlib.formats import write
+    from conceptlib.preview import preview
+
+    # 75 vectors: the whole context, and a context-tight warning.
+    write(factory.sd1(75, seed=50, token="<huge>"), tmp_path / "huge.safetensors")
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'huge.safetensors'}\n")
+    common: dict[str, Any] = {"model": world["sd1"], "home": world["home"], "steps": 1, "size": SIZE, "pipeline": world["sd1_pipe"]}
+
+    lenient = preview(from_file=tmp_path / "list.txt", out=tmp_path / "lenient", **common)
+    assert lenient.exit_code == 0
+    md = lenient.markdown.read_text(encoding="utf-8")
+    assert "**1 of 1 concepts fit the model**." in md
+    assert "| huge | `<huge>` | object | SD 1.x | ⚠️ 75 vectors use 75 of the 75 prompt tokens" in md
+
+    strict = preview(from_file=tmp_path / "list.txt", out=tmp_path / "strict", strict=True, **common)
+    assert strict.exit_code == 1
+    md = strict.markdown.read_text(encoding="utf-8")
+    assert "**0 of 1 concepts fit the model**, 1 failed (--strict: warnings fail)." in md
+    assert "| huge | `<huge>` | object | SD 1.x | ❌ 75 vectors use 75 of the 75 prompt tokens" in md
+    assert "(warning, failed under --strict) |" in md
+    assert lenient.to_dict()["items"][0]["verdict"] == "warning"
+    assert strict.to_dict()["items"][0]["verdict"] == "failed"
+
+
+def test_preview_prompts_fit_the_context(world: dict[str, Any], tmp_path: Path) -> None:
+    from conceptlib.formats import write
+    from conceptlib.preview import preview, preview_prompts
+
+    # A 75-vector negative embedding typed "object" would overflow every template.
+    write(factory.sd1(75, seed=51, token="bad-hands"), tmp_path / "bad-hands.safetensors")
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'bad-hands.safetensors'}\n")
+    result = preview(from_file=tmp_path / "list.txt", out=tmp_path / "pv", model=world["sd1"], home=world["home"],
+                     steps=1, size=SIZE, pipeline=world["sd1_pipe"])  # fmt: skip
+    assert not result.items[0].failed
+    manifest = json.loads((tmp_path / "pv" / "bad-hands" / "render.json").read_text())
+    assert [i["prompt"] for i in manifest["images"]] == ["bad-hands"] * 4
+    # Templates stay where they fit, with the prompt budget counted after BOS/EOS.
+    assert preview_prompts("<t>", "object", vectors=72)[0] == ["a photo of <t>", "<t>", "a painting of <t>", "<t>"]
+    assert preview_prompts("<t>", "style", vectors=66)[0][0] == "a painting in the style of <t>"
+    assert preview_prompts("neg", "negative", vectors=75) == (["a portrait of a woman", "a photo of a cat", "a house in a forest", "a city street at night"], "neg")
+    with pytest.raises(UsageError, match="76 vectors do not fit the 77-token context"):
+        preview_prompts("<t>", "object", vectors=76)
+
+
+def test_preview_template_words_are_one_clip_token_each(shared_models: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    from conceptlib.preview import NEGATIVE_PROMPTS, OBJECT_TEMPLATES, STYLE_TEMPLATES
+
+    tokenizer = CLIPTokenizer.from_pretrained(shared_models / "sd15" / "tokenizer")
+    for template in (*OBJECT_TEMPLATES, *STYLE_TEMPLATES, *NEGATIVE_PROMPTS):
+        text = template.replace("{}", " ")
+        assert len(tokenizer(text, add_special_tokens=False).input_ids) == len(text.split()), template
+
+
+def test_preview_keeps_library_logs_out_of_the_output(world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from conceptlib import preview as preview_module
+
+    # Prompts too long for the context make transformers and diffusers log warnings.
+    long = "a photo of " + "red " * 90 + "{}"
+    monkeypatch.setattr(preview_module, "preview_prompts", lambda token, *a, **k: ([long.format(token)], ""))
+    world["sd1_pipe"].tokenizer.deprecation_warnings.clear()  # transformers warns once per tokenizer
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    for name in ("transformers", "diffusers"):
+        logging.getLogger(name).addHandler(handler)
+    try:
+        preview_module.preview(["cat-toy"], model=world["sd1"], out=tmp_path / "pv", home=world["home"],
+                               steps=1, size=SIZE, pipeline=world["sd1_pipe"])  # fmt: skip
+    finally:
+        for name in ("transformers", "diffusers"):
+            logging.getLogger(name).removeHandler(handler)
+    assert [r.getMessage()[:40] for r in records] == []
+
+
+def test_preview_gives_concepts_with_one_name_their_own_grids(world: dict[str, Any], tmp_path: Path) -> None:
+    from conceptlib.formats import write
+    from conceptlib.preview import preview
+
+    # A changed file whose concept is called cat-toy too, next to the library's cat-toy.
+    write(factory.sd1(2, seed=60, token="<cat-toy>"), tmp_path / "cat-toy.safetensors")
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'cat-toy.safetensors'}\n")
+    out = tmp_path / "pv"
+    result = preview(["cat-toy"], from_file=tmp_path / "list.txt", out=out, model=world["sd1"], home=world["home"],
+                     steps=1, size=SIZE, pipeline=world["sd1_pipe"])  # fmt: skip
+    assert [(i.name, i.failed) for i in result.items] == [("cat-toy", False), ("cat-toy", False)]
+    assert [i.grid for i in result.items] == [out / "cat-toy" / "grid.png", out / "cat-toy-2" / "grid.png"]
+    assert not np.array_equal(pixels(out / "cat-toy" / "00000-0.png"), pixels(out / "cat-toy-2" / "00000-0.png"))
+    md = result.markdown.read_text(encoding="utf-8")
+    assert '<img src="cat-toy/thumb.png"' in md and '<img src="cat-toy-2/thumb.png"' in md
+
+
+def test_preview_from_a_list_file(world: dict[str, Any], tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conceptlib.formats import write
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    write(factory.sd2(1, seed=70, token="<wide-one>"), tmp_path / "wide-one.safetensors")
+    (lists / "list.txt").write_text("# relative to this file\n../wide-one.safetensors\nmissing.safetensors\nnot-a-concept\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the list's paths do not depend on where the command runs
+    common = ["--model", str(world["sd1"]), "--home", str(world["home"]), "--out", str(tmp_path / "pv")]
+    run = cli("preview", "--from", str(lists / "list.txt"), *common, "--json")
+    assert run.exit_code == 1, run.output
+    items = {i["source"]: i for i in json.loads(run.stdout)["items"]}
+    assert items["../wide-one.safetensors"]["error"].startswith("embedding width 1024 fits SD 2.x")
+    assert items["missing.safetensors"]["error"] == f"{lists / 'missing.safetensors'}: no such file or folder"
+    assert items["not-a-concept"]["error"].startswith("no concept named 'not-a-concept' in the library")
+
+    (lists / "latin1.txt").write_bytes("caf\xe9.safetensors\n".encode("latin-1"))
+    run = cli("preview", "--from", str(lists / "latin1.txt"), *common)
+    assert run.exit_code == 2
+    assert run.stderr == (
+        f"Error: {lists / 'latin1.txt'}: is not UTF-8 text (expected concept paths or names, one a line) "
+        "(hint: save the list as UTF-8)\n"
+    )
+
+
+def test_preview_and_render_refuse_a_model_without_weights(shared_models: Path, tmp_path: Path, cli: Any) -> None:
+    model = shared_models / "sd15"  # model_index.json and configs, no weight files
+    expected = (
+        f"Error: {model}: has configs but no weights (no weight files in unet, vae, text_encoder) "
+        "(hint: download the weight files into it (e.g. unet/diffusion_pytorch_model.safetensors, "
+        "text_encoder/model.safetensors), pass a .safetensors checkpoint, or try with a tiny model "
+        "made by `conceptlib models create-tiny DIR`)\n"
+    )
+    run = cli("preview", "cat-toy", "--model", str(model), "--out", str(tmp_path / "pv"))
+    assert (run.exit_code, run.stdout, run.stderr) == (2, "", expected)
+    assert not (tmp_path / "pv").exists()
+    run = cli("render", "a photo of a cat", "--model", str(model), "--out", str(tmp_path / "r"))
+    assert (run.exit_code, run.stdout, run.stderr) == (2, "", expected)
+    assert not (tmp_path / "r").exists()
 
 
 # --- the commands ------------------------------------------------------------------------------
