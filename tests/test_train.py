@@ -276,6 +276,23 @@ def test_images_and_token_checked_first(models: dict[str, Path], tmp_path: Path)
         _train(_config(models["sd1"], broken, tmp_path / "afile"))
 
 
+def test_cli_refuses_a_model_folder_of_configs_alone(models: dict[str, Path], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A downloaded folder of configs (no weights) fails in one line before the run folder exists."""
+    configs = tmp_path / "configs-only"
+    shutil.copytree(models["sd1"], configs, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    run = tmp_path / "run"
+    args = ["train", "-m", str(configs), "-i", str(images), "--token", "<x>", "--no-add", "--out", str(run)]
+    assert _cli(args) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"Error: {configs.resolve()}: has configs but no weights (no weight files in unet, vae, text_encoder) "
+        "(hint: download the weight files into it (e.g. unet/diffusion_pytorch_model.safetensors, "
+        "text_encoder/model.safetensors), pass a .safetensors checkpoint, or try with a tiny model made by "
+        "`conceptlib models create-tiny DIR`)"
+    ], err
+    assert not run.exists()
+
+
 # --- training ------------------------------------------------------------------------------------
 
 
