@@ -309,7 +309,10 @@ def create_tiny(
         raise UsageError(f"seed must be 0 or more, got {seed}")
     target = Path(out_dir).expanduser().resolve()
     if target.exists() and not target.is_dir():
-        raise DestinationExistsError("exists and is not a folder", path=target)
+        # --force replaces a folder's contents, never a file: the hint must not promise otherwise.
+        raise DestinationExistsError(
+            "exists and is a file; a tiny model is a folder", path=target, hint="choose another path, or move the file away"
+        )
     if target.is_dir() and any(target.iterdir()) and not force:
         raise DestinationExistsError("exists and is not empty", path=target)
     require("torch", "diffusers", "transformers", purpose="creating a tiny model")

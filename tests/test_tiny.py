@@ -143,6 +143,13 @@ def test_refuses_to_overwrite(tmp_path: Path) -> None:
     path = create_tiny(tmp_path / "m", force=True)
     assert not (path / "keep.txt").exists() and (path / "model_index.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+    # A file in the way: --force replaces a folder's contents, never a file, and the hint says so.
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DestinationExistsError) as caught:
+        create_tiny(tmp_path / "f", force=True)
+    assert str(caught.value) == f"{(tmp_path / 'f').resolve()}: exists and is a file; a tiny model is a folder"
+    assert caught.value.hint == "choose another path, or move the file away"
+    assert (tmp_path / "f").read_text() == "x"
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
