@@ -1040,6 +1040,8 @@ def _read_checkpoint(path: Path, *, hash_files: bool) -> ModelInfo:
         def fetch(key: str) -> Tensor:
             return _safetensors_tensor(path, header, start, key)
 
+    elif not head:
+        raise UnknownModelError("empty file (0 bytes)", path=path, hint="download or copy it again")
     elif head[:2] == b"PK" or head[:1] == b"\x80":
         state = _load_pickle_state(path)
         shapes = {k: v.shape for k, v in state.items() if isinstance(k, str) and isinstance(v, Tensor)}

@@ -251,6 +251,11 @@ def test_not_a_checkpoint_at_all(tmp_path: Path) -> None:
     path.write_text("hello")
     with pytest.raises(UnknownModelError, match="not a model checkpoint"):
         read_model(path)
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    with pytest.raises(UnknownModelError) as info:
+        read_model(empty)
+    assert (str(info.value), info.value.hint) == (f"{empty}: empty file (0 bytes)", "download or copy it again")
     truncated = tmp_path / "t.safetensors"
     truncated.write_bytes(_safetensors.dumps({SD1_KEY: matrix(8, 768)})[:200])
     with pytest.raises(CorruptFileError, match="truncated|cut short"):
