@@ -18,13 +18,22 @@ def _step(title: str) -> None:
 def demo(
     home: Annotated[
         Path | None,
-        typer.Option("--home", help="Library folder to create (default: a new temporary folder).", show_default=False),
+        # --home is the older spelling; every other command's --home is the library itself,
+        # while this folder holds the library *and* the demo's sample files.
+        typer.Option(
+            "--dir",
+            "--home",
+            help="New folder for the demo: sample files in downloads/, the library in library/ "
+            "(default: a new temporary folder).",
+            show_default=False,
+            metavar="<path>",
+        ),
     ] = None,
 ) -> None:
     """Run the whole workflow on sample files in a fresh library: inspect, convert, add,
     search, validate against a built-in tiny model, export for AUTOMATIC1111, verify.
 
-    Example: conceptlib demo --home /tmp/my-demo-library
+    Example: conceptlib demo --dir /tmp/my-demo
     """
     from conceptlib import _deps
     from conceptlib.cli.formats import inspect_path
@@ -38,9 +47,9 @@ def demo(
     if root.exists() and any(root.iterdir()):
         from conceptlib.errors import UsageError
 
-        raise UsageError(f"{root} is not empty", hint="give --home a new folder")
+        raise UsageError(f"{root} is not empty", hint="give --dir a new or empty folder")
     downloads = root / "downloads"
-    out.print(f"conceptlib demo: a fresh library in {root}", markup=False)
+    out.print(f"conceptlib demo: a fresh library in {root / 'library'}, sample files beside it", markup=False)
 
     _step("1. Sample concepts in every format (written to downloads/)")
     samples = write_samples(downloads)

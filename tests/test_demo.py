@@ -36,6 +36,7 @@ def run_demo(home: Path, *, block_torch: bool) -> str:
 
 
 def check(output: str, home: Path) -> None:
+    assert output.startswith(f"conceptlib demo: a fresh library in {home / 'library'}, sample files beside it\n")
     assert "  added      cat-toy          <cat-toy>        object    SD 1.x" in output
     assert "  duplicate  cat-toy-copy.safetensors: same vectors as cat-toy" in output
     assert "  rejected   learned_embeds.bin: is a Git LFS pointer" in output
@@ -71,5 +72,5 @@ def test_demo_with_tiny_model(tmp_path: Path) -> None:
 
 def test_demo_refuses_a_non_empty_home(tmp_path: Path) -> None:
     (tmp_path / "x").write_text("keep")
-    proc = subprocess.run([sys.executable, "-m", "conceptlib", "demo", "--home", str(tmp_path)], capture_output=True, text=True)
-    assert proc.returncode == 2 and "is not empty" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "conceptlib", "demo", "--dir", str(tmp_path)], capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (2, f"Error: {tmp_path} is not empty (hint: give --dir a new or empty folder)\n")
