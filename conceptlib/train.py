@@ -267,6 +267,9 @@ class TrainResult:
         embedding: the learned vectors (``clip_l``; ``clip_h``; or ``clip_l`` + ``clip_g``).
         embedding_path: the concept written in conceptlib's canonical format.
         concept: the library entry, or None with ``add_to_library=False``.
+        library_action: ``"added"`` (a new library entry), ``"updated"`` (a resumed run
+            replaced the vectors of the concept it added before, keeping the old ones in its
+            history) or None (nothing went to the library).
         out: the run folder.
         checkpoint: the last checkpoint written.
         steps: optimizer steps done in total (including those before a resume).
@@ -306,11 +309,13 @@ class TrainResult:
     device: str = "cpu"
     warnings: list[str] = field(default_factory=list)
     main_process: bool = True
+    library_action: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what ``conceptlib train --json`` prints)."""
         return {
             "concept": self.concept.name if self.concept else None,
+            "library_action": self.library_action,
             "token": self.embedding.token,
             "encoders": self.embedding.widths,
             "vectors": self.embedding.num_vectors,
@@ -1505,6 +1510,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     }
     embedding.metadata.update(metadata)
     concept = None
+    action: str | None = None
     grid = plot = None
     if main_process:
         write(embedding, embedding_path, format="conceptlib", force=True)
@@ -1517,8 +1523,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
             library = Library.open(home)
             try:
                 if ours is not None:
+                    action = "updated"
                     concept = library.update(ours, embedding_path, token=token, type=config.type, images=image_files, metadata=metadata)
                 else:
+                    action = "added"
                     concept = library.add(
                         embedding_path,
                         name=config.name,
@@ -1549,4 +1557,5 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         device=str(device),
         warnings=notes,
         main_process=main_process,
+        library_action=action,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -427,6 +428,22 @@ def test_resuming_a_run_that_added_its_concept_updates_it(models: dict[str, Path
         shown = lib.show("toy")
         assert shown.steps == 4 and [h["content_hash"] for h in shown.history] == [first.concept.content_hash]
         assert lib.embedding("toy").same_vectors(more.embedding)
+
+
+def test_cli_resume_says_updated_and_which_steps_ran(models: dict[str, Path], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["train", "-m", str(models["sd1"]), "-i", str(images), "--token", "<toy>", "--init-word", "watermark",
+            "--resolution", "32", "--lr", "0.02", "--save-every", "2", "--name", "toy", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert _cli([*base, "--steps", "2"]) == 0
+    first = capsys.readouterr()
+    assert first.out == "added      toy  (<toy>, SD 1.x, 1 vector)\n"
+    assert re.search(r"^Trained 2 steps \(", first.err, re.M), first.err
+    assert _cli([*base, "--steps", "4", "--resume"]) == 0
+    more = capsys.readouterr()
+    assert more.out == "updated    toy  (<toy>, SD 1.x, 1 vector)\n"
+    assert re.search(r"^Trained steps 3-4 of 4 \(resumed from step 2\) \(", more.err, re.M), more.err
+    assert _cli([*base, "--steps", "5", "--resume", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["concept"], again["library_action"], again["steps"], again["resumed_from"]) == ("toy", "updated", 5, 4)
 
 
 def test_only_vectors_trained_and_checkpoint_is_small(models: dict[str, Path], images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
