@@ -1333,8 +1333,16 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         prompts = [_prompt(templates[i % len(templates)], token_text, images[i].caption) for i in indices]
         latent_noise = torch.randn((len(indices), *latent_shape), generator=g)
         noise = torch.randn((len(indices), *latent_shape), generator=g)
+        # In chunks of the training batch: up to 32 samples at once would need more memory
+        # than a training step does, and so set the run's peak for a number it only reports.
+        size, total = config.batch_size, 0.0
         with torch.no_grad():
-            return float(diffusion_loss(indices, torch.zeros(len(indices), dtype=torch.bool), prompts, fixed_t, latent_noise, noise))
+            for lo in range(0, len(indices), size):
+                part = slice(lo, lo + size)
+                chunk = indices[part]
+                loss = diffusion_loss(chunk, torch.zeros(len(chunk), dtype=torch.bool), prompts[part], fixed_t[part], latent_noise[part], noise[part])
+                total += float(loss) * len(chunk)
+        return total / len(indices)
 
     preview_pipe: Any = None
     previews: list[tuple[int, Path]] = []

@@ -446,6 +446,25 @@ def test_cli_resume_says_updated_and_which_steps_ran(models: dict[str, Path], im
     assert (again["concept"], again["library_action"], again["steps"], again["resumed_from"]) == ("toy", "updated", 5, 4)
 
 
+def test_evaluation_runs_no_larger_batches_than_training(models: dict[str, Path], images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixed evaluation batch (images x 4 timesteps) goes through in training-size chunks,
+    so a number the run only reports never sets its peak memory."""
+    from diffusers import UNet2DConditionModel
+
+    seen: list[int] = []
+    forward = UNet2DConditionModel.forward
+
+    def counting(self: Any, sample: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(int(sample.shape[0]))
+        return forward(self, sample, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", counting)
+    result = _train(_config(models["sd1"], images, tmp_path / "run", steps=2, batch_size=2))
+    # 2 steps of 2, and 3 images x 4 timesteps twice (before and after) in chunks of 2.
+    assert seen == [2] * (2 + 6 + 6), seen
+    assert result.eval_loss_start > 0 and result.eval_loss_end > 0
+
+
 def test_only_vectors_trained_and_checkpoint_is_small(models: dict[str, Path], images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
     from transformers import CLIPTextModel
