@@ -27,7 +27,8 @@ The reference script is not part of this repository (diffusers ships it in
 alone and the table says the reference was skipped. Two compatibility shims are applied to the
 reference process only when needed, and reported: a minimal ``torchvision.transforms`` stand-in
 (``RandomHorizontalFlip``, the only thing it uses) when torchvision is not installed, and a
-``CLIPTextModel.text_model`` alias for transformers 5, which flattened that attribute away.
+``CLIPTextModel.text_model`` alias for transformers 5, which flattened that attribute away; and
+``args.variant = None`` for copies of the script that read ``--variant`` without defining it.
 """
 
 from __future__ import annotations
@@ -101,6 +102,17 @@ if mode == "reference":
     if not hasattr(CLIPTextModel, "text_model"):
         CLIPTextModel.text_model = property(lambda self: self)
         shims.append("CLIPTextModel.text_model alias (transformers 5)")
+    if "--variant" not in open(payload["script"]).read():
+        # Some stored copies read args.variant without defining --variant (upstream: default None).
+        import argparse
+        _parse = argparse.ArgumentParser.parse_args
+        def _parse_args(self, *a, **k):
+            ns = _parse(self, *a, **k)
+            if not hasattr(ns, "variant"):
+                ns.variant = None
+            return ns
+        argparse.ArgumentParser.parse_args = _parse_args
+        shims.append("args.variant = None (this copy reads --variant without defining it)")
     sys.argv = [payload["script"], *payload["args"]]
     runpy.run_path(payload["script"], run_name="__main__")
 else:
