@@ -550,6 +550,60 @@ def test_splice_gradient_matches_plain_autograd(models: dict[str, Path]) -> None
         assert torch.equal(spliced(torch.where(ids >= base, base - 1 - ids, ids))[0], plain(ids)[0])
 
 
+def test_precomputed_projections_match_and_fall_back(models: dict[str, Path]) -> None:
+    """Rows gathered from the precomputed first-layer projections give the output and gradient
+    of projecting every step; a prompt outside the tables, or tables over budget, project as before."""
+    import torch
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+
+    def spliced() -> tuple[Any, Any, Any]:
+        model = CLIPTextModel.from_pretrained(models["sd1"] / "text_encoder").requires_grad_(False)
+        inner = getattr(model, "text_model", model)
+        vectors = torch.nn.Parameter(inner.embeddings.token_embedding.weight[[5, 9]].detach().clone())
+        splice = _splice(inner.embeddings.token_embedding, vectors, inner.encoder.layers[0].self_attn)
+        inner.embeddings.token_embedding = splice
+
+        def inputs(tokens: torch.Tensor, places: torch.Tensor) -> torch.Tensor:
+            return inner.encoder.layers[0].layer_norm1(splice.base(tokens) + inner.embeddings.position_embedding(places))
+
+        return model, splice, inputs
+
+    (tabled, splice, inputs), (plain, plain_splice, _) = spliced(), spliced()
+    pad = 888
+    ids = torch.full((3, 77), pad)
+    ids[0, :5] = torch.tensor([887, 3, -1, -2, pad])
+    ids[1, :6] = torch.tensor([887, -1, 3, 4, -2, pad])
+    ids[2, :4] = torch.tensor([887, 3, -1, -2])  # the same (token, position) pairs as prompt 0, bar one
+    keys_before = set(tabled.state_dict())
+    size = splice.precompute(ids, inputs, budget=2**30)
+    pairs = {(int(t), j) for row in ids for j, t in enumerate(row) if t >= 0}
+    assert size == len(pairs) * 3 * 768 * 4
+    assert set(tabled.state_dict()) == keys_before  # the tables are not weights
+    assert plain_splice.precompute(ids, inputs, budget=size - 1) == 0  # over budget: no tables
+
+    weights = torch.randn(3, 77, 768)
+    for batch in (ids[[1, 0]], ids[[2]]):
+        for model, s in ((tabled, splice), (plain, plain_splice)):
+            s.place(batch)
+            model.zero_grad()
+            s.vectors.grad = None
+            (model(batch)[0] * weights[: len(batch)]).sum().backward()
+        assert splice.positions.table_rows is not None and plain_splice.positions.table_rows is None
+        torch.testing.assert_close(splice.vectors.grad, plain_splice.vectors.grad, rtol=1e-5, atol=1e-6)
+        with torch.no_grad():
+            torch.testing.assert_close(tabled(batch)[0], plain(batch)[0], rtol=1e-5, atol=1e-6)
+    # A prompt the tables do not hold projects as before.
+    other = ids[[0]].clone()
+    other[0, 1] = 4
+    splice.place(other)
+    assert splice.positions.table_rows is None
+    got = tabled(other)[0]
+    plain_splice.place(other)
+    torch.testing.assert_close(got, plain(other)[0])
+
+
 def test_gradient_clipping(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
     """What the optimizer sees is clipped: by total norm, by element, and after fp16 unscaling."""
     import torch
@@ -691,7 +745,10 @@ def test_tag_options_vary_only_the_captions(models: dict[str, Path], tmp_path: P
     for label, kw in (("plain", {}), ("tags", {"shuffle_tags": True, "tag_dropout": 0.3})):
         made.clear()
         result = _train(_config(models["sd1"], images, tmp_path / label, steps=6, templates=str(templates), captions="sidecar", **kw))
-        runs[label], losses[label] = made[8:-8], result.losses  # the evaluation batch (2 images x 4) comes before and after
+        # Without tag options every prompt (2 templates x 2 images) is listed once up front, for
+        # the precomputed projections; the evaluation batch (2 images x 4) comes before and after.
+        first = 4 + 8 if label == "plain" else 8
+        runs[label], losses[label] = made[first:-8], result.losses
     # The tag draws come from a stream of their own: drawn but not applied, the run is the plain one.
     vary = train_module._vary_tags
     monkeypatch.setattr(train_module, "_vary_tags", lambda c, g, **kw: (vary(c, g, **kw), c)[1])
