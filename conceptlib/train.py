@@ -17,6 +17,9 @@ that script pays for simplicity removed:
 * Each image is encoded to latents once (and its mirror image, when flips are on); each step
   re-samples from the cached latent distribution, as the reference's ``latent_dist.sample()``
   does, without running the VAE encoder.
+* The first layer of each text encoder projects (query, key, value) the rows of ordinary tokens
+  once per run: they depend on the token and its position only, so each prompt's rows are
+  gathered from a table, and only the placeholder rows are projected, with a graph, each step.
 * Frozen models are in eval mode with ``requires_grad`` off; attention runs through PyTorch's
   SDPA (xformers when installed, on a GPU); gradient checkpointing and fp16/bf16 are options.
 * Checkpoints hold the vectors, their optimizer state, the LR-scheduler state, RNG states, the
