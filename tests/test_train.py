@@ -465,6 +465,39 @@ def test_evaluation_runs_no_larger_batches_than_training(models: dict[str, Path]
     assert result.eval_loss_start > 0 and result.eval_loss_end > 0
 
 
+def test_vae_let_go_before_the_first_step_unless_previews_need_it(models: dict[str, Path], images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+    import weakref
+
+    from diffusers import AutoencoderKL
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    loaded: list[weakref.ref[Any]] = []
+    load = AutoencoderKL.from_pretrained
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        vae = load(*args, **kwargs)
+        loaded.append(weakref.ref(vae))
+        return vae
+
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", recording)
+    alive: list[bool] = []
+
+    def at_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+        gc.collect()
+        alive.append(loaded[-1]() is not None)
+
+    handle = register_optimizer_step_post_hook(at_step)
+    try:
+        _train(_config(models["sd1"], images, tmp_path / "plain", steps=2))
+        assert alive == [False, False]  # only the cached latents are needed to train
+        alive.clear()
+        result = _train(_config(models["sd1"], images, tmp_path / "previews", steps=2, preview_every=2, preview_steps=1))
+        assert alive == [True, True] and len(result.previews) == 2  # steps 0 and 2
+    finally:
+        handle.remove()
+
+
 def test_only_vectors_trained_and_checkpoint_is_small(models: dict[str, Path], images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
     from transformers import CLIPTextModel
