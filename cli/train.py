@@ -141,11 +141,12 @@ def train(
         out.print(f"{action:<10} {c.name}  ({c.token}, {c.family_label}, {c.vectors} vector{'s' if c.vectors != 1 else ''})", markup=False)
     else:
         out.print(f"wrote      {result.embedding_path}", markup=False)
+    rate = f"{result.seconds_per_step:.3f} s/step"
     if result.resumed_from:  # train() refuses a resume with no steps left
-        ran = f"Trained steps {result.resumed_from + 1}-{result.steps} of {result.steps} (resumed from step {result.resumed_from})"
+        ran = f"Trained steps {result.resumed_from + 1}-{result.steps} of {result.steps} (resumed from step {result.resumed_from}; {rate})"
     else:
-        ran = f"Trained {result.steps} steps"
+        ran = f"Trained {result.steps} steps ({rate})"
     info(
-        f"{ran} ({result.seconds_per_step:.3f} s/step); evaluation loss "
+        f"{ran}; evaluation loss "
         f"{result.eval_loss_start:.4f} -> {result.eval_loss_end:.4f}. Run folder: {result.out}"
     )

@@ -440,7 +440,7 @@ def test_cli_resume_says_updated_and_which_steps_ran(models: dict[str, Path], im
     assert _cli([*base, "--steps", "4", "--resume"]) == 0
     more = capsys.readouterr()
     assert more.out == "updated    toy  (<toy>, SD 1.x, 1 vector)\n"
-    assert re.search(r"^Trained steps 3-4 of 4 \(resumed from step 2\) \(", more.err, re.M), more.err
+    assert re.search(r"^Trained steps 3-4 of 4 \(resumed from step 2; [0-9.]+ s/step\); evaluation loss ", more.err, re.M), more.err
     assert _cli([*base, "--steps", "5", "--resume", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert (again["concept"], again["library_action"], again["steps"], again["resumed_from"]) == ("toy", "updated", 5, 4)
