@@ -39,8 +39,9 @@ lib = Library.open(sys.argv[1])
 lib.registry  # import sqlmodel and open the index before "ready", so kills land in the adds
 import conceptlib.formats
 print("ready", flush=True)
-for path in sorted(Path(sys.argv[2]).iterdir()):
-    lib.add(path)
+for name in sys.argv[3:] or sorted(p.name for p in Path(sys.argv[2]).iterdir()):
+    lib.add(Path(sys.argv[2]) / name)
+    print("added", flush=True)
 print("done", flush=True)
 """
 
@@ -59,12 +60,20 @@ def test_kill_9_at_random_moments_of_add(tmp_path: Path) -> None:
     rng = random.Random(seed)
     kills = 0
     for _round in range(12):
+        # Each round adds only files not yet in the library and is killed after a few of them, at
+        # a random moment of the next: a fast machine cannot finish a round before the kill.
+        with Library.open(home) as lib:
+            present = {c.token for c in lib.list()}
+        todo = [f"c{i:03}.safetensors" for i in range(150) if f"<c{i}>" not in present]
+        assert len(todo) > 50, seed
         proc = subprocess.Popen(
-            [sys.executable, "-c", _ADD_SCRIPT, str(home), str(files)],
+            [sys.executable, "-c", _ADD_SCRIPT, str(home), str(files), *todo],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(home),
         )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.0, 0.3))
+        for _ in range(rng.randrange(4)):
+            assert proc.stdout.readline().strip() == "added", seed
+        time.sleep(rng.uniform(0.0, 0.05))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
@@ -79,7 +88,8 @@ def test_kill_9_at_random_moments_of_add(tmp_path: Path) -> None:
         assert after.ok, (seed, after.problems)
         assert [c.name for c in lib.list()] == sorted(c.name for c in lib.list())
         lib.close()
-    assert kills >= 10
+    # Every round was killed mid-add: a round that ended by itself means the script failed.
+    assert kills == 12, (seed, proc.stderr.read() if proc.stderr else "")
     # A final uninterrupted run completes the set: nothing was lost or duplicated.
     subprocess.run([sys.executable, "-c", _ADD_SCRIPT, str(home), str(files)], check=True, env=_env(home), capture_output=True)
     lib = Library.open(home)
