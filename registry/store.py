@@ -101,11 +101,15 @@ def manifest_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def fts_query(text: str) -> str | None:
-    """An FTS5 MATCH expression for free text: every word, as a prefix, all required.
+def fts_query(text: str, *, prefix: bool = True) -> str | None:
+    """An FTS5 MATCH expression for free text: every word, all required.
 
     User text is never passed to MATCH as is: FTS5 syntax (quotes, ``-``, ``:``, ``NEAR``)
     would turn ordinary queries like ``cat-toy`` into syntax errors.
+
+    Args:
+        text: what the user typed.
+        prefix: match each word as a prefix (``cat`` finds ``catalina``), not only whole.
 
     Returns:
         The expression, or None when ``text`` has no word characters.
@@ -113,7 +117,8 @@ def fts_query(text: str) -> str | None:
     words = re.findall(r"\w+", text)
     if not words:
         return None
-    return " ".join(f'"{word}"*' for word in words)
+    star = "*" if prefix else ""
+    return " ".join(f'"{word}"{star}' for word in words)
 
 
 def like_pattern(text: str) -> str:
@@ -251,15 +256,18 @@ class IndexReader:
         ]
 
     def search(self, text: str, *, limit: int | None = None) -> list[ConceptSummary]:
-        """Concepts matching ``text``: full-text matches by relevance, then substring matches.
+        """Concepts matching ``text``: whole-word matches, then word-prefix matches, then substrings.
 
-        The full-text index finds words and word prefixes (``cat`` finds ``<cat-toy>``); the
-        substring pass finds what word boundaries hide (``兰`` inside ``铃兰``, ``toy`` inside
-        ``cattoy``).
+        The full-text index finds words and word prefixes (``cat`` finds ``<cat-toy>``), each
+        pass ordered by relevance. Whole words come first: a concept tagged ``cat`` is what a
+        search for ``cat`` wants before one named ``catalina``. The substring pass finds what
+        word boundaries hide (``兰`` inside ``铃兰``, ``toy`` inside ``cattoy``).
         """
         found: dict[str, ConceptSummary] = {}
-        match = fts_query(text)
-        if match is not None:
+        for prefix in (False, True):
+            match = fts_query(text, prefix=prefix)
+            if match is None:
+                break
             for row in self._query(_SQL_FTS, {"match": match}):
                 found.setdefault(row[0], _summary(row))
         if text.strip():

@@ -200,8 +200,22 @@ def test_search_ranks_name_over_description(registry: Registry) -> None:
     assert [s.name for s in registry.search("wolf", limit=1)] == ["wolf"]
 
 
+def test_search_ranks_whole_words_over_prefixes_in_both_readers(registry: Registry, db_path: Path) -> None:
+    # A name weighs more than a tag, but `cat` names the tag exactly and only begins `catalina`.
+    add(registry, concept("catalina"), concept("kitty", tags=["cat"]), concept("bobcat"))
+    reader = SqliteReader.open(db_path)
+    assert reader is not None
+    try:
+        for index in (registry, reader):
+            assert [s.name for s in index.search("cat")] == ["kitty", "catalina", "bobcat"]
+            assert [s.name for s in index.search("cata")] == ["catalina"]
+    finally:
+        reader.close()
+
+
 def test_fts_query_and_like_escaping() -> None:
     assert fts_query("cat-toy") == '"cat"* "toy"*'
+    assert fts_query("cat-toy", prefix=False) == '"cat" "toy"'
     assert fts_query("NEAR(a b)") == '"NEAR"* "a"* "b"*'
     assert fts_query("-- ' \"") is None
     assert like_pattern("a%b_c\\") == "%a\\%b\\_c\\\\%"
