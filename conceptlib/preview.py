@@ -182,6 +182,7 @@ class PreviewResult:
         skipped: changed files that gave no concept (README, deleted files), with the reason.
         strict: warnings count as failures.
         changed: the git range previewed, when one was.
+        listed: the ``from_file`` list previewed, when one was.
     """
 
     out: Path
@@ -190,6 +191,7 @@ class PreviewResult:
     skipped: list[Skipped] = field(default_factory=list)
     strict: bool = False
     changed: str | None = None
+    listed: str | None = None
 
     @property
     def failed(self) -> list[PreviewItem]:
@@ -441,8 +443,13 @@ def _markdown(result: PreviewResult, model: ModelInfo, settings: dict[str, Any],
         "",
     ]
     if not result.items:
-        where = f" in `{cell(result.changed)}`" if result.changed is not None else ""
-        lines.append(f"**No concepts changed**{where}: nothing to preview.")
+        # Only a range or a list can give nothing (a name asked for is always an item).
+        sources = []
+        if result.changed is not None:
+            sources.append(f"changed in `{cell(result.changed)}`")
+        if result.listed is not None:
+            sources.append(f"listed in `{cell(result.listed)}`")
+        lines.append(f"**No concepts {' or '.join(sources) or 'asked for'}**: nothing to preview.")
     else:
         failed = len(result.failed)
         lines += [
@@ -516,7 +523,8 @@ def preview(
         changed: a git range; the concepts it adds or changes are previewed (see
             :func:`changed_concepts`). A range that changes none gives a summary saying so.
         from_file: a file of paths or names, one a line (``#`` comments allowed); relative
-            paths are relative to the file's folder.
+            paths are relative to the file's folder. An empty list is like a range that
+            changes nothing (a CI job may write one): a summary saying so, exit code 0.
         repo: the repository ``changed`` refers to.
         home: the library ``concepts`` names refer to (default: ``CONCEPTLIB_HOME``).
         seed, steps, guidance, scheduler, size, batch_size, device, dtype: as for
@@ -582,6 +590,10 @@ def preview(
     if from_file is not None:
         wanted += _read_list(from_file)
 
+    if rank_and_world()[0] == 0:
+        # A summary from an earlier run must not outlive a run that stops midway: CI would post
+        # it beside this run's grids. No summary means the preview did not finish.
+        (out_dir / SUMMARY_NAME).unlink(missing_ok=True)
     items: list[PreviewItem] = []
     folders: set[str] = set()  # output folder names taken in this preview
     pipe = pipeline
@@ -667,7 +679,8 @@ def preview(
     if progress:
         progress(len(items), len(items), "done")
     settings = {"prompts": len(OBJECT_TEMPLATES), "seed": seed, "steps": steps, "size": (width, height)}
-    result = PreviewResult(out_dir, items, out_dir / SUMMARY_NAME, skipped, strict, changed)
+    listed = os.fspath(from_file) if from_file is not None else None
+    result = PreviewResult(out_dir, items, out_dir / SUMMARY_NAME, skipped, strict, changed, listed)
     # Under a launcher only the main process holds the grids (render writes them there).
     if rank_and_world()[0] == 0:
         atomic_write_bytes(result.markdown, _markdown(result, info, settings, image_base_url).encode("utf-8"))

@@ -393,6 +393,27 @@ def test_preview_markdown_and_exit_code(world: dict[str, Any], tmp_path: Path) -
     assert neg["images"][0]["negative"] == "easynegative"
 
 
+def test_preview_stopped_midway_leaves_no_summary(world: dict[str, Any], tmp_path: Path) -> None:
+    from conceptlib.preview import preview
+
+    out = tmp_path / "preview"
+    common: dict[str, Any] = {"model": world["sd1"], "out": out, "home": world["home"], "steps": 1, "size": SIZE,
+                              "pipeline": world["sd1_pipe"]}  # fmt: skip
+    preview(["cat-toy"], **common)
+    assert "| cat-toy |" in (out / "preview.md").read_text(encoding="utf-8")
+
+    def stop_after_first(done: int, total: int, message: str) -> None:
+        if done == 1:
+            raise KeyboardInterrupt  # Ctrl-C (or a crash) while the second concept is up next
+
+    with pytest.raises(KeyboardInterrupt):
+        preview(["birb-style", "easynegative"], progress=stop_after_first, **common)
+    # The first concept's grid is whole; the earlier run's summary is not left to describe this one.
+    assert (out / "birb-style" / "grid.png").is_file()
+    assert not (out / "easynegative").exists()
+    assert not (out / "preview.md").exists()
+
+
 def test_preview_changed_files_in_a_concepts_repository(world: dict[str, Any], tmp_path: Path) -> None:
     import shutil
     import subprocess
@@ -513,7 +534,7 @@ def test_preview_range_without_concepts_writes_a_summary(world: dict[str, Any], 
         f"summary: {out / 'preview.md'}\n"
     )
     md = (out / "preview.md").read_text(encoding="utf-8")
-    assert "**No concepts changed** in `HEAD~1...HEAD`: nothing to preview." in md
+    assert "**No concepts changed in `HEAD~1...HEAD`**: nothing to preview." in md
     assert "| Concept |" not in md
     assert md.endswith(
         "Skipped changed files:\n\n"
@@ -664,6 +685,14 @@ def test_preview_from_a_list_file(world: dict[str, Any], tmp_path: Path, cli: An
     assert items["../wide-one.safetensors"]["error"].startswith("embedding width 1024 fits SD 2.x")
     assert items["missing.safetensors"]["error"] == f"{lists / 'missing.safetensors'}: no such file or folder"
     assert items["not-a-concept"]["error"].startswith("no concept named 'not-a-concept' in the library")
+
+    # An empty list (a CI job found nothing to list) is like a range that changes nothing.
+    (lists / "empty.txt").write_text("# no concepts this time\n\n")
+    run = cli("preview", "--from", str(lists / "empty.txt"), *common)
+    assert (run.exit_code, run.stdout) == (0, "")
+    assert run.stderr == f"no concepts to preview\nsummary: {tmp_path / 'pv' / 'preview.md'}\n"
+    md = (tmp_path / "pv" / "preview.md").read_text(encoding="utf-8")
+    assert f"**No concepts listed in `{lists / 'empty.txt'}`**: nothing to preview." in md
 
     (lists / "latin1.txt").write_bytes("caf\xe9.safetensors\n".encode("latin-1"))
     run = cli("preview", "--from", str(lists / "latin1.txt"), *common)
