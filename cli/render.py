@@ -109,6 +109,8 @@ def _print_result(result: RenderResult) -> None:
         for finding in concept.findings:
             if finding.severity == "warning":
                 info(f"Warning: {concept.name}: {finding.message}")
+    for warning in result.warnings:
+        info(f"Warning: {warning}")
 
 
 def preview_cmd(

@@ -322,6 +322,8 @@ class RenderResult:
         timings: seconds per phase (``pipeline``, ``load``, ``render``, ``unload``, ``write``).
         main_process: False on the other processes of a distributed run: they hold only their
             own images, and the main process reports the run.
+        warnings: prompts the text encoder does not read as written (too long for its
+            context, AUTOMATIC1111 attention weights), one sentence each.
     """
 
     out: Path
@@ -333,6 +335,7 @@ class RenderResult:
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
     main_process: bool = True
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what ``render --json`` prints)."""
@@ -345,6 +348,7 @@ class RenderResult:
             "concepts": [c.name for c in self.concepts],
             "seconds": round(self.seconds, 3),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "warnings": list(self.warnings),
         }
 
 
@@ -452,6 +456,59 @@ class _Job:
     guidance: float
     width: int
     height: int
+
+
+# AUTOMATIC1111's and ComfyUI's `(text:1.2)`. Plain `(text)` is left alone: brackets are common
+# in ordinary prompts, and their 1.1 emphasis is a small change.
+_WEIGHTED = re.compile(r"\((?:[^()\\]|\\.)+:\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)\s*\)")
+_SHOWN_CHARS = 40
+
+
+def prompt_warnings(jobs: Sequence[_Job], concepts: ConceptSet, tokenizer: Any) -> list[str]:
+    """What the text encoder will not read as written, one sentence per prompt and problem.
+
+    diffusers truncates a prompt past the encoder's context (77 tokens, BOS and EOS included)
+    and reads AUTOMATIC1111 attention weights as words; AUTOMATIC1111 does neither, so a
+    prompt copied from it renders differently. Concepts count as their vectors (the tokenizer
+    must hold them already).
+    """
+    usable = int(tokenizer.model_max_length) - 2
+    warnings: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for job in jobs:
+        for kind, text in (("prompt", job.prompt), ("negative prompt", job.negative)):
+            if not text or (kind, text) in seen:
+                continue
+            seen.add((kind, text))
+            where = f"prompt line {job.line + 1}" if kind == "prompt" else f"the negative prompt of line {job.line + 1}"
+            weighted = _WEIGHTED.search(text)
+            if weighted:
+                warnings.append(
+                    f"{where} uses an AUTOMATIC1111 attention weight, '{weighted.group(0)}': conceptlib does not "
+                    "weight prompts, so the text encoder reads the brackets and the number as words"
+                )
+            expanded = concepts.expand(text)[0]
+            ids = tokenizer(expanded, add_special_tokens=False, truncation=False).input_ids
+            if len(ids) > usable:
+                dropped = " ".join(_left_out(tokenizer, expanded, ids, usable).split())
+                if len(dropped) > _SHOWN_CHARS:
+                    dropped = dropped[:_SHOWN_CHARS] + "..."
+                warnings.append(
+                    f"{where} is {len(ids)} tokens long: the text encoder reads the first {usable}, "
+                    f"so '{dropped}' is left out (shorten it)"
+                )
+    return warnings
+
+
+def _left_out(tokenizer: Any, text: str, ids: Sequence[int], start: int) -> str:
+    """The text from token ``start`` on, as typed where the tokenizer gives character offsets."""
+    try:
+        # Not decoding: a Rust tokenizer holding concepts (a clone) decodes CLIP's `</w>` word
+        # ends verbatim.
+        offsets = tokenizer(text, add_special_tokens=False, truncation=False, return_offsets_mapping=True).offset_mapping
+        return text[offsets[start][0] :]
+    except NotImplementedError:  # transformers 4's Python tokenizers have no offsets
+        return str(tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(list(ids[start:]))))
 
 
 # --- concepts in prompts -----------------------------------------------------------------------
@@ -1100,6 +1157,7 @@ def render(
     Example:
         >>> render(RenderConfig(model="tiny-sd1", prompts=["a <cat-toy>"], out="out"))  # doctest: +SKIP
     """
+    from conceptlib._deps import quiet_loading
     from conceptlib.models import require_weights, resolve_model
     from conceptlib.single_file import native_size, resolve_configs
     from conceptlib.validate import validate_many
@@ -1193,6 +1251,10 @@ def render(
     mark = time.perf_counter()
     loaded = load_concepts(pipe, concepts.used, encoder_components(model))
     timings["load"] = time.perf_counter() - mark
+    # diffusers says the same about long prompts in a log line per batch; ours name the prompt.
+    tokenizer = getattr(pipe, "tokenizer", None) or pipe.tokenizer_2
+    with quiet_loading():
+        warnings = prompt_warnings(jobs, concepts, tokenizer)
     mark = time.perf_counter()
     try:
         pipe.scheduler = scheduler
@@ -1220,17 +1282,18 @@ def render(
                 used_names.append(names + [n for n in negative_names if n not in names])
             # One CPU generator per image: the same latents on any device and any batch size.
             generators = [torch.Generator(device="cpu").manual_seed(job.seed) for job in batch]
-            images = pipe(
-                prompt=prompts,
-                negative_prompt=negatives if any_negative else None,
-                num_inference_steps=first.steps,
-                guidance_scale=first.guidance,
-                width=first.width,
-                height=first.height,
-                generator=generators,
-                num_images_per_prompt=1,
-                output_type="pil",
-            ).images
+            with quiet_loading():  # its truncation logs: `warnings` said it once, per prompt
+                images = pipe(
+                    prompt=prompts,
+                    negative_prompt=negatives if any_negative else None,
+                    num_inference_steps=first.steps,
+                    guidance_scale=first.guidance,
+                    width=first.width,
+                    height=first.height,
+                    generator=generators,
+                    num_images_per_prompt=1,
+                    output_type="pil",
+                ).images
 
             for job, image, names in zip(batch, images, used_names, strict=True):
                 parameters = infotext(
@@ -1337,4 +1400,5 @@ def render(
         model=model.display_name,
         seconds=time.perf_counter() - started,
         timings=timings,
+        warnings=warnings,
     )

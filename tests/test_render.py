@@ -745,6 +745,43 @@ def test_cli_render_and_preview(world: dict[str, Any], tmp_path: Path) -> None:
     assert (tmp_path / "p" / "preview.md").is_file()
 
 
+def test_render_warns_about_prompts_the_encoder_does_not_read_as_written(world: dict[str, Any], tmp_path: Path, cli: Any) -> None:
+    import logging
+
+    # 3 words + birb-style's 3 vectors + 69 = 75, CLIP's context without BOS/EOS: it fits.
+    fits = "a photo of <birb-style> " + "red " * 69
+    too_long = fits + "big blue car"
+    world["sd1_pipe"].tokenizer.deprecation_warnings.clear()  # transformers warns once per tokenizer
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    for name in ("transformers", "diffusers"):
+        logging.getLogger(name).addHandler(handler)
+    try:
+        result = run(world, tmp_path, [fits.strip(), too_long, "a (small) chair", "a (red:1.3) car"], negative="(ugly:.5)")
+    finally:
+        for name in ("transformers", "diffusers"):
+            logging.getLogger(name).removeHandler(handler)
+    assert result.warnings == [
+        "the negative prompt of line 1 uses an AUTOMATIC1111 attention weight, '(ugly:.5)': conceptlib does not "
+        "weight prompts, so the text encoder reads the brackets and the number as words",
+        "prompt line 2 is 78 tokens long: the text encoder reads the first 75, so 'big blue car' is left out (shorten it)",
+        "prompt line 4 uses an AUTOMATIC1111 attention weight, '(red:1.3)': conceptlib does not "
+        "weight prompts, so the text encoder reads the brackets and the number as words",
+    ]
+    assert [r.getMessage()[:40] for r in records] == []  # diffusers' own truncation lines are ours now
+
+    sdxl = run(world, tmp_path, ["a <xl-toy> " + "red " * 80], xl=True, out=tmp_path / "xl")
+    assert [w.split(":")[0] for w in sdxl.warnings] == ["prompt line 1 is 83 tokens long"]
+
+    common = ["--model", str(world["sd1"]), "--home", str(world["home"]), "--steps", "1", "--size", "32x32"]
+    done = cli("render", "a (red:1.3) car", *common, "--out", str(tmp_path / "cli"), "--json")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["warnings"] == [result.warnings[2].replace("line 4", "line 1")]
+    done = cli("render", "a (red:1.3) car", *common, "--out", str(tmp_path / "cli"))
+    assert done.stderr.splitlines()[-1] == "Warning: " + result.warnings[2].replace("line 4", "line 1")
+
+
 def test_every_scheduler_name_builds(world: dict[str, Any]) -> None:
     import importlib.util
 
