@@ -36,7 +36,10 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name[:80]}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name[:80]}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _naming(exc, target) from None
     tmp = Path(tmp_name)
     if os.name != "nt":
         # mkstemp creates 0600; give the file the mode open() would (exports land in shared
@@ -48,11 +51,18 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename in (None, tmp_name, str(tmp)):
+            raise _naming(exc, target) from None
         raise
     fsync_dir(target.parent)
+
+
+def _naming(exc: OSError, target: Path) -> OSError:
+    """``exc`` again, naming the file the caller writes: the temporary name means nothing to a user."""
+    return type(exc)(exc.errno, exc.strerror or str(exc), os.fspath(target))
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

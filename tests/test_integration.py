@@ -6,6 +6,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -60,3 +61,12 @@ def test_written_files_get_the_mode_open_would_give(tmp_path: Path) -> None:
     write(sd1(token="<a>"), path)
     # mkstemp alone would leave 0600, unreadable to a web UI running as another user.
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_atomic._UMASK
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be created")
+def test_a_failed_write_names_the_destination_not_the_temporary_file(tmp_path: Path, cli: Any) -> None:
+    source = tmp_path / "a.safetensors"
+    write(sd1(token="<a>"), source)
+    run = cli("convert", str(source), "/proc/x.safetensors")
+    assert (run.exit_code, run.stdout) == (2, "")
+    assert run.stderr == "Error: /proc/x.safetensors: no such file or folder (hint: check the path)\n"
