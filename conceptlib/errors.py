@@ -224,6 +224,18 @@ class ConceptNotFoundError(BadInputError, KeyError):
         super().__init__(f"no concept named {name!r} in the library", hint=hint)
 
 
+class AmbiguousConceptError(BadInputError, LookupError):
+    """A token that several concepts use (one per base-model family), given where one is meant."""
+
+    def __init__(self, token: str, owners: list[str]) -> None:
+        self.token = token
+        self.owners = list(owners)
+        super().__init__(
+            f"{token!r} is the token of {len(owners)} concepts: {', '.join(owners)}",
+            hint="name the one you mean",
+        )
+
+
 class ConceptExistsError(BadInputError):
     """A concept with this name already exists."""
 

@@ -964,11 +964,11 @@ def _source_of(concept: Any) -> dict[str, Any] | None:
 
 def _find_concept(library: Library, name: str) -> Concept | None:
     """The concept named exactly ``name`` (``show`` also resolves tokens, which is not wanted here)."""
-    from conceptlib.errors import ConceptNotFoundError
+    from conceptlib.errors import AmbiguousConceptError, ConceptNotFoundError
 
     try:
         concept = library.show(name)
-    except ConceptNotFoundError:
+    except (ConceptNotFoundError, AmbiguousConceptError):
         return None
     return concept if concept.name == name else None
 

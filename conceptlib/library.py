@@ -62,6 +62,7 @@ from conceptlib.concept import (
     now,
 )
 from conceptlib.errors import (
+    AmbiguousConceptError,
     BadInputError,
     ConceptDamagedError,
     ConceptExistsError,
@@ -673,20 +674,28 @@ class Library:
         return difflib.get_close_matches(name, self.index.names(), n=3, cutoff=0.6)
 
     def resolve(self, name: str) -> str:
-        """The name of the concept ``name`` refers to: its name, its slug, or its token.
+        """The name of the concept ``name`` refers to: its name, its token, or its slug.
+
+        In that order: ``<kitty>`` is the concept whose token it is, even when another one is
+        named ``kitty`` (remove and rename act on what this returns).
 
         Raises:
+            AmbiguousConceptError: ``name`` is no concept's name, and the token of several
+                (one token may serve a concept per base-model family).
             ConceptNotFoundError: nothing matches; the error lists the closest names.
         """
         index = self.index
         if index.has(name):
             return name
-        slug = slugify(name)
-        if slug and slug != name and index.has(slug):
-            return slug
         by_token = index.by_token(name.strip())
         if len(by_token) == 1:
             return by_token[0]
+        if by_token:
+            owners = [f"{n} ({self.show(n).family_label})" for n in by_token]
+            raise AmbiguousConceptError(name.strip(), owners)
+        slug = slugify(name)
+        if slug and slug != name and index.has(slug):
+            return slug
         raise ConceptNotFoundError(name, suggestions=self._suggest(slug or name))
 
     # --- queries ------------------------------------------------------------------------------

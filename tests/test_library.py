@@ -15,6 +15,7 @@ import pytest
 from conceptlib.concept import Concept
 from conceptlib.embedding import Embedding
 from conceptlib.errors import (
+    AmbiguousConceptError,
     BadInputError,
     ConceptDamagedError,
     ConceptExistsError,
@@ -372,6 +373,30 @@ def test_show_by_name_slug_or_token(filled: Library) -> None:
         filled.show("cat-tyo")
     assert isinstance(info.value, KeyError) and isinstance(info.value, BadInputError)
     assert info.value.suggestions == ["cat-toy"] and "cat-toy" in (info.value.hint or "")
+
+
+def test_a_token_names_its_own_concept_before_a_slug_names_another(lib: Library, src: Path, tmp_path: Path) -> None:
+    from conceptlib.cli.app import main
+
+    lib.add(make(src / "a.safetensors", sd1(1, seed=1, token="<x>")), name="kitty").one()
+    lib.add(make(src / "b.safetensors", sd1(1, seed=2, token="<kitty>")), name="other").one()
+    # `<kitty>` slugifies to `kitty`, another concept's name: the token's owner is meant.
+    assert lib.show("<kitty>").name == "other"
+    assert lib.show("kitty").name == "kitty"
+    lib.remove(["<kitty>"])
+    assert [c.name for c in lib.list()] == ["kitty"]
+
+    # One token per family: both SD 1.x and SD 2.x may use `<dup>`, so `<dup>` alone is unclear.
+    lib.add(make(src / "p.safetensors", sd1(1, seed=3, token="<dup>")), name="p").one()
+    lib.add(make(src / "q.safetensors", sd2(1, seed=4, token="<dup>")), name="q").one()
+    with pytest.raises(AmbiguousConceptError) as info:
+        lib.show("<dup>")
+    assert str(info.value) == "'<dup>' is the token of 2 concepts: p (SD 1.x), q (SD 2.x)"
+    lib.close()
+    for command in (["show", "<dup>"], ["remove", "<dup>", "--yes"]):
+        assert main([*command, "--home", str(lib.home)]) == 2
+    with Library.open(lib.home) as again:
+        assert [c.name for c in again.list()] == ["kitty", "p", "q"]
 
 
 def test_find_by_source(lib: Library, src: Path) -> None:
