@@ -124,6 +124,12 @@ def convert(
 
     result = do_convert(src, dst, to=to, token=token, force=force, strict=strict)
     emb = result.embedding
+    if json_ and token is not None and not result.token_stored:
+        err.print(
+            f"Note: the {result.format} format stores no token; tools use the file name, {result.token!r}, "
+            "as the prompt word (rename the file to change it)",
+            markup=False,
+        )
     if json_:
         print_json(
             {
@@ -131,16 +137,17 @@ def convert(
                 "source_format": result.source_format,
                 "format": result.format,
                 "files": [str(p) for p in result.files],
-                "token": emb.prompt_word(),
+                "token": result.token,
+                "token_stored": result.token_stored,
                 "content_hash": emb.content_hash(),
             }
         )
         return
     for path in result.files:
         out.print(str(path), markup=False)
+    word = f"token {result.token!r}" if result.token_stored else f"no token stored (the file name {result.token!r} is the prompt word)"
     err.print(
-        f"Converted {src} ({result.source_format}) to {result.format}: "
-        f"{emb.num_vectors} × {emb.width_label}, {emb.dtype}, token {emb.prompt_word()!r}",
+        f"Converted {src} ({result.source_format}) to {result.format}: {emb.num_vectors} × {emb.width_label}, {emb.dtype}, {word}",
         markup=False,
     )
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -164,7 +166,37 @@ def test_convert_sets_token_and_verifies(tmp_path: Path) -> None:
     result = convert(tmp_path / "bad-artist.pt", tmp_path / "out.safetensors", token="<bad-artist>")
     assert result.format == "diffusers" and result.source_format == "a1111"
     back = read(tmp_path / "out.safetensors")
-    assert back.token == "<bad-artist>" and back.step == 1875 and back.name == "bad-artist"
+    # The A1111 name was the source's prompt word: the new token replaces it.
+    assert back.token == "<bad-artist>" and back.step == 1875 and back.name == "<bad-artist>"
+    assert (result.token, result.token_stored) == ("<bad-artist>", True)
+
+
+@pytest.mark.parametrize("fmt", ["a1111", "png"])
+def test_convert_token_reaches_formats_that_store_only_a_name(tmp_path: Path, fmt: str) -> None:
+    # AUTOMATIC1111 reads an image's prompt word from its name: the token must land there.
+    write(sd1(2, name="rick"), tmp_path / "rick.png")
+    out = target(tmp_path / "out", fmt)
+    result = convert(tmp_path / "rick.png", out, to=fmt, token="<rick>")
+    assert (result.token, result.token_stored) == ("<rick>", True)
+    assert read(out).name == "<rick>" and read(out).prompt_word() == "<rick>"
+
+
+def test_convert_says_when_a_format_stores_no_token(tmp_path: Path, cli: Any) -> None:
+    write(sd1(2, name="bad-artist"), tmp_path / "bad-artist.pt")
+    result = convert(tmp_path / "bad-artist.pt", tmp_path / "ba.pt", to="emb-params-pt", token="<tok>")
+    assert (result.token, result.token_stored) == ("ba", False)
+    run = cli("convert", str(tmp_path / "bad-artist.pt"), str(tmp_path / "x.pt"), "--to", "emb-params-pt", "--token", "<tok>")
+    assert run.exit_code == 0
+    assert run.stderr == (
+        f"Converted {tmp_path / 'bad-artist.pt'} (a1111) to emb-params-pt: 2 × 768, float32, "
+        "no token stored (the file name 'x' is the prompt word)\n"
+    )
+    run = cli("convert", str(tmp_path / "bad-artist.pt"), str(tmp_path / "y.pt"), "--to", "emb-params-pt", "--token", "<tok>", "--json")
+    assert json.loads(run.stdout)["token"] == "y" and json.loads(run.stdout)["token_stored"] is False
+    assert run.stderr == (
+        "Note: the emb-params-pt format stores no token; tools use the file name, 'y', as the prompt word "
+        "(rename the file to change it)\n"
+    )
 
 
 def test_content_hash_ignores_container_and_metadata(tmp_path: Path) -> None:

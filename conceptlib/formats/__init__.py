@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -512,13 +512,26 @@ def write(
 
 @dataclass(frozen=True)
 class Conversion:
-    """What :func:`convert` did."""
+    """What :func:`convert` did.
+
+    Attributes:
+        source: the file read.
+        source_format: its format.
+        format: the format written.
+        files: the files written (two for a diffusers SDXL pair).
+        embedding: what was written (the source, with ``token`` applied).
+        token: the prompt word the written file gives, as read back from it.
+        token_stored: False when the format stores no word (``emb-params-pt``, ``sdxl-pt``):
+            tools then use the file name, which ``token`` is.
+    """
 
     source: Path
     source_format: str
     format: str
     files: list[Path]
     embedding: Embedding
+    token: str | None = None
+    token_stored: bool = True
 
 
 def convert(
@@ -540,7 +553,10 @@ def convert(
         dst: destination file (or folder for folder formats); the format comes from its name
             unless ``to`` is given.
         to: a key of :data:`FORMATS`.
-        token: placeholder token to store instead of the source's.
+        token: placeholder token to store instead of the source's; it replaces an
+            AUTOMATIC1111 name too (the prompt word of a1111 images). A format that stores no
+            word (``emb-params-pt``, ``sdxl-pt``) leaves it to the file name: see
+            ``Conversion.token_stored``.
         force: overwrite existing files.
         strict: refuse vectors holding NaN/Inf.
 
@@ -554,12 +570,16 @@ def convert(
     if token is not None:
         if not token.strip():
             raise UsageError("--token is empty")
-        embedding = embedding.with_token(token)
+        # An AUTOMATIC1111 name is the source's prompt word: the new token replaces it too, or
+        # formats that store only a name (a1111, png) would keep the old word.
+        embedding = replace(embedding, token=token, name=token if embedding.name is not None else None)
     fmt, files = plan(embedding, dst, format=to)
+    written_back: Embedding | None = None
     for target, data in files:
         if target.suffix.lower() not in (".safetensors", ".bin", ".pt", ".png"):
             continue
         back = read_bytes(data, target)
+        written_back = written_back or back
         for key, tensor in back.vectors.items():
             original = embedding.vectors.get(key)
             if original is None or not original.equal(tensor):
@@ -567,4 +587,9 @@ def convert(
                     f"internal check failed: {key} vectors would not survive the {fmt} format", path=target
                 )
     written = write(embedding, dst, format=fmt, force=force)
-    return Conversion(Path(src), embedding.source_format or "?", fmt, written, embedding)
+    assert written_back is not None  # every format writes a .safetensors, .bin, .pt or .png
+    stored = written_back.token or written_back.name
+    return Conversion(
+        Path(src), embedding.source_format or "?", fmt, written, embedding,
+        token=stored or written_back.prompt_word(), token_stored=stored is not None,
+    )  # fmt: skip
