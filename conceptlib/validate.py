@@ -31,16 +31,19 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from conceptlib.embedding import Embedding
 from conceptlib.families import FAMILIES, family_for_encoders
 from conceptlib.models import ModelInfo, resolve_model
+from conceptlib.slug import safe_stem
 
 __all__ = [
     "CONTEXT_WARNING",
     "Finding",
     "Severity",
+    "a1111_file_word",
     "concept_word",
     "coverage",
     "exit_status",
@@ -191,6 +194,25 @@ def suggest_token(
             continue
         return candidate
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def a1111_file_word(embedding: Embedding) -> str | None:
+    """AUTOMATIC1111's prompt word for a file, where it differs from :func:`concept_word`'s.
+
+    For ``.pt``, ``.bin`` and ``.safetensors`` files AUTOMATIC1111 uses the file name and
+    ignores the stored ``name`` (images use the name). conceptlib prefers the name, often the
+    better word after a download was renamed; both words meet the tokenizer, in different tools.
+
+    Returns:
+        The file stem, or None when the file has a token, no name, is an image, or its stem
+        is the name.
+    """
+    if embedding.token or not embedding.name or not embedding.source_path:
+        return None
+    path = Path(embedding.source_path)
+    if path.is_dir() or path.suffix.lower() not in (".pt", ".bin", ".safetensors"):
+        return None
+    return path.stem if _norm(path.stem) != _norm(embedding.name) else None
 
 
 def _token_findings(
@@ -461,6 +483,17 @@ def validate(
             if vocab is not None and all(vocab is not v for v in vocabularies):
                 vocabularies.append(vocab)
         findings += _token_findings(word, explicit, embedding.num_vectors, vocabularies, others or {})
+        stem = a1111_file_word(embedding) if token is None else None
+        if stem and _collides(stem, vocabularies):
+            suffix = Path(embedding.source_path or "").suffix
+            better = safe_stem(embedding.name or "") or f"{safe_stem(stem) or 'concept'}-embedding"
+            findings.append(Finding(
+                "file-name-in-vocabulary", "warning",
+                f"AUTOMATIC1111 takes this file's prompt word from its file name, {stem!r}, not from its "
+                f"name {embedding.name!r}, and {_norm(stem)!r} is already in the tokenizer's vocabulary: "
+                f"there every {_norm(stem)!r} in a prompt would turn into this concept; rename the file, "
+                f"e.g. to {better + suffix!r}",
+            ))  # fmt: skip
     findings += _context_findings(embedding, info)
     findings += _finite_findings(embedding)
     findings += _norm_findings(embedding, info, word)

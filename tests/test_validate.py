@@ -15,6 +15,7 @@ from conceptlib.models import EncoderInfo, ModelInfo, NormStats, family_model, r
 from conceptlib.tensor import Tensor
 from conceptlib.validate import (
     Finding,
+    a1111_file_word,
     concept_word,
     coverage,
     exit_status,
@@ -147,6 +148,28 @@ def test_prompt_word_from_a_file_name_only_warns(sd15: ModelInfo) -> None:
     assert finding.severity == "warning" and "prompt word 'cat'" in finding.message
     # The library's token overrides it, and is checked as a chosen token.
     assert validate(emb, sd15, token="<cat-toy>") == []
+
+
+def test_a1111_file_name_is_checked_where_a1111_uses_it(sd15: ModelInfo, tmp_path: Path) -> None:
+    from conceptlib.formats import write
+
+    # AUTOMATIC1111 ignores the name of a .pt: `cat.pt` is triggered by every "cat".
+    write(sd1(2, name="my-cat-style"), tmp_path / "cat.pt")
+    emb = read(tmp_path / "cat.pt")
+    assert a1111_file_word(emb) == "cat"
+    finding = by_code(validate(emb, sd15), "file-name-in-vocabulary")
+    assert finding.severity == "warning"
+    assert finding.message == (
+        "AUTOMATIC1111 takes this file's prompt word from its file name, 'cat', not from its name "
+        "'my-cat-style', and 'cat' is already in the tokenizer's vocabulary: there every 'cat' in a "
+        "prompt would turn into this concept; rename the file, e.g. to 'my-cat-style.pt'"
+    )
+    # Named after its name, a library token, or an image (whose name A1111 does use): no finding.
+    write(sd1(2, name="my-cat-style"), tmp_path / "my-cat-style.pt")
+    assert validate(read(tmp_path / "my-cat-style.pt"), sd15) == []
+    assert validate(emb, sd15, token="<my-cat-style>") == []
+    write(sd1(2, name="my-cat-style"), tmp_path / "cat.png")
+    assert a1111_file_word(read(tmp_path / "cat.png")) is None
 
 
 def test_bracketed_tokens_are_free(sd15: ModelInfo) -> None:
