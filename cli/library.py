@@ -94,11 +94,13 @@ def add(
             *(f"added      {c.name}  ({c.token}, {c.family_label}, {_plural(c.vectors, 'vector')})" for c in report.added),
             *(f"duplicate  {d.path}  (same vectors as {d.existing})" for d in report.duplicates),
             *(f"rejected   {r.path}: {r.reason}" for r in report.rejected),
+            *(f"skipped    {r.path}: {r.reason}" for r in report.skipped),
         ]
         _write(lines)
+        skipped = f", {len(report.skipped)} skipped" if report.skipped else ""
         info(
             f"Added {_plural(len(report.added), 'concept')}, {_plural(len(report.duplicates), 'duplicate')}, "
-            f"{len(report.rejected)} rejected."
+            f"{len(report.rejected)} rejected{skipped}."
         )
     if report.rejected:
         raise typer.Exit(2)

@@ -58,6 +58,10 @@ class UnknownFormatError(EmbeddingFileError):
     default_hint = "run `conceptlib convert --help` for the formats conceptlib reads"
 
 
+class NoEmbeddingInImageError(UnknownFormatError):
+    """An image (PNG, WebP) that carries no embedding: a picture, not a concept."""
+
+
 class CorruptFileError(EmbeddingFileError):
     """A known container whose bytes are truncated or inconsistent."""
 

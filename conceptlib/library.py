@@ -75,6 +75,7 @@ from conceptlib.errors import (
     InvalidNameError,
     LibraryBusyError,
     LibraryCorruptError,
+    NoEmbeddingInImageError,
     TokenInUseError,
     UsageError,
 )
@@ -109,6 +110,10 @@ _PICKLE_OR_SAFETENSORS = (".pt", ".bin", ".safetensors")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 #: Folders a bulk import never descends into: sample images, VCS and hidden folders.
 _SKIP_DIRS = {"concept_images", "images", "samples", "__pycache__"}
+#: AUTOMATIC1111's card thumbnail of ``NAME.pt``: ``NAME.preview.png`` (its loader skips these).
+_PREVIEW_SUFFIX = ".preview.png"
+SKIP_THUMBNAIL = "an AUTOMATIC1111 preview thumbnail"
+SKIP_PLAIN_IMAGE = "an image without an embedding"
 STAGING_DIR = ".staging"
 CONCEPTS_DIR = "concepts"
 LOCK_FILE = ".lock"
@@ -176,11 +181,15 @@ class AddReport:
         added: the new concepts.
         duplicates: inputs whose vectors were already in the library (not added again).
         rejected: inputs that could not be added, with reasons.
+        skipped: images met while searching folders that hold no embedding (AUTOMATIC1111's
+            ``*.preview.png`` thumbnails, sample pictures), left alone as AUTOMATIC1111 leaves
+            them; not counted as inputs.
     """
 
     added: list[Concept] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    skipped: list[Rejected] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -213,6 +222,7 @@ class AddReport:
             "added": [_summary_dict(c) for c in self.added],
             "duplicates": [d.to_dict() for d in self.duplicates],
             "rejected": [r.to_dict() for r in self.rejected],
+            "skipped": [r.to_dict() for r in self.skipped],
         }
 
 
@@ -807,7 +817,8 @@ class Library:
         return emb
 
     # --- add ----------------------------------------------------------------------------------
-    def _candidates(self, paths: Sequence[Path], report: AddReport) -> builtins.list[Path]:
+    def _candidates(self, paths: Sequence[Path], report: AddReport, scanned_images: set[Path]) -> builtins.list[Path]:
+        """The inputs to read: files given, and what folders hold (their images into ``scanned_images``)."""
         from conceptlib.formats import FOLDER_FILES, SDXL_PAIR_SUFFIX
 
         def is_concept_folder(folder: Path) -> bool:
@@ -844,6 +855,11 @@ class Library:
                         stem[: -len(SDXL_PAIR_SUFFIX)] + ".safetensors" in names
                     ):
                         continue
+                    if entry.name.lower().endswith(_PREVIEW_SUFFIX):
+                        report.skipped.append(Rejected(str(entry), SKIP_THUMBNAIL))
+                        continue
+                    if entry.suffix.lower() in (".png", ".webp"):
+                        scanned_images.add(entry)
                     found.append(entry)
 
         for path in paths:
@@ -931,7 +947,8 @@ class Library:
         """
         items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         report = AddReport()
-        candidates = self._candidates([Path(p) for p in items], report)
+        scanned_images: set[Path] = set()
+        candidates = self._candidates([Path(p) for p in items], report, scanned_images)
         if len(candidates) > 1 and (name or token or images):
             raise UsageError(
                 f"--name, --token and --images apply to one concept, and the inputs hold {len(candidates)}",
@@ -948,15 +965,30 @@ class Library:
             source=source,
             metadata=dict(metadata or {}),
         )
+        considered: builtins.list[Path] = []  # candidates that were inputs, not skipped pictures
         for done, path in enumerate(candidates, start=1):
+            considered.append(path)
             try:
                 report.added.append(self._add_one(path, options))
             except DuplicateConceptError as exc:
                 report.duplicates.append(Duplicate(str(path), exc.existing, exc.content_hash, exc))
+            except NoEmbeddingInImageError as exc:
+                if path in scanned_images:
+                    report.skipped.append(Rejected(str(path), SKIP_PLAIN_IMAGE, exc))
+                    considered.pop()
+                else:
+                    report.rejected.append(Rejected(str(path), _reason(exc), exc))
             except (BadInputError, OSError) as exc:
                 report.rejected.append(Rejected(str(path), _reason(exc), exc))
             if progress is not None:
                 progress(done, len(candidates), path)
+        for item in items:
+            folder = Path(item)
+            if folder.is_dir() and not any(p.is_relative_to(folder) for p in considered) and not any(
+                Path(r.path).is_relative_to(folder) for r in report.rejected
+            ):
+                # Pictures alone: the folder still gave nothing, as a folder without files would.
+                report.rejected.append(Rejected(str(folder), "the folder holds no embeddings, only images without one"))
         return report
 
     def _read_input(self, path: Path) -> Embedding:

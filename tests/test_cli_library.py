@@ -84,6 +84,42 @@ def test_add_bulk_reports_every_input(files: dict[str, Path], tmp_path: Path) ->
     assert result.stderr == "Added 3 concepts, 1 duplicate, 2 rejected.\n"
 
 
+def test_add_a1111_embeddings_folder_skips_its_pictures(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    webui = tmp_path / "embeddings"
+    write(sd1(2, seed=1, name="bad-artist"), webui / "bad-artist.pt", format="a1111")
+    Image.new("RGB", (8, 8)).save(webui / "bad-artist.preview.png")  # the UI's card thumbnail
+    write(sd1(1, seed=2, name="rick"), webui / "rick.png")  # an embedding in a PNG
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(webui / "cover.png")  # a picture someone left there
+    result = runner.invoke(app, ["add", str(webui)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "added      bad-artist  (bad-artist, SD 1.x, 2 vectors)",
+        "added      rick  (rick, SD 1.x, 1 vector)",
+        f"skipped    {webui / 'bad-artist.preview.png'}: an AUTOMATIC1111 preview thumbnail",
+        f"skipped    {webui / 'cover.png'}: an image without an embedding",
+    ]
+    assert result.stderr == "Added 2 concepts, 0 duplicates, 0 rejected, 2 skipped.\n"
+
+    # Named on its own, a picture is still an error; a folder of pictures alone gives nothing.
+    assert main(["add", str(webui / "cover.png")]) == 2
+    assert capsys.readouterr().err == (
+        f"Error: {webui / 'cover.png'}: PNG holds no embedding (no sd-ti-embedding text chunk and no data "
+        "blocks in the pixels) (hint: run `conceptlib convert --help` for the formats conceptlib reads)\n"
+    )
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    Image.new("RGB", (8, 8)).save(pictures / "a.png")
+    result = runner.invoke(app, ["add", str(pictures), "--json"])
+    assert result.exit_code == 2
+    assert json.loads(result.stdout) == {
+        "added": [], "duplicates": [],
+        "rejected": [{"path": str(pictures), "reason": "the folder holds no embeddings, only images without one"}],
+        "skipped": [{"path": str(pictures / "a.png"), "reason": "an image without an embedding"}],
+    }  # fmt: skip
+
+
 def test_add_json(files: dict[str, Path], home: Path) -> None:
     result = runner.invoke(app, ["add", str(files["cat"]), str(files["cat"]), "--json"])
     assert result.exit_code == 0 and result.stderr == ""

@@ -35,7 +35,12 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin, UnidentifiedImageError
 
 from conceptlib._atomic import atomic_write_bytes
-from conceptlib.errors import CorruptFileError, EmbeddingFileError, UnknownFormatError
+from conceptlib.errors import (
+    CorruptFileError,
+    EmbeddingFileError,
+    NoEmbeddingInImageError,
+    UnknownFormatError,
+)
 from conceptlib.tensor import DTYPES, Tensor
 
 __all__ = ["DTYPES_KEY", "TEXT_KEY", "encode_png", "read_payload", "write_png"]
@@ -368,7 +373,7 @@ def read_payload(
         ``(payload, container)`` where container is ``"text"`` or ``"pixels"``.
 
     Raises:
-        UnknownFormatError: the image carries neither container.
+        NoEmbeddingInImageError: the image carries neither container (a picture).
         CorruptFileError: the image is damaged, or a container is present but does not decode.
         EmbeddingFileError: the image is too large to decode safely.
     """
@@ -396,7 +401,7 @@ def read_payload(
             hint="the image was probably re-encoded, resized or cropped; find the original file",
         ) from None
     if raw is None:
-        raise UnknownFormatError(f"{kind} {_NO_EMBEDDING}", path=path)
+        raise NoEmbeddingInImageError(f"{kind} {_NO_EMBEDDING}", path=path)
     try:
         return _parse_payload(raw), "pixels"
     except (UnicodeDecodeError, json.JSONDecodeError, _PayloadError, RecursionError) as exc:
