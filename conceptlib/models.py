@@ -1257,6 +1257,7 @@ def add_model(
     info = read_model(source, hash_files=hash_files)
     if model_config is not None:
         _attach_configs(info, model_config)
+    _check_family_name(model_name, info)
     for enc in info.encoders:
         if enc.tokenizer:
             _store_vocab(enc.tokenizer, home)
@@ -1265,6 +1266,24 @@ def add_model(
     data = json.dumps(info.to_dict(), indent=2, ensure_ascii=False) + "\n"
     atomic_write_bytes(record, data.encode("utf-8"))
     return info
+
+
+def _check_family_name(name: str, info: ModelInfo) -> None:
+    """Refuse to register a model under a family name (``sd1``, ``sd15``, ``sd2-v``) of another family.
+
+    A registered name wins over the family name it spells, so ``--model sd15`` can mean a real
+    SD 1.5 folder (with its vocabulary and hashes); under another family's name it would turn
+    every ``--model sd15`` into a model that family's concepts do not fit.
+    """
+    key = _FAMILY_ALIASES.get(name.lower(), name.lower())
+    if key not in FAMILY_MODELS:
+        return
+    family, label, prediction, _size = FAMILY_MODELS[key]
+    if info.family != family or (info.prediction_type is not None and info.prediction_type != prediction):
+        raise UsageError(
+            f"{name!r} is the family name of {label}, and this model is {info.label}",
+            hint="choose another --name (a family name may only name a model of that family)",
+        )
 
 
 def _attach_configs(info: ModelInfo, model_config: str | os.PathLike[str]) -> None:

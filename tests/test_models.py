@@ -430,6 +430,17 @@ def test_checkpoints_fall_back_on_the_stored_standard_vocabulary(shared_models: 
     assert vocab is not None and len(vocab) == 49408
 
 
+def test_a_family_name_registers_only_a_model_of_that_family(shared_models: Path) -> None:
+    # `--model sd15` may mean a real SD 1.5 folder; never an SD 2.x one.
+    for name in ("sd1", "SD15", "sd2-v", "xl"):
+        with pytest.raises(UsageError) as err:
+            add_model(shared_models / "sd21-base", name=name)
+        assert str(err.value).startswith(f"{name!r} is the family name of ") and "this model is SD 2.x base" in str(err.value)
+    assert list_models() == []
+    assert add_model(shared_models / "sd21-base", name="sd21").name == "sd21"  # its own family's alias
+    assert resolve_model("sd1").family == "sd1"
+
+
 def test_bad_names_and_paths(tmp_path: Path) -> None:
     folder = make_folder(tmp_path / "m", weights=False)
     with pytest.raises(UsageError, match="invalid model name"):
@@ -447,9 +458,9 @@ def test_corrupt_record(tmp_path: Path) -> None:
 
 
 def test_resolve_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = make_folder(tmp_path / "sdxl", (1024,), weights=False)
-    add_model(folder, name="sd1")  # a registered name shadows the family name
-    assert resolve_model("sd1").family == "sd2"
+    make_folder(tmp_path / "sdxl", (1024,), weights=False)
+    add_model(make_folder(tmp_path / "real-sd1", weights=False), name="sd1")  # shadows the family name
+    assert (resolve_model("sd1").family, resolve_model("sd1").kind) == ("sd1", "diffusers")
     monkeypatch.chdir(tmp_path)
     assert resolve_model("sdxl").kind == "diffusers"  # an existing path wins over everything
     assert resolve_model("sd2-v").kind == "family"
