@@ -1126,6 +1126,11 @@ class Library:
             raise DuplicateConceptError(owner, content_hash, path=str(path) if path else None)
         user = index.token_owner(family, token, exclude=exclude)
         if user is not None:
+            # Outside a transaction another process may have added these very vectors between
+            # the two queries: then this is a duplicate, not a token clash.
+            owner = index.content_hash_owner(content_hash, exclude=exclude)
+            if owner is not None:
+                raise DuplicateConceptError(owner, content_hash, path=str(path) if path else None)
             raise TokenInUseError(token, family=FAMILIES[family].label, used_by=user, path=str(path) if path else None)
 
     def _name_free(self, tx: Writer, name: str) -> bool:

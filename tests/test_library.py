@@ -265,6 +265,29 @@ def test_bulk_folder_import(lib: Library, src: Path) -> None:
     assert lib.show("c").type == "style" and len(lib.show("c").images) == 1
 
 
+def test_vectors_another_process_adds_mid_check_are_a_duplicate_not_a_token_clash(
+    lib: Library, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = make(src / "a.safetensors", sd1(1, seed=1, token="<a>"))
+    reader = type(lib.index)
+    real = reader.token_owner
+    started: list[bool] = []
+
+    def token_owner(self: object, family: str | None, token: str, *, exclude: str = "") -> str | None:
+        if not started:
+            # The other `conceptlib add` of the same file commits right after this one found
+            # the vectors new and before it looks the token up.
+            started.append(True)
+            with Library.open(lib.home) as other:
+                other.add(path).one()
+        return real(self, family, token, exclude=exclude)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reader, "token_owner", token_owner)
+    report = lib.add(path)
+    assert started and not report.rejected
+    assert [d.existing for d in report.duplicates] == ["a"]
+
+
 def test_missing_and_empty_inputs_are_rejected(lib: Library, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     report = lib.add([tmp_path / "nope.pt", tmp_path / "empty"])
