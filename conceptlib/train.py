@@ -1429,10 +1429,13 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
                 sampler = DPMSolverMultistepScheduler.from_config(scheduler_config)
+                # No text encoders: the prompts are encoded here, with the vectors being trained.
+                # Given one, the pipelines would cast the embeddings to its dtype, float32 for
+                # the trained rows' sake, and feed them to an fp16/bf16 UNet.
                 if sdxl:
-                    preview_pipe = StableDiffusionXLPipeline(preview_vae, encoders[0], encoders[1], tokenizers[0], tokenizers[1], unet, sampler, force_zeros_for_empty_prompt=False, add_watermarker=False)
+                    preview_pipe = StableDiffusionXLPipeline(preview_vae, None, None, tokenizers[0], tokenizers[1], unet, sampler, force_zeros_for_empty_prompt=False, add_watermarker=False)
                 else:
-                    preview_pipe = StableDiffusionPipeline(preview_vae, encoders[0], tokenizers[0], unet, sampler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+                    preview_pipe = StableDiffusionPipeline(preview_vae, None, tokenizers[0], unet, sampler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
             preview_pipe.set_progress_bar_config(disable=True)
         with torch.no_grad(), warnings.catch_warnings():
             # diffusers' DPM-Solver builds its sigmas with np.array(tensor), which numpy 2 flags.
@@ -1510,6 +1513,12 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     eval_loss_start = float(saved_start) if saved_start is not None else evaluation_loss()
     if main_process and config.preview_every and start_step == 0:
         preview(0)
+    elif config.preview_every:
+        # A resumed run's grid and result show the whole run: the earlier part's previews too.
+        for step_done in range(0, start_step + 1):
+            earlier = out / "previews" / f"{name}-{step_done:06d}.png"
+            if earlier.is_file():
+                previews.append((step_done, earlier))
     if progress is not None:
         progress(start_step, total_steps, None)
     if device.type == "cuda":

@@ -690,9 +690,11 @@ def test_mixed_precision_keeps_float32_vectors(models: dict[str, Path], images: 
     (fp16) in a checkpoint that resumes. The CPU runs the same code path a GPU does."""
     import torch
 
-    settings = dict(steps=4, save_every=2, lr=0.05, mixed_precision=precision, device="cpu")
+    settings = dict(steps=4, save_every=2, lr=0.05, mixed_precision=precision, device="cpu", preview_every=4, preview_steps=1)
     whole = _train(_config(models["sd1"], images, tmp_path / "whole", **settings))
     assert all(np.isfinite(whole.losses)) and whole.embedding.vectors["clip_l"].dtype == "float32"
+    # Previews render at the training precision (the float32 vectors' encoder must not set it).
+    assert [p.name for p in whole.previews] == ["toy-000000.png", "toy-000004.png"]
     state = load_checkpoint(tmp_path / "whole" / "checkpoint.safetensors")
     assert state["vectors"]["clip_l"].dtype == torch.float32
     assert (state["scaler"] is not None) == (precision == "fp16")
@@ -704,6 +706,13 @@ def test_mixed_precision_keeps_float32_vectors(models: dict[str, Path], images: 
     # The run resumes from its checkpoint (optimizer and, for fp16, scaler state included).
     resumed = _train(_config(models["sd1"], images, tmp_path / "whole", resume=True, **{**settings, "steps": 6}))
     assert resumed.resumed_from == 4 and resumed.steps == 6
+    # Its previews are the whole run's, the part before the resume included.
+    assert [p.name for p in resumed.previews] == ["toy-000000.png", "toy-000004.png"]
+
+
+def test_sdxl_previews_in_half_precision(sdxl: Path, images: Path, tmp_path: Path) -> None:
+    result = _train(_config(sdxl, images, tmp_path / "run", steps=1, mixed_precision="bf16", preview_every=1, preview_steps=1))
+    assert [p.name for p in result.previews] == ["toy-000000.png", "toy-000001.png"]
 
 
 def test_v_prediction(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
