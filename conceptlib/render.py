@@ -127,6 +127,13 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any], str]] = {
 _SAMPLER_BY_CLASS = {cls: a1111 for cls, extra, a1111 in SCHEDULERS.values() if not extra}
 
 #: Per-line keys a JSONL prompts file may set.
+#: Seeds are 0 to 2**63-1: torch's generators take that much, and a run's images count up from
+#: the base seed, which must stay inside it.
+MAX_SEED = 2**63 - 1
+#: The schedulers of SD models sample from 1,000 training timesteps.
+MAX_STEPS = 1000
+#: Images from one prompt line (a typo like 1e6 would fill the disk, not render a batch).
+MAX_IMAGES = 10_000
 PROMPT_KEYS = ("prompt", "negative", "seed", "n", "steps", "guidance", "size")
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 _EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
@@ -410,7 +417,10 @@ def read_prompts(path: str | os.PathLike[str]) -> list[PromptSpec]:
         PromptSpec(prompt='a <cat-toy>', negative=None, seed=7, n=2, steps=None, ...)
     """
     specs: list[PromptSpec] = []
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError("is not UTF-8 text (expected one prompt, or one JSON object, a line)", path=path, hint="save the prompt file as UTF-8") from None
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -428,19 +438,37 @@ def read_prompts(path: str | os.PathLike[str]) -> list[PromptSpec]:
             raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)}", hint=f"keys: {', '.join(PROMPT_KEYS)}")
         if not isinstance(data.get("prompt"), str):
             raise UsageError(f"{where}: needs a \"prompt\" string")
+        negative = data.get("negative")
+        if negative is not None and not isinstance(negative, str):
+            raise UsageError(f"{where}: \"negative\" must be a string, got {json.dumps(negative)}")
+        guidance = data.get("guidance")
+        if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance)):
+            raise UsageError(f"{where}: \"guidance\" must be a number, got {json.dumps(guidance)}")
         try:
-            specs.append(PromptSpec(
-                prompt=data["prompt"],
-                negative=str(data["negative"]) if data.get("negative") is not None else None,
-                seed=int(data["seed"]) if data.get("seed") is not None else None,
-                n=int(data["n"]) if data.get("n") is not None else None,
-                steps=int(data["steps"]) if data.get("steps") is not None else None,
-                guidance=float(data["guidance"]) if data.get("guidance") is not None else None,
-                size=parse_size(data["size"]) if data.get("size") is not None else None,
-            ))  # fmt: skip
+            size = parse_size(data["size"]) if data.get("size") is not None else None
         except (TypeError, ValueError) as exc:
             raise UsageError(f"{where}: {exc}") from None
+        specs.append(PromptSpec(
+            prompt=data["prompt"],
+            negative=negative,
+            seed=_whole(data, "seed", 0, MAX_SEED, where),
+            n=_whole(data, "n", 0, MAX_IMAGES, where),
+            steps=_whole(data, "steps", 1, MAX_STEPS, where),
+            guidance=float(guidance) if guidance is not None else None,
+            size=size,
+        ))  # fmt: skip
     return specs
+
+
+def _whole(data: Mapping[str, Any], key: str, low: int, high: int, where: str) -> int | None:
+    """``data[key]`` as a whole number from ``low`` to ``high``, None when absent."""
+    value = data.get(key)
+    if value is None:
+        return None
+    # JSON's true is not 1, and 2.9 is not a seed: only integers, as the options take.
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(f"{where}: \"{key}\" must be a whole number from {low} to {high}, got {json.dumps(value)}")
+    return value
 
 
 @dataclass
@@ -1167,6 +1195,10 @@ def render(
     out = Path(config.out)
     if config.batch_size < 1 or config.images_per_prompt < 1 or config.steps < 1:
         raise UsageError("--batch-size, -n and --steps must be 1 or more")
+    if config.steps > MAX_STEPS or config.images_per_prompt > MAX_IMAGES:
+        raise UsageError(f"--steps goes up to {MAX_STEPS} and -n up to {MAX_IMAGES}")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise UsageError(f"--seed must be from 0 to {MAX_SEED}, got {config.seed}")
 
     # 1. Prompts -> jobs. A job is one image; its seed depends only on its place in the run.
     specs = [p if isinstance(p, PromptSpec) else PromptSpec(str(p)) for p in config.prompts]
@@ -1203,6 +1235,8 @@ def render(
             ))  # fmt: skip
     if not jobs:
         raise UsageError("nothing to render: every prompt line asks for 0 images")
+    if max(job.seed for job in jobs) > MAX_SEED:
+        raise UsageError(f"the images' seeds count up from the base seed past {MAX_SEED}", hint="pass a smaller --seed")
     for job in jobs:
         if not math.isfinite(job.guidance):
             raise UsageError(f"the guidance scale must be a number, got {job.guidance} (prompt line {job.line + 1})", hint="pass --guidance like 7.5")

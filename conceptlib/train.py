@@ -215,8 +215,8 @@ class TrainConfig:
         add_to_library: add the finished concept to the library.
     """
 
-    model: str
-    images: str
+    model: str | os.PathLike[str]
+    images: str | os.PathLike[str]
     token: str
     model_config: str | None = None
     init_word: str | None = None
@@ -242,7 +242,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     device: str = "cpu"
     seed: int = 0
-    templates: str | None = None
+    templates: str | os.PathLike[str] | None = None
     captions: str | None = None
     shuffle_tags: bool = False
     tag_dropout: float = 0.0
@@ -253,13 +253,14 @@ class TrainConfig:
     preview_guidance: float = 7.5
     resume: bool = False
     name: str | None = None
-    out: str | None = None
+    out: str | os.PathLike[str] | None = None
     home: str | None = None
     add_to_library: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (stored in checkpoints and in the concept's metadata)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """JSON-ready form (stored in checkpoints and in the concept's metadata); paths as text."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in values.items()}
 
 
 @dataclass
@@ -525,6 +526,8 @@ def read_templates(path: str | os.PathLike[str]) -> list[str]:
         lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
     except OSError as exc:
         raise UsageError(f"cannot read the template file ({exc.strerror or exc})", path=file) from None
+    except UnicodeDecodeError:
+        raise UsageError("is not UTF-8 text (expected one prompt template a line)", path=file, hint="save the template file as UTF-8") from None
     templates = [line for line in lines if line]
     if not templates:
         raise UsageError("the template file has no templates", path=file, hint="write one prompt per line, with [name] where the concept goes")
@@ -910,6 +913,10 @@ def _check_config(config: TrainConfig) -> None:
         raise UsageError(f"--vectors {config.vectors} leaves no room in CLIP's 75-token prompt", hint="use at most 16 or so")
     if config.save_every < 0 or config.preview_every < 0 or config.warmup_steps < 0:
         raise UsageError("--save-every, --preview-every and --warmup-steps must be 0 or more")
+    if config.preview_steps < 1:
+        raise UsageError(f"--preview-steps must be at least 1, got {config.preview_steps}")
+    if not math.isfinite(config.preview_guidance):
+        raise UsageError(f"the preview guidance scale must be a number, got {config.preview_guidance}")
     if config.scheduler not in SCHEDULERS:
         raise UsageError(f"unknown --scheduler {config.scheduler!r}", hint=f"use one of: {', '.join(SCHEDULERS)}")
     if config.warmup_steps and config.lr_schedule is not None:
@@ -1077,6 +1084,12 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         templates = list(STYLE_FILEWORDS_TEMPLATES if config.type == "style" else OBJECT_FILEWORDS_TEMPLATES)
     else:
         templates = list(STYLE_TEMPLATES if config.type == "style" else OBJECT_TEMPLATES)
+    if not any("[name]" in t for t in templates) and not any(token in im.caption for im in images):
+        # Every step would then train vectors that no prompt uses: the loss cannot move.
+        raise UsageError(
+            f"no template uses [name] and no caption holds the token {token!r}: no prompt would teach the concept",
+            path=config.templates, hint="write [name] where the concept's token goes",
+        )
 
     # ---- 4. The token: validate it against the model and the library. ---------------------------
     # Against the model (vocabulary, multi-vector expansions) and the library (a token already
@@ -1260,9 +1273,16 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                 path=checkpoint_path, hint="put the images back as they were, or start a new run without --resume",
             )
         if int(state["step"]) >= total_steps:
+            if total_steps < config.steps:  # the schedule ends first: more --steps would not help
+                limit, hint = (
+                    f"--lr-schedule ends at step {total_steps}",
+                    "extend the schedule: its last rate without a step runs up to --steps",
+                )
+            else:
+                limit, hint = f"--steps {config.steps}", f"pass --steps above {int(state['step'])} to train on"
             raise UsageError(
-                f"--resume: the checkpoint is at step {int(state['step'])}; --steps {config.steps} leaves nothing to train",
-                path=checkpoint_path, hint=f"pass --steps above {int(state['step'])} to train on",
+                f"--resume: the checkpoint is at step {int(state['step'])}; {limit} leaves nothing to train",
+                path=checkpoint_path, hint=hint,
             )
         with torch.no_grad():
             for key, param in vectors.items():
@@ -1414,7 +1434,8 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     preview_pipe: Any = None
     previews: list[tuple[int, Path]] = []
     preview_prompt = config.preview_prompt or templates[0]
-    preview_prompt = re.sub(re.escape(token) + r"(?!_\d)", token_text, preview_prompt.replace("[name]", token)).replace("[filewords]", "")
+    # A function, not the text: a token may hold backslashes, which re.sub reads as escapes.
+    preview_prompt = re.sub(re.escape(token) + r"(?!_\d)", lambda _match: token_text, preview_prompt.replace("[name]", token)).replace("[filewords]", "")
 
     def preview(step: int) -> None:
         """Render the preview prompt with the current vectors; the pipeline is built once."""

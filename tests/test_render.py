@@ -363,6 +363,44 @@ def test_bad_prompt_files_and_options(world: dict[str, Any], tmp_path: Path) -> 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"prompt": "x", "steps": -3}', '"steps" must be a whole number from 1 to 1000, got -3'),
+        ('{"prompt": "x", "steps": 0}', '"steps" must be a whole number from 1 to 1000, got 0'),
+        ('{"prompt": "x", "steps": 100000000000}', '"steps" must be a whole number from 1 to 1000, got 100000000000'),
+        ('{"prompt": "x", "seed": 2.9}', '"seed" must be a whole number from 0 to 9223372036854775807, got 2.9'),
+        ('{"prompt": "x", "seed": true}', '"seed" must be a whole number from 0 to 9223372036854775807, got true'),
+        ('{"prompt": "x", "seed": 1e30}', '"seed" must be a whole number from 0 to 9223372036854775807, got 1e+30'),
+        ('{"prompt": "x", "n": 1e400}', '"n" must be a whole number from 0 to 10000, got Infinity'),
+        ('{"prompt": "x", "negative": ["a", "b"]}', '"negative" must be a string, got ["a", "b"]'),
+        ('{"prompt": "x", "guidance": "7"}', '"guidance" must be a number, got "7"'),
+    ],
+)
+def test_prompt_file_values_are_checked_like_the_options(tmp_path: Path, line: str, message: str) -> None:
+    from conceptlib.render import read_prompts
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "fine", "seed": 3, "steps": 2}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(UsageError) as info:
+        read_prompts(path)
+    assert str(info.value) == f"{path}, line 2: {message}"
+
+
+def test_seeds_and_files_that_cannot_render_are_refused_before_any_image(world: dict[str, Any], tmp_path: Path, cli: Any) -> None:
+    common = ["--model", str(world["sd1"]), "--home", str(world["home"]), "--steps", "1", "--size", "32x32"]
+    for seed, n in (("99999999999999999999", "1"), ("-1", "1"), ("9223372036854775807", "2")):
+        run_ = cli("render", "x", *common, "--seed", seed, "-n", n, "--out", str(tmp_path / "r"))
+        assert run_.exit_code == 2 and run_.stderr.startswith("Error: "), run_.stderr
+        assert not (tmp_path / "r").exists()
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    run_ = cli("render", "--prompts", str(tmp_path / "latin1.txt"), *common, "--out", str(tmp_path / "r"))
+    assert (run_.exit_code, run_.stderr) == (
+        2, f"Error: {tmp_path / 'latin1.txt'}: is not UTF-8 text (expected one prompt, or one JSON object, a line) "
+        "(hint: save the prompt file as UTF-8)\n",
+    )  # fmt: skip
+
+
 # --- previews for pull requests ------------------------------------------------------------------
 
 

@@ -275,6 +275,28 @@ def test_images_and_token_checked_first(models: dict[str, Path], tmp_path: Path)
     (tmp_path / "afile").write_text("")
     with pytest.raises(UsageError, match="afile: is a file; the run folder must be a folder"):
         _train(_config(models["sd1"], broken, tmp_path / "afile"))
+    with pytest.raises(UsageError, match="--preview-steps must be at least 1, got -1"):
+        _train(_config(models["sd1"], broken, tmp_path / "o9", preview_every=1, preview_steps=-1))
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 [name]\n".encode("latin-1"))
+    with pytest.raises(UsageError, match="latin1.txt: is not UTF-8 text"):
+        _train(_config(models["sd1"], broken / "000-red striped toy.png", tmp_path / "o10", templates=str(latin1)))
+    # Templates of captions alone never show the token: nothing to learn from.
+    filewords = tmp_path / "filewords.txt"
+    filewords.write_text("[filewords]\n")
+    with pytest.raises(UsageError, match="no template uses \\[name\\] and no caption holds the token '<toy>'"):
+        _train(_config(models["sd1"], broken / "000-red striped toy.png", tmp_path / "o11", templates=str(filewords)))
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 12))
+
+
+def test_tokens_with_backslashes_and_path_settings(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
+    # re.sub once read the token as a replacement template ("bad escape \w").
+    result = _train(_config(models["sd1"], images, tmp_path / "bs", token="<a\\w\\1>", steps=1, preview_every=1, preview_steps=1))
+    assert result.embedding.token == "<a\\w\\1>" and len(result.previews) == 2
+    # pathlib paths work wherever text paths do (the checkpoint stores them as text).
+    run = _train(TrainConfig(model=models["sd1"], images=images, token="<p>", init_word="red", steps=2, resolution=32,
+                             save_every=0, out=tmp_path / "paths", add_to_library=False))  # fmt: skip
+    assert load_checkpoint(run.out / "checkpoint.safetensors")["config"]["out"] == str(tmp_path / "paths")
 
 
 def test_cli_refuses_a_model_folder_of_configs_alone(models: dict[str, Path], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -829,3 +851,12 @@ def _cli(args: list[str]) -> int:
         return app_module.main(args)
     finally:
         app_module.app = original
+
+
+def test_resume_names_the_schedule_when_it_ends_the_run(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
+    settings: dict[str, Any] = dict(steps=4, lr_schedule="0.01:2")
+    assert _train(_config(models["sd1"], images, tmp_path / "run", **settings)).steps == 2
+    with pytest.raises(UsageError) as info:
+        _train(_config(models["sd1"], images, tmp_path / "run", resume=True, **{**settings, "steps": 10}))
+    assert str(info.value).endswith("the checkpoint is at step 2; --lr-schedule ends at step 2 leaves nothing to train")
+    assert info.value.hint == "extend the schedule: its last rate without a step runs up to --steps"
