@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from conceptlib._atomic import atomic_write_bytes
 from conceptlib._parallel import rank_and_world
-from conceptlib.errors import BadInputError, UsageError
+from conceptlib.errors import BadInputError, ConceptDamagedError, UsageError
 
 if TYPE_CHECKING:
     from conceptlib.library import AddReport
@@ -566,6 +566,10 @@ def preview(
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError("is a file; the preview goes into a folder", path=out_dir, hint="pass --out a folder")
+    if rank_and_world()[0] == 0:
+        # A summary from an earlier run must not outlive a run that stops, early or midway: CI
+        # would post it beside this run's grids. No summary means the preview did not finish.
+        (out_dir / SUMMARY_NAME).unlink(missing_ok=True)
     info = resolve_model(model, home=home)
     if pipeline is None:
         # Before anything is read or written: a model that cannot render fails the run now.
@@ -590,10 +594,6 @@ def preview(
     if from_file is not None:
         wanted += _read_list(from_file)
 
-    if rank_and_world()[0] == 0:
-        # A summary from an earlier run must not outlive a run that stops midway: CI would post
-        # it beside this run's grids. No summary means the preview did not finish.
-        (out_dir / SUMMARY_NAME).unlink(missing_ok=True)
     items: list[PreviewItem] = []
     folders: set[str] = set()  # output folder names taken in this preview
     pipe = pipeline
@@ -631,7 +631,8 @@ def preview(
                 try:
                     concept = lib.show(name)
                     embedding = lib.embedding(name)
-                except BadInputError as exc:
+                except (BadInputError, ConceptDamagedError) as exc:
+                    # One damaged concept is its own row; the others still get their grids.
                     item.error = _message(exc)
                     continue
                 item.name, item.token, item.type = concept.name, concept.token, concept.type
@@ -687,5 +688,5 @@ def preview(
     return result
 
 
-def _message(exc: BadInputError) -> str:
+def _message(exc: BadInputError | ConceptDamagedError) -> str:
     return f"{exc.message}" + (f" ({exc.hint})" if exc.hint else "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,12 @@ import pytest
 
 import factory
 from conceptlib.embedding import Embedding
-from conceptlib.errors import ConceptDoesNotFitError, ConceptNotFoundError, UsageError
+from conceptlib.errors import (
+    ConceptDoesNotFitError,
+    ConceptNotFoundError,
+    ModelNotFoundError,
+    UsageError,
+)
 from conceptlib.tensor import Tensor
 
 pytestmark = pytest.mark.torch
@@ -450,6 +456,36 @@ def test_preview_stopped_midway_leaves_no_summary(world: dict[str, Any], tmp_pat
     assert (out / "birb-style" / "grid.png").is_file()
     assert not (out / "easynegative").exists()
     assert not (out / "preview.md").exists()
+
+    # A run that fails before rendering anything leaves none either.
+    preview(["cat-toy"], **common)
+    with pytest.raises(UsageError, match="unknown scheduler"):
+        preview(["cat-toy"], **{**common, "scheduler": "nope"})
+    assert not (out / "preview.md").exists()
+    preview(["cat-toy"], **common)
+    with pytest.raises(ModelNotFoundError):
+        preview(["cat-toy"], **{**common, "model": "no-such-model", "pipeline": None})
+    assert not (out / "preview.md").exists()
+
+
+def test_preview_reports_a_damaged_concept_in_its_row(world: dict[str, Any], tmp_path: Path) -> None:
+    from conceptlib.library import Library
+    from conceptlib.preview import preview
+
+    home = tmp_path / "home"
+    shutil.copytree(world["home"], home)
+    with Library.open(home) as lib:
+        stored = lib.folder("fancy-chair") / "embedding.safetensors"
+    data = bytearray(stored.read_bytes())
+    data[-5] ^= 1  # a flipped bit: still decodes, no longer the recorded vectors
+    stored.write_bytes(bytes(data))
+    result = preview(["cat-toy", "fancy-chair"], model=world["sd1"], out=tmp_path / "pv", home=home, steps=1,
+                     size=SIZE, pipeline=world["sd1_pipe"])  # fmt: skip
+    assert result.exit_code == 1
+    items = {i.source: i for i in result.items}
+    assert items["cat-toy"].grid is not None
+    assert items["fancy-chair"].error is not None and "verify --repair" in items["fancy-chair"].error
+    assert "| fancy-chair | – | – | – | ❌ " in result.markdown.read_text(encoding="utf-8")
 
 
 def test_preview_changed_files_in_a_concepts_repository(world: dict[str, Any], tmp_path: Path) -> None:
