@@ -962,6 +962,22 @@ def _resolved_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _frozen_digest(*modules: Any) -> str:
+    """A fingerprint of frozen weights: each module's first and last two tensors, as float32.
+
+    Cheap (a UNet's conv_in and conv_out, not its 3.4 GB), and any other checkpoint of the
+    architecture (another seed, a fine-tune) differs there; float32 so precision does not count.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for module in modules:
+        tensors = list(module.state_dict().values())
+        for tensor in tensors[:2] + tensors[-2:]:
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _images_digest(files: list[Path], root: Path) -> str:
     """One sha256 over the training images' names and bytes: any image added, removed or edited changes it."""
     digest = hashlib.sha256()
@@ -971,13 +987,41 @@ def _images_digest(files: list[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
-def _resume_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
-    now = _resolved_settings(config.to_dict())
+def _resume_differences(
+    saved: dict[str, Any], config: TrainConfig, *, native: int | None = None, home: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """The settings of ``config`` that differ from a checkpoint's, compared by their effect.
+
+    ``--resolution`` left out is the model's ``native`` size, ``--init-word`` left out is
+    ``*``, and a registered model name is the folder it names: the same run spelt another way
+    resumes.
+    """
     # A checkpoint from an older conceptlib lacks the settings added since: those had their
     # defaults; and it stored paths as typed (resolved here against today's folder, best effort).
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    before = _resolved_settings(saved)
-    return sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k, defaults[k]) != now[k])
+    now = _effective_settings(config.to_dict(), native=native, home=home)
+    before = _effective_settings({**defaults, **saved}, native=native, home=home)
+    return sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+
+
+def _effective_settings(settings: dict[str, Any], *, native: int | None, home: str | os.PathLike[str] | None) -> dict[str, Any]:
+    from conceptlib.errors import ConceptlibError
+    from conceptlib.models import resolve_model
+
+    out = _resolved_settings(settings)
+    if out.get("resolution") is None and native is not None:
+        out["resolution"] = native
+    if out.get("init_word") is None:
+        out["init_word"] = "*"
+    model = out.get("model")
+    if isinstance(model, str) and model and not Path(model).is_absolute():
+        try:  # a registered name: the folder or file it stands for
+            where = resolve_model(model, home=home, hash_files=False).path
+        except ConceptlibError:
+            where = None
+        if where:
+            out["model"] = str(Path(where).resolve())
+    return out
 
 
 def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
@@ -1090,6 +1134,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
             f"no template uses [name] and no caption holds the token {token!r}: no prompt would teach the concept",
             path=config.templates, hint="write [name] where the concept's token goes",
         )
+    prompts_digest = hashlib.sha256(json.dumps([templates, [im.caption for im in images]]).encode("utf-8")).hexdigest()
 
     # ---- 4. The token: validate it against the model and the library. ---------------------------
     # Against the model (vocabulary, multi-vector expansions) and the library (a token already
@@ -1155,6 +1200,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         raise UsageError(f"prediction type {prediction_type!r} is not supported (epsilon or v_prediction)", path=root)
 
     # ---- 6. Freeze everything; only the vectors will have gradients. -----------------------------
+    frozen_digest = _frozen_digest(unet, vae)  # --resume refuses another UNet or VAE
     for module in (vae, unet, *encoders):
         module.requires_grad_(False)
         module.eval()
@@ -1258,7 +1304,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     saved_steps: list[int] = []  # the steps the run's checkpoint file has held
     if config.resume:
         state = load_checkpoint(checkpoint_path)
-        changed = _resume_differences(state["config"], config)
+        changed = _resume_differences(state["config"], config, native=native_size(info, configs), home=home)
         if changed:
             raise UsageError(
                 f"--resume: these settings differ from the checkpoint's: {', '.join(changed)}",
@@ -1267,6 +1313,16 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
             )
         if state["model"] != info.fingerprints():
             raise UsageError("--resume: the checkpoint was trained on another model (text-encoder fingerprints differ)", path=checkpoint_path)
+        if state.get("frozen", frozen_digest) != frozen_digest:
+            raise UsageError(
+                "--resume: the checkpoint was trained on another model (its UNet or VAE weights differ)",
+                path=checkpoint_path, hint="resume with the model the run started with, or start a new run without --resume",
+            )
+        if state.get("prompts", prompts_digest) != prompts_digest:
+            raise UsageError(
+                "--resume: the training prompts changed since the checkpoint (the template file's lines or the captions)",
+                path=checkpoint_path, hint="put the templates and captions back as they were, or start a new run without --resume",
+            )
         if state.get("images", images_digest) != images_digest:
             raise UsageError(
                 f"--resume: the images in {config.images} changed since the checkpoint (added, removed or edited)",
@@ -1498,7 +1554,9 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
             "losses": torch.tensor(losses, dtype=torch.float64),
             "config": _resolved_settings(config.to_dict()),
             "model": info.fingerprints(),
+            "frozen": frozen_digest,
             "images": images_digest,
+            "prompts": prompts_digest,
             "eval_loss_start": eval_loss_start,
         }
         _save_checkpoint(checkpoint_path, state)

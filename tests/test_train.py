@@ -860,3 +860,35 @@ def test_resume_names_the_schedule_when_it_ends_the_run(models: dict[str, Path],
         _train(_config(models["sd1"], images, tmp_path / "run", resume=True, **{**settings, "steps": 10}))
     assert str(info.value).endswith("the checkpoint is at step 2; --lr-schedule ends at step 2 leaves nothing to train")
     assert info.value.hint == "extend the schedule: its last rate without a step runs up to --steps"
+
+
+def test_resume_refuses_other_weights_or_prompts_and_accepts_the_same_run_spelt_otherwise(
+    models: dict[str, Path], images: Path, tmp_path: Path
+) -> None:
+    from conceptlib.models import add_model
+    from conceptlib.tiny import create_tiny
+
+    model = tmp_path / "model"
+    shutil.copytree(models["sd1"], model)
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a photo of [name]\n")
+    settings: dict[str, Any] = dict(steps=2, save_every=2, resolution=None, init_word=None, templates=str(templates))
+    _train(_config(model, images, tmp_path / "run", **settings))
+    more = {**settings, "steps": 4, "resume": True}
+
+    # The same run: the native resolution spelt out, the default init word, a registered name.
+    add_model(model, name="my-model")
+    same = dict(more, resolution=64, init_word="*", steps=2)
+    with pytest.raises(UsageError, match="nothing to train"):  # the settings matched; only --steps did not
+        _train(_config(Path("my-model"), images, tmp_path / "run", **same))
+
+    templates.write_text("a painting of [name] in space\n")
+    with pytest.raises(UsageError, match="the training prompts changed"):
+        _train(_config(model, images, tmp_path / "run", **more))
+    templates.write_text("a photo of [name]\n")
+
+    other = create_tiny(tmp_path / "other", "sd1", seed=1)
+    shutil.rmtree(model / "unet")
+    shutil.copytree(other / "unet", model / "unet")
+    with pytest.raises(UsageError, match="its UNet or VAE weights differ"):
+        _train(_config(model, images, tmp_path / "run", **more))
