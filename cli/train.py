@@ -142,7 +142,9 @@ def train(
     else:
         out.print(f"wrote      {result.embedding_path}", markup=False)
     rate = f"{result.seconds_per_step:.3f} s/step"
-    if result.resumed_from:  # train() refuses a resume with no steps left
+    if result.resumed_from and result.resumed_from == result.steps:  # a trained run's library step, finished
+        ran = f"Finished the run at step {result.steps} (nothing left to train)"
+    elif result.resumed_from:
         ran = f"Trained steps {result.resumed_from + 1}-{result.steps} of {result.steps} (resumed from step {result.resumed_from}; {rate})"
     else:
         ran = f"Trained {result.steps} steps ({rate})"

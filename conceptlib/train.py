@@ -56,6 +56,7 @@ from conceptlib._parallel import barrier, join, process_device
 from conceptlib.errors import (
     ConceptExistsError,
     DestinationExistsError,
+    DuplicateConceptError,
     TokenInUseError,
     TrainingDivergedError,
     TrainingImageError,
@@ -1328,7 +1329,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                 f"--resume: the images in {config.images} changed since the checkpoint (added, removed or edited)",
                 path=checkpoint_path, hint="put the images back as they were, or start a new run without --resume",
             )
-        if int(state["step"]) >= total_steps:
+        finishing = int(state["step"]) == total_steps and config.add_to_library and ours is None
+        if int(state["step"]) >= total_steps and not finishing:
+            # (A run that trained to the end but never got into the library, whose add failed,
+            # is finished instead: no steps, then the library step.)
             if total_steps < config.steps:  # the schedule ends first: more --steps would not help
                 limit, hint = (
                     f"--lr-schedule ends at step {total_steps}",
@@ -1692,14 +1696,22 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                     concept = library.update(ours, embedding_path, token=token, type=config.type, images=image_files, metadata=metadata)
                 else:
                     action = "added"
-                    concept = library.add(
-                        embedding_path,
-                        name=config.name,
-                        token=token,
-                        type=config.type,
-                        images=image_files,
-                        metadata=metadata,
-                    ).one()
+                    try:
+                        concept = library.add(
+                            embedding_path,
+                            name=config.name,
+                            token=token,
+                            type=config.type,
+                            images=image_files,
+                            metadata=metadata,
+                        ).one()
+                    except DuplicateConceptError as exc:
+                        # The same seed, images and settings learn the same vectors.
+                        exc.hint = (
+                            f"the run's vectors are kept in {embedding_path}; another --seed (or --init-word) "
+                            f"learns others, or `conceptlib show {exc.existing}` is the concept you already have"
+                        )
+                        raise
             finally:
                 library.close()
     return TrainResult(

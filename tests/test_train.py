@@ -892,3 +892,30 @@ def test_resume_refuses_other_weights_or_prompts_and_accepts_the_same_run_spelt_
     shutil.copytree(other / "unet", model / "unet")
     with pytest.raises(UsageError, match="its UNet or VAE weights differ"):
         _train(_config(model, images, tmp_path / "run", **more))
+
+
+def test_a_run_whose_library_add_failed_is_finished_by_resume(
+    models: dict[str, Path], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conceptlib.errors import DuplicateConceptError
+    from conceptlib.library import Library
+
+    settings: dict[str, Any] = dict(steps=2, add_to_library=True)
+    first = _train(_config(models["sd1"], images, tmp_path / "one", token="<one>", **settings))
+    assert first.concept is not None
+    # The same seed, images and settings learn the same vectors: the library holds them already.
+    with pytest.raises(DuplicateConceptError) as info:
+        _train(_config(models["sd1"], images, tmp_path / "two", token="<two>", **settings))
+    assert f"the run's vectors are kept in {tmp_path / 'two' / 'two.safetensors'}" in (info.value.hint or "")
+    # Once that concept is gone, --resume does the library step the run never finished.
+    with Library.open() as lib:
+        lib.remove([first.concept.name])
+    args = ["train", "-m", str(models["sd1"]), "-i", str(images), "--token", "<two>", "--init-word", "watermark",
+            "--steps", "2", "--resolution", "32", "--lr", "0.02", "--save-every", "0", "--out", str(tmp_path / "two"), "--resume"]  # fmt: skip
+    assert _cli(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("added      two  (<two>, SD 1.x, 1 vector)")
+    assert "Finished the run at step 2 (nothing left to train)" in captured.err
+    # Finished and in the library: nothing is left to do.
+    with pytest.raises(UsageError, match="nothing to train"):
+        _train(_config(models["sd1"], images, tmp_path / "two", token="<two>", resume=True, **settings))
