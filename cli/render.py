@@ -32,7 +32,7 @@ SchedulerOpt = Annotated[
 SizeOpt = Annotated[
     str | None, typer.Option("--size", help="WIDTHxHEIGHT in pixels (default: the model's size).", show_default=False)
 ]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per pipeline call (speed only, never results).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per pipeline call (speed: seeds and noise stay the same; pixels may differ by 1/255).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
 

@@ -1278,6 +1278,9 @@ def render(
 
     # 5. Load every concept in one step, render batch by batch, and 6. always unload.
     out.mkdir(parents=True, exist_ok=True)
+    if rank == 0 and not config.grid:
+        # An earlier run's grid beside this run's render.json would show other images.
+        (out / GRID_NAME).unlink(missing_ok=True)
     rendered: list[RenderedImage] = []
     pictures: dict[int, Image.Image] = {}
     if progress:

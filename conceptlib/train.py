@@ -478,7 +478,12 @@ def _load_image(path: Path, resolution: int) -> tuple[np.ndarray, tuple[int, int
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings():
+            # A large photo (over 89 Mpx) is the user's own picture, not an attack: Pillow's
+            # two-line warning would only bury conceptlib's output. Over 179 Mpx still fails.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
             opened.load()
             img: Image.Image = ImageOps.exif_transpose(opened)
             if img.mode.startswith(("I", "F")):

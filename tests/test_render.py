@@ -819,6 +819,13 @@ def test_cli_render_and_preview(world: dict[str, Any], tmp_path: Path) -> None:
     assert (tmp_path / "p" / "preview.md").is_file()
 
 
+def test_a_run_without_a_grid_leaves_no_earlier_grid(world: dict[str, Any], tmp_path: Path) -> None:
+    first = run(world, tmp_path, ["a red car"], grid=True)
+    assert first.grid is not None and first.grid.is_file()
+    second = run(world, tmp_path, ["a blue car"])
+    assert second.grid is None and not (tmp_path / "out" / "grid.png").exists()
+
+
 def test_render_warns_about_prompts_the_encoder_does_not_read_as_written(world: dict[str, Any], tmp_path: Path, cli: Any) -> None:
     import logging
 

@@ -919,3 +919,15 @@ def test_a_run_whose_library_add_failed_is_finished_by_resume(
     # Finished and in the library: nothing is left to do.
     with pytest.raises(UsageError, match="nothing to train"):
         _train(_config(models["sd1"], images, tmp_path / "two", token="<two>", resume=True, **settings))
+
+
+def test_large_photos_load_without_pillows_bomb_warning(tmp_path: Path) -> None:
+    import warnings
+
+    from PIL import Image
+
+    Image.new("L", (10000, 10000), 128).save(tmp_path / "huge.png")  # 100 Mpx: over Pillow's warning line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pixels, size, _crop = _load_image(tmp_path / "huge.png", 32)
+    assert size == (10000, 10000) and pixels.shape == (3, 32, 32)
