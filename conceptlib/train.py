@@ -1324,15 +1324,15 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                 "--resume: the checkpoint was trained on another model (its UNet or VAE weights differ)",
                 path=checkpoint_path, hint="resume with the model the run started with, or start a new run without --resume",
             )
-        if state.get("prompts", prompts_digest) != prompts_digest:
-            raise UsageError(
-                "--resume: the training prompts changed since the checkpoint (the template file's lines or the captions)",
-                path=checkpoint_path, hint="put the templates and captions back as they were, or start a new run without --resume",
-            )
         if state.get("images", images_digest) != images_digest:
             raise UsageError(
                 f"--resume: the images in {config.images} changed since the checkpoint (added, removed or edited)",
                 path=checkpoint_path, hint="put the images back as they were, or start a new run without --resume",
+            )
+        if state.get("prompts", prompts_digest) != prompts_digest:
+            raise UsageError(
+                "--resume: the training prompts changed since the checkpoint (the template file's lines or the captions)",
+                path=checkpoint_path, hint="put the templates and captions back as they were, or start a new run without --resume",
             )
         finishing = int(state["step"]) == total_steps and config.add_to_library and ours is None
         if int(state["step"]) >= total_steps and not finishing:
