@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +115,22 @@ def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
             line = line[len("Negative prompt:") :].strip()
         (negative if in_negative else prompt).append(line)
     return "\n".join(prompt), "\n".join(negative), params
+
+
+@contextlib.contextmanager
+def library_logs(world: dict[str, Any]) -> Iterator[list[logging.LogRecord]]:
+    """The records transformers and diffusers log inside the block (their handlers stay as they are)."""
+    world["sd1_pipe"].tokenizer.deprecation_warnings.clear()  # transformers warns once per tokenizer
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    for name in ("transformers", "diffusers"):
+        logging.getLogger(name).addHandler(handler)
+    try:
+        yield records
+    finally:
+        for name in ("transformers", "diffusers"):
+            logging.getLogger(name).removeHandler(handler)
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -703,25 +722,14 @@ def test_preview_template_words_are_one_clip_token_each(shared_models: Path) -> 
 
 
 def test_preview_keeps_library_logs_out_of_the_output(world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import logging
-
     from conceptlib import preview as preview_module
 
     # Prompts too long for the context make transformers and diffusers log warnings.
     long = "a photo of " + "red " * 90 + "{}"
     monkeypatch.setattr(preview_module, "preview_prompts", lambda token, *a, **k: ([long.format(token)], ""))
-    world["sd1_pipe"].tokenizer.deprecation_warnings.clear()  # transformers warns once per tokenizer
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    for name in ("transformers", "diffusers"):
-        logging.getLogger(name).addHandler(handler)
-    try:
+    with library_logs(world) as records:
         preview_module.preview(["cat-toy"], model=world["sd1"], out=tmp_path / "pv", home=world["home"],
                                steps=1, size=SIZE, pipeline=world["sd1_pipe"])  # fmt: skip
-    finally:
-        for name in ("transformers", "diffusers"):
-            logging.getLogger(name).removeHandler(handler)
     assert [r.getMessage()[:40] for r in records] == []
 
 
@@ -827,22 +835,11 @@ def test_a_run_without_a_grid_leaves_no_earlier_grid(world: dict[str, Any], tmp_
 
 
 def test_render_warns_about_prompts_the_encoder_does_not_read_as_written(world: dict[str, Any], tmp_path: Path, cli: Any) -> None:
-    import logging
-
     # 3 words + birb-style's 3 vectors + 69 = 75, CLIP's context without BOS/EOS: it fits.
     fits = "a photo of <birb-style> " + "red " * 69
     too_long = fits + "big blue car"
-    world["sd1_pipe"].tokenizer.deprecation_warnings.clear()  # transformers warns once per tokenizer
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    for name in ("transformers", "diffusers"):
-        logging.getLogger(name).addHandler(handler)
-    try:
+    with library_logs(world) as records:
         result = run(world, tmp_path, [fits.strip(), too_long, "a (small) chair", "a (red:1.3) car"], negative="(ugly:.5)")
-    finally:
-        for name in ("transformers", "diffusers"):
-            logging.getLogger(name).removeHandler(handler)
     assert result.warnings == [
         "the negative prompt of line 1 uses an AUTOMATIC1111 attention weight, '(ugly:.5)': conceptlib does not "
         "weight prompts, so the text encoder reads the brackets and the number as words",
