@@ -49,7 +49,7 @@ def train(
     shuffle_tags: Annotated[bool, typer.Option("--shuffle-tags", help="Shuffle the comma-separated tags of [filewords] for every sample (AUTOMATIC1111).")] = False,
     tag_dropout: Annotated[float, typer.Option("--tag-dropout", help="Leave each tag of [filewords] out with this probability (AUTOMATIC1111).")] = 0.0,
     save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every K steps (0: at the end only).")] = 500,
-    preview_every: Annotated[int, typer.Option("--preview-every", help="Render a preview every K steps (0: never).")] = 0,
+    preview_every: Annotated[int, typer.Option("--preview-every", help="Render a preview every K steps and at the last one (0: never).")] = 0,
     preview_prompt: Annotated[str | None, typer.Option("--preview-prompt", help="Preview prompt; [name] or the token marks the concept.", show_default=False)] = None,
     preview_steps: Annotated[int, typer.Option("--preview-steps", help="Sampler steps per preview.")] = 20,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,

@@ -204,7 +204,7 @@ class TrainConfig:
             ``[filewords]`` becomes; the evaluation loss keeps whole captions.
         save_every: write a checkpoint (and a snapshot of the concept) every K steps; 0 = at
             the end only.
-        preview_every: render a preview every K steps (0 = never).
+        preview_every: render a preview every K steps and at the last one (0 = never).
         preview_prompt: the preview prompt (default: the first template); ``[name]`` or the
             token marks the concept.
         preview_steps: sampler steps per preview.
@@ -1652,7 +1652,8 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                 raise diverged(step, "the vectors became NaN/Inf")
             if main_process and ((config.save_every and step % config.save_every == 0) or step == total_steps):
                 save_checkpoint(step)
-            if main_process and config.preview_every and step % config.preview_every == 0:
+            # The last step too: the grid ends with what the run produced.
+            if main_process and config.preview_every and (step % config.preview_every == 0 or step == total_steps):
                 preview(step)
             if progress is not None:
                 progress(step, total_steps, value)

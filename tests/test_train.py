@@ -729,7 +729,7 @@ def test_mixed_precision_keeps_float32_vectors(models: dict[str, Path], images: 
     resumed = _train(_config(models["sd1"], images, tmp_path / "whole", resume=True, **{**settings, "steps": 6}))
     assert resumed.resumed_from == 4 and resumed.steps == 6
     # Its previews are the whole run's, the part before the resume included.
-    assert [p.name for p in resumed.previews] == ["toy-000000.png", "toy-000004.png"]
+    assert [p.name for p in resumed.previews] == ["toy-000000.png", "toy-000004.png", "toy-000006.png"]
 
 
 def test_sdxl_previews_in_half_precision(sdxl: Path, images: Path, tmp_path: Path) -> None:
