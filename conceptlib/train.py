@@ -588,7 +588,9 @@ def _generator(*key: int) -> torch.Generator:
     """A CPU generator seeded from a tuple of integers (independent streams for each key)."""
     import torch
 
-    state = np.random.SeedSequence([k & 0xFFFFFFFF for k in key] + [len(key)]).generate_state(2, np.uint32)
+    # Whole keys: SeedSequence splits big ones into 32-bit words (a key below 2**32 is one word,
+    # as before), so seeds that differ only above bit 32 are different runs.
+    state = np.random.SeedSequence([*key, len(key)]).generate_state(2, np.uint32)
     return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
@@ -941,8 +943,8 @@ def _check_config(config: TrainConfig) -> None:
         raise UsageError(f"unknown latent sampling {config.latent_sampling!r}", hint="use random or deterministic")
     if config.resolution is not None and (config.resolution < 8 or config.resolution % 8):
         raise UsageError(f"--resolution must be a multiple of 8 (at least 8), got {config.resolution}")
-    if config.seed < 0:
-        raise UsageError(f"--seed must be 0 or more, got {config.seed}")
+    if not 0 <= config.seed <= 2**63 - 1:
+        raise UsageError(f"--seed must be from 0 to {2**63 - 1}, got {config.seed}")
     for label, clip in (("--clip-grad-norm", config.clip_grad_norm), ("--clip-grad-value", config.clip_grad_value)):
         if not (math.isfinite(clip) and clip >= 0):
             raise UsageError(f"{label} must be a positive number (0 = off), got {clip}")

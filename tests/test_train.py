@@ -26,6 +26,8 @@ from conceptlib.train import (
     TrainConfig,
     TrainResult,
     _caption,
+    _check_config,
+    _generator,
     _load_image,
     _resume_differences,
     _splice,
@@ -169,8 +171,6 @@ def test_tag_shuffle_and_dropout() -> None:
     ] * 2  # a pure function of the generator
     assert _vary_tags("", g, shuffle=True, dropout=0.5) == ""
     with pytest.raises(UsageError, match="tag-dropout"):
-        from conceptlib.train import _check_config
-
         _check_config(TrainConfig(model="m", images="i", token="<t>", tag_dropout=1.0))
 
 
@@ -931,3 +931,20 @@ def test_large_photos_load_without_pillows_bomb_warning(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         pixels, size, _crop = _load_image(tmp_path / "huge.png", 32)
     assert size == (10000, 10000) and pixels.shape == (3, 32, 32)
+
+
+def test_random_streams_use_the_whole_seed() -> None:
+    import torch
+
+    def draw(*key: int) -> list[float]:
+        return torch.rand(3, generator=_generator(*key)).tolist()
+
+    # Seeds below 2**32 keep the streams they always had (runs and checkpoints stay reproducible)...
+    assert draw(5, 2) == draw(5, 2) != draw(6, 2)
+    state = np.random.SeedSequence([5 & 0xFFFFFFFF, 2, 2]).generate_state(2, np.uint32)
+    old = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    assert draw(5, 2) == torch.rand(3, generator=old).tolist()
+    # ...and seeds that differ only above bit 32 are different runs.
+    assert draw(5 + 2**32, 2) != draw(5, 2)
+    with pytest.raises(UsageError, match="--seed must be from 0 to"):
+        _check_config(TrainConfig(model="m", images="i", token="<t>", seed=2**63))
