@@ -214,7 +214,8 @@ def push(
         return
     out.print(result.pr_url or result.commit_url, markup=False)
     where = f"pull request {result.pr_url}" if result.pr_url else f"{result.repo_id}@{result.revision}"
-    err.print(f"Pushed {result.name} ({len(result.files)} files) to {where}, commit {_short(result.commit)}", markup=False)
+    removed = f", removed {len(result.removed)} left by an earlier push ({', '.join(result.removed)})" if result.removed else ""
+    err.print(f"Pushed {result.name} ({len(result.files)} files) to {where}, commit {_short(result.commit)}{removed}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

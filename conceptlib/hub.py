@@ -1408,6 +1408,8 @@ class PushResult:
         repo_url: link to the repository.
         status: ``pushed``, or ``unchanged`` when the revision already held these exact files
             (nothing was committed and no pull request was opened).
+        removed: files an earlier push left that this concept does not have (a second SDXL
+            file, ``learned_embeds.bin``, images), deleted in the same commit.
     """
 
     name: str
@@ -1419,13 +1421,14 @@ class PushResult:
     files: list[str]
     repo_url: str
     status: PushStatus = "pushed"
+    removed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what ``conceptlib push --json`` prints)."""
         return {
             "name": self.name, "repo_id": self.repo_id, "status": self.status, "revision": self.revision,
             "commit": self.commit, "commit_url": self.commit_url, "pr_url": self.pr_url, "files": list(self.files),
-            "repo_url": self.repo_url,
+            "repo_url": self.repo_url, "removed": list(self.removed),
         }
 
 
@@ -1576,6 +1579,11 @@ def _push_files(
     return files
 
 
+#: Repository files a push writes, so may remove when the concept no longer has them. Other
+#: files (a hand-written notebook, a LICENSE) are never touched.
+_MANAGED_FILE = re.compile(r"learned_embeds(_2)?\.(safetensors|bin)|concept_images/[^/]+")
+
+
 def push(
     library: Library,
     name: str,
@@ -1627,6 +1635,12 @@ def push(
     revision = revision or parsed_rev
     if create_pr and revision not in (None, "main"):
         raise UsageError("--create-pr opens a pull request against main; drop --revision")
+    if revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision):
+        raise UsageError(
+            f"{repo_id}@{revision}: a commit id cannot be pushed to (commits are fixed)",
+            hint="pass a branch with --revision, or refs/pr/N to add to an open pull request",
+        )
+    pr_ref = revision is not None and re.fullmatch(r"refs/pr/\d+", revision) is not None
     settings = hub_settings()
     if settings.offline:
         raise UsageError("pushing needs the Hub, and HF_HUB_OFFLINE is set", hint="unset HF_HUB_OFFLINE")
@@ -1636,7 +1650,7 @@ def push(
     name = concept.name
     message = commit_message or f"Upload {concept.token} concept with conceptlib"
 
-    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     what = f"pushing {name} to {repo_id}"
     head_before: str | None = None
@@ -1644,7 +1658,7 @@ def push(
         _with_retries(
             lambda: client.create_repo(repo_id, private=private, exist_ok=True), repo_id=repo_id, what=what, again=_PUSH_SETUP_AGAIN
         )
-        if revision not in (None, "main"):
+        if revision not in (None, "main") and not pr_ref:  # a pull request's ref exists or nothing does
             _with_retries(
                 lambda: client.create_branch(repo_id, branch=str(revision), exist_ok=True),
                 repo_id=repo_id,
@@ -1661,9 +1675,24 @@ def push(
             again=_PUSH_SETUP_AGAIN,
         )
 
+    # Files an earlier push wrote that this concept does not have (an SDXL second file, a .bin,
+    # images since removed) go in the same commit: left there, they would be read as part of it.
+    try:
+        present = _with_retries(
+            lambda: list(client.list_repo_files(repo_id, revision=revision or "main")),
+            repo_id=repo_id, revision=revision or "main", what=what, again=_PUSH_SETUP_AGAIN,
+        )  # fmt: skip
+    except HubRepoNotFoundError as exc:
+        if create_pr:
+            exc.hint = "a pull request needs an existing repository: check the id, or push without --create-pr to create it"
+        raise
+    new_paths = {path for path, _ in files}
+    stale = sorted(p for p in present if _MANAGED_FILE.fullmatch(p) and p not in new_paths)
+
     def commit() -> Any:
         # Fresh operations per attempt: the client marks them as committed.
-        operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files]
+        operations: list[Any] = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=data) for path, data in files]
+        operations += [CommitOperationDelete(path_in_repo=path) for path in stale]
         return client.create_commit(
             repo_id,
             operations,
@@ -1710,6 +1739,7 @@ def push(
         files=[path for path, _ in files],
         repo_url=f"{base}/{repo_id}",
         status="unchanged" if unchanged else "pushed",
+        removed=[] if unchanged else stale,
     )
 
 

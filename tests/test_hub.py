@@ -626,6 +626,55 @@ def test_push_pull_request_prints_url(hub: HubServer, library: Any, cli: Any, ho
     assert "learned_embeds.safetensors" in hub.files("acme/community", "refs/pr/1")
 
 
+def test_push_removes_what_an_earlier_push_left(hub: HubServer, library: Library, cli: Any, home: Path, tmp_path: Path) -> None:
+    from conceptlib.formats import write
+
+    write(factory.sdxl(1, seed=3, token="<xl>"), tmp_path / "xl.safetensors")
+    library.add(tmp_path / "xl.safetensors", name="xl").one()
+    make_concept(hub, f"{ORG}/cat-toy", images=2)
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    hub.create_repo("alice/mix", {"notes.ipynb": b"{}"})  # not conceptlib's: never touched
+    hubmod.push(library, "xl", "alice/mix")
+    assert "learned_embeds_2.safetensors" in hub.files("alice/mix")
+    hubmod.push(library, "cat-toy", "alice/mix", include_bin=True)
+
+    # SD 1.x now, with no images: the SDXL second file and the images of neither push stay.
+    library.update("cat-toy", library.folder("cat-toy") / "embedding.safetensors", images=[])
+    result = cli("push", "cat-toy", "--repo-id", "alice/mix", "--home", str(home))
+    head = hub.head("alice/mix")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        f"Pushed cat-toy (4 files) to alice/mix@main, commit {head[:7]}, removed 3 left by an earlier push "
+        "(concept_images/0.png, concept_images/1.png, learned_embeds.bin)\n"
+    )
+    assert sorted(hub.files("alice/mix")) == [
+        ".gitattributes", "README.md", "learned_embeds.safetensors", "notes.ipynb", "token_identifier.txt", "type_of_concept.txt",
+    ]  # fmt: skip
+    with Library.open(tmp_path / "fresh") as fresh:
+        assert hubmod.pull(fresh, "alice/mix").content_hash == pushed_hash(library, "cat-toy")
+
+
+def test_push_to_a_pull_request_or_a_commit(hub: HubServer, library: Library, cli: Any, home: Path) -> None:
+    make_concept(hub, f"{ORG}/cat-toy", seed=1)
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    hub.create_repo("acme/community", {"README.md": b"# community"})
+    opened = hubmod.push(library, "cat-toy", "acme/community", create_pr=True)
+    assert opened.revision == "refs/pr/1"
+    library.update("cat-toy", library.folder("cat-toy") / "embedding.safetensors", images=[])
+    # refs/pr/1 adds a commit to the open pull request; it is no branch to create.
+    more = hubmod.push(library, "cat-toy", "acme/community", revision="refs/pr/1")
+    repo = hub.state.repos["acme/community"]
+    assert set(repo.branches) == {"main"} and more.commit == repo.prs[1]
+    assert "concept_images/0.png" not in hub.files("acme/community", "refs/pr/1")
+    sha = hub.head("acme/community")
+    refused = cli("push", "cat-toy", "--repo-id", "acme/community", "--revision", sha, "--home", str(home))
+    assert (refused.exit_code, refused.stdout) == (2, "")
+    assert refused.stderr == (
+        f"Error: acme/community@{sha}: a commit id cannot be pushed to (commits are fixed) "
+        "(hint: pass a branch with --revision, or refs/pr/N to add to an open pull request)\n"
+    )
+
+
 def test_push_json_and_branch(hub: HubServer, library: Any, cli: Any, home: Path) -> None:
     make_concept(hub, f"{ORG}/cat-toy")
     hubmod.pull(library, f"{ORG}/cat-toy")
