@@ -66,7 +66,7 @@ def _show_summary(summary: AuthorSummary, items: list[AuthorItem]) -> None:
     )
 
 
-def _pull_author(library: Any, author: str, limit: int | None, jobs: int, json_: bool) -> None:
+def _pull_author(library: Any, author: str, limit: int | None, jobs: int, json_: bool, force: bool = False) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from conceptlib.hub import AuthorSummary, pull_author, quiet_client_output
@@ -87,7 +87,7 @@ def _pull_author(library: Any, author: str, limit: int | None, jobs: int, json_:
 
     try:
         with bar, quiet_client_output():
-            summary = pull_author(library, author, limit=limit, jobs=jobs, progress=progress)
+            summary = pull_author(library, author, limit=limit, jobs=jobs, progress=progress, force=force)
     except KeyboardInterrupt:
         partial = AuthorSummary(author, list(seen))
         if json_:
@@ -148,7 +148,7 @@ def pull(
         raise UsageError("--token names one concept: pull a single repository with it")
     library = _library(home)
     if author is not None:
-        _pull_author(library, author, limit, jobs or 4, json_)
+        _pull_author(library, author, limit, jobs or 4, json_, force)
         return
     results: list[dict[str, Any]] = []
     worst = 0
@@ -157,8 +157,8 @@ def pull(
             with _working(f"Pulling {repo}", show=not json_):
                 result = do_pull(library, repo, name=as_, filename=file, force=force, token=token)
         except Exception as exc:
-            if len(repos) == 1:
-                raise  # the error boundary in app.main prints it
+            if len(repos) == 1 and not json_:
+                raise  # the error boundary in app.main prints it (--json still gets its list)
             message, code = render_error(exc)
             err.print(message, markup=False)
             results.append({"repo_id": repo, "status": "failed", "error": message.removeprefix("Error: ")})

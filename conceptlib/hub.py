@@ -171,6 +171,9 @@ def hub_settings() -> HubSettings:
         False
     """
     endpoint = (os.environ.get("HF_ENDPOINT") or "").strip().rstrip("/") or None
+    if endpoint is not None and not re.match(r"https?://[^/]", endpoint):
+        # Otherwise every request fails as if the network were down, after all the retries.
+        raise UsageError(f"HF_ENDPOINT {endpoint!r} is not a URL (it must start with http:// or https://)", hint="fix or unset HF_ENDPOINT")
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     cache_dir = os.path.expandvars(os.path.expanduser(cache)) if cache else os.path.join(_hf_home(), "hub")
     offline = config.is_true(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"))
@@ -373,7 +376,13 @@ def _translate(
     for err in _causes(exc):
         status = _status(err)
         if status == 401:
-            return HubAuthError(f"{what}: the Hub refused the credentials (401)", repo_id=repo_id)
+            reading = not what.startswith("pushing")
+            return HubAuthError(
+                f"{what}: the Hub refused the credentials (401)", repo_id=repo_id,
+                # A wrong HF_TOKEN fails even public reads; no token at all would do for those.
+                hint="check HF_TOKEN or log in again with `hf auth login`; public repositories need no token, so unsetting a bad one also works"
+                if reading else None,
+            )  # fmt: skip
         if status == 403:
             return HubAuthError(
                 f"{what}: the token has no rights to do this (403)",
@@ -885,7 +894,10 @@ def _fetch_offline(settings: HubSettings, repo_id: str, revision: str, filename:
         digest, problem = _check_file(local, None)
         if problem is not None:
             _evict(local)
-            raise HubIntegrityError(f"{repo_id}: cached {path} is damaged ({problem}); nothing was imported", repo_id=repo_id)
+            raise HubIntegrityError(
+                f"{repo_id}: cached {path} is damaged ({problem}); nothing was imported", repo_id=repo_id,
+                hint="unset HF_HUB_OFFLINE and pull once: the damaged copy was removed from the cache and is downloaded again",
+            )  # fmt: skip
         sha256[path] = digest
     card: dict[str, Any] = {}
     if "README.md" in layout.side_files:
@@ -1104,6 +1116,12 @@ def pull(
 
         origin = f"pulled from {source['repo_id']}" if source else "not from the Hub"
         raise ConceptExistsError(target, hint=f"it is {origin}; pull this one under another name with --as NAME")
+    if token is not None and existing is not None and token.strip() != existing.token:
+        # A pull keeps an existing concept's token: say so rather than drop the request.
+        raise UsageError(
+            f"{existing.name} is in the library already, with the token {existing.token!r}; --token applies to a first pull",
+            hint=f"change the token with `conceptlib rename {existing.name} --token '{token.strip()}'`",
+        )
     if filename is None and source is not None and source.get("picked"):
         # Pulled with --file before: the same file again, as the user chose among several.
         filename = str(source.get("file"))
@@ -1291,6 +1309,7 @@ def pull_author(
     jobs: int = 4,
     progress: Progress | None = None,
     api: HfApi | None = None,
+    force: bool = False,
 ) -> AuthorSummary:
     """Pull every concept repository of a user or organisation, several at a time.
 
@@ -1307,6 +1326,7 @@ def pull_author(
         jobs: repositories pulled at once.
         progress: called as ``progress(done, total, item)``; see :data:`Progress`.
         api: the client to use (default :func:`get_hub_api`).
+        force: download and re-import every repository, unchanged ones too (as :func:`pull`'s).
 
     Returns:
         An :class:`AuthorSummary`: added, updated, skipped and failed, with reasons.
@@ -1350,9 +1370,9 @@ def pull_author(
             with _LIBRARY_LOCK:
                 existing = library.find_by_source(repo_id)
             source = _source_of(existing) if existing is not None else None
-            if existing is not None and source and listed_sha and source.get("commit") == listed_sha:
+            if not force and existing is not None and source and listed_sha and source.get("commit") == listed_sha:
                 return AuthorItem(repo_id, "skipped", existing.name, listed_sha, f"unchanged at {listed_sha[:7]}")
-            result = pull(library, repo_id, api=client)
+            result = pull(library, repo_id, api=client, force=force)
         except NotAConceptRepoError as exc:
             return AuthorItem(repo_id, "skipped", reason=exc.message.removeprefix(f"{repo_id}: "))
         except DuplicateConceptError as exc:

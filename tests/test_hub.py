@@ -352,6 +352,21 @@ def test_offline_repull_from_cache(hub: HubServer, home: Path, tmp_path: Path, m
     assert again.status == "unchanged"
 
 
+def test_offline_damaged_cache_says_to_go_online(hub: HubServer, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conceptlib.errors import HubIntegrityError
+
+    make_concept(hub, f"{ORG}/cat-toy")
+    with Library.open(home) as lib:
+        hubmod.pull(lib, f"{ORG}/cat-toy")
+    snapshot = next(Path(hubmod.hub_settings().cache_dir).glob(f"models--{ORG}--cat-toy/snapshots/*/learned_embeds.bin"))
+    blob = snapshot.resolve()
+    blob.write_bytes(blob.read_bytes()[:-3] + b"xyz")  # a damaged cached copy
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with Library.open(tmp_path / "fresh") as fresh, pytest.raises(HubIntegrityError) as info:
+        hubmod.pull(fresh, f"{ORG}/cat-toy")
+    assert info.value.hint == "unset HF_HUB_OFFLINE and pull once: the damaged copy was removed from the cache and is downloaded again"
+
+
 def test_offline_without_cache_says_so(hub: HubServer, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     make_concept(hub, f"{ORG}/cat-toy")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -505,7 +520,10 @@ def test_not_found_and_auth_errors(hub: HubServer, cli: Any, home: Path, monkeyp
         f"Error: repository {ORG}/nope not found on {hub.url} (or it is private, and no token was sent) "
         "(hint: check the repository id; for a private one, log in with `hf auth login` or set HF_TOKEN)\n"
     )
-    assert "refused the credentials (401)" in bad_token.output and "hf auth login" in bad_token.output
+    assert bad_token.stderr == (
+        f"Error: {ORG}/cat-toy: reading the repository: the Hub refused the credentials (401) (hint: check HF_TOKEN or log in "
+        "again with `hf auth login`; public repositories need no token, so unsetting a bad one also works)\n"
+    )
 
 
 def test_not_found_errors_carry_repo_and_revision(hub: HubServer, library: Library) -> None:
@@ -911,6 +929,42 @@ def test_cli_pull_several_with_one_failure(hub: HubServer, cli: Any, home: Path)
     assert [d["status"] for d in data] == ["failed", "added"]
     assert data[0]["error"].startswith(f"repository {ORG}/nope not found on {hub.url}")
     assert result.stderr.startswith(f"Error: repository {ORG}/nope not found on {hub.url}")
+
+
+def test_cli_pull_json_is_a_list_even_for_one_failed_repository(hub: HubServer, cli: Any, home: Path) -> None:
+    result = cli("pull", f"{ORG}/nope", "--json", "--home", str(home))
+    assert result.exit_code == 2
+    assert [(d["repo_id"], d["status"]) for d in json.loads(result.stdout)] == [(f"{ORG}/nope", "failed")]
+
+
+def test_pull_token_of_a_concept_already_pulled_is_refused(hub: HubServer, cli: Any, home: Path) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    assert cli("pull", f"{ORG}/cat-toy", "--home", str(home)).exit_code == 0
+    again = cli("pull", f"{ORG}/cat-toy", "--token", "<kitty>", "--home", str(home))
+    assert (again.exit_code, again.stdout) == (2, "")
+    assert again.stderr == (
+        "Error: cat-toy is in the library already, with the token '<cat-toy>'; --token applies to a first pull "
+        "(hint: change the token with `conceptlib rename cat-toy --token '<kitty>'`)\n"
+    )
+    assert cli("pull", f"{ORG}/cat-toy", "--token", "<cat-toy>", "--home", str(home)).exit_code == 0  # the same token
+
+
+def test_org_force_reimports_unchanged_repositories(hub: HubServer, library: Library) -> None:
+    make_concept(hub, "acme/one", seed=1)
+    assert [i.status for i in hubmod.pull_author(library, "acme").items] == ["added"]
+    assert [i.status for i in hubmod.pull_author(library, "acme").items] == ["skipped"]
+    hub.clear_log()
+    forced = hubmod.pull_author(library, "acme", force=True)
+    assert [i.status for i in forced.items] == ["updated"]  # re-imported (from the cache: the files did not change)
+    assert hub.requests(contains="/api/models/acme/one/revision/main")
+
+
+def test_a_malformed_hf_endpoint_is_named_at_once(cli: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "notaurl")
+    result = cli("pull", f"{ORG}/cat-toy", "--home", str(home))
+    assert (result.exit_code, result.stderr) == (
+        2, "Error: HF_ENDPOINT 'notaurl' is not a URL (it must start with http:// or https://) (hint: fix or unset HF_ENDPOINT)\n",
+    )  # fmt: skip
 
 
 def test_cli_pull_usage_errors(cli: Any) -> None:
