@@ -603,11 +603,47 @@ class Library:
             return
         self._index_checked = True
         if not self._index_missing():
+            self._finish_interrupted()
             return
         with self._lock(exclusive=True):
             if self._index_missing():  # another process may have rebuilt it meanwhile
                 report = self._reindex_locked()
                 _log.warning("%s: the index was missing; rebuilt it from %d concept folder%s", self.home, report.indexed, "" if report.indexed == 1 else "s")
+
+    def _swap_leftovers(self) -> bool:
+        """Whether ``.staging`` holds what an update or remove leaves when killed mid-way."""
+        try:
+            entries = list(self.staging_dir.iterdir())
+        except OSError:
+            return False
+        return any(e.name.startswith(("old-", "remove-")) or (e / REPLACES_MARKER).is_file() for e in entries)
+
+    def _finish_interrupted(self) -> None:
+        """Finish what a killed writer left in ``.staging``, when no writer is at work now.
+
+        A process killed between swapping a concept's folder and committing its index row
+        leaves the new files with the old row: ``list`` and ``show`` disagree, and a retried
+        pull finds nothing to do. Writers stage only under the shared lock, so when the lock
+        can be taken alone at once, everything staged is a leftover: the index is rebuilt from
+        the manifests, as ``reindex`` would. Otherwise (a writer is busy) nothing waits. Other
+        leftovers (an add's half-copied files) leave the index right, and wait for ``verify``.
+        """
+        if fcntl is None or not self._swap_leftovers():
+            return
+        try:
+            fd = os.open(self.home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return  # a library this user cannot write: `conceptlib reindex` by its owner
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            if self._swap_leftovers():
+                report = self._reindex_locked()
+                _log.warning("%s: finished an interrupted operation (%s)", self.home, "; ".join(report.cleaned) or "re-indexed")
+        finally:
+            os.close(fd)
 
     def _move_damaged_index(self) -> Path:
         """Move a damaged index file (and its WAL) aside, keeping it for inspection."""
