@@ -1599,6 +1599,7 @@ def _push_files(
     return files
 
 
+_PR_NEEDS_REPO = "a pull request needs an existing repository: check the id, or push without --create-pr to create it"
 #: Repository files a push writes, so may remove when the concept no longer has them. Other
 #: files (a hand-written notebook, a LICENSE) are never touched.
 _MANAGED_FILE = re.compile(r"learned_embeds(_2)?\.(safetensors|bin)|concept_images/[^/]+")
@@ -1704,7 +1705,7 @@ def push(
         )  # fmt: skip
     except HubRepoNotFoundError as exc:
         if create_pr:
-            exc.hint = "a pull request needs an existing repository: check the id, or push without --create-pr to create it"
+            exc.hint = _PR_NEEDS_REPO
         raise
     new_paths = {path for path, _ in files}
     stale = sorted(p for p in present if _MANAGED_FILE.fullmatch(p) and p not in new_paths)
@@ -1743,7 +1744,7 @@ def push(
     except HubRepoNotFoundError as exc:
         if create_pr:
             # Only --create-pr skips creating the repository.
-            exc.hint = "a pull request needs an existing repository: check the id, or push without --create-pr to create it"
+            exc.hint = _PR_NEEDS_REPO
         raise
     pr_url = getattr(info, "pr_url", None)
     commit_id = str(getattr(info, "oid", ""))

@@ -628,22 +628,13 @@ class Library:
         the manifests, as ``reindex`` would. Otherwise (a writer is busy) nothing waits. Other
         leftovers (an add's half-copied files) leave the index right, and wait for ``verify``.
         """
-        if fcntl is None or not self._swap_leftovers():
-            return
-        try:
-            fd = os.open(self.home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            return  # a library this user cannot write: `conceptlib reindex` by its owner
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return
-            if self._swap_leftovers():
+        lock = self.home / LOCK_FILE
+        if fcntl is None or not self._swap_leftovers() or not os.access(lock if lock.exists() else self.home, os.W_OK):
+            return  # (a library this user cannot write waits for `conceptlib reindex` by its owner)
+        with self._lock(exclusive=True, wait=False) as held:
+            if held and self._swap_leftovers():
                 report = self._reindex_locked()
                 _log.warning("%s: finished an interrupted operation (%s)", self.home, "; ".join(report.cleaned) or "re-indexed")
-        finally:
-            os.close(fd)
 
     def _move_damaged_index(self) -> Path:
         """Move a damaged index file (and its WAL) aside, keeping it for inspection."""
@@ -659,15 +650,16 @@ class Library:
         return aside
 
     @contextlib.contextmanager
-    def _lock(self, *, exclusive: bool) -> Iterator[None]:
+    def _lock(self, *, exclusive: bool, wait: bool = True) -> Iterator[bool]:
         """Writers share the library lock; reindex and verify take it alone.
 
         So ``reindex`` never mistakes a concept being written for a crash leftover. On Windows
         (no shared ``flock``) this is a no-op: run reindex/verify when no writer is running.
+        Yields whether the lock is held: always, unless ``wait`` is False and it is taken.
         """
         self._ensure_index()
         if fcntl is None:  # pragma: no cover - Windows
-            yield
+            yield True
             return
         fd = os.open(self.home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -678,10 +670,13 @@ class Library:
                     fcntl.flock(fd, mode)
                     break
                 except BlockingIOError:
+                    if not wait:
+                        yield False
+                        return
                     if time.monotonic() > deadline:
                         raise LibraryBusyError(f"the library {self.home} stayed locked for {LOCK_TIMEOUT_S:.0f} s") from None
                     time.sleep(0.01)
-            yield
+            yield True
         finally:
             os.close(fd)  # closing releases the lock, as does the process dying
 
@@ -1001,9 +996,7 @@ class Library:
             source=source,
             metadata=dict(metadata or {}),
         )
-        considered: builtins.list[Path] = []  # candidates that were inputs, not skipped pictures
         for done, path in enumerate(candidates, start=1):
-            considered.append(path)
             try:
                 report.added.append(self._add_one(path, options))
             except DuplicateConceptError as exc:
@@ -1011,18 +1004,19 @@ class Library:
             except NoEmbeddingInImageError as exc:
                 if path in scanned_images:
                     report.skipped.append(Rejected(str(path), SKIP_PLAIN_IMAGE, exc))
-                    considered.pop()
                 else:
                     report.rejected.append(Rejected(str(path), _reason(exc), exc))
             except (BadInputError, OSError) as exc:
                 report.rejected.append(Rejected(str(path), _reason(exc), exc))
             if progress is not None:
                 progress(done, len(candidates), path)
+        # What each input folder gave: its inputs but the skipped pictures, and its rejections
+        # (a folder that cannot be listed is one too).
+        skipped = {r.path for r in report.skipped}
+        gave = [p for p in candidates if str(p) not in skipped] + [Path(r.path) for r in report.rejected]
         for item in items:
             folder = Path(item)
-            if folder.is_dir() and not any(p.is_relative_to(folder) for p in considered) and not any(
-                Path(r.path).is_relative_to(folder) for r in report.rejected
-            ):
+            if folder.is_dir() and not any(p.is_relative_to(folder) for p in gave):
                 # Pictures alone: the folder still gave nothing, as a folder without files would.
                 report.rejected.append(Rejected(str(folder), "the folder holds no embeddings, only images without one"))
         return report

@@ -1275,13 +1275,13 @@ def _check_family_name(name: str, info: ModelInfo) -> None:
     SD 1.5 folder (with its vocabulary and hashes); under another family's name it would turn
     every ``--model sd15`` into a model that family's concepts do not fit.
     """
-    key = _FAMILY_ALIASES.get(name.lower(), name.lower())
-    if key not in FAMILY_MODELS:
+    try:
+        named = family_model(name)
+    except ModelNotFoundError:
         return
-    family, label, prediction, _size = FAMILY_MODELS[key]
-    if info.family != family or (info.prediction_type is not None and info.prediction_type != prediction):
+    if info.family != named.family or (info.prediction_type is not None and info.prediction_type != named.prediction_type):
         raise UsageError(
-            f"{name!r} is the family name of {label}, and this model is {info.label}",
+            f"{name!r} is the family name of {named.label}, and this model is {info.label}",
             hint="choose another --name (a family name may only name a model of that family)",
         )
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from conceptlib._atomic import atomic_write_bytes
 from conceptlib._parallel import rank_and_world
+from conceptlib._text import read_utf8
 from conceptlib.errors import BadInputError, ConceptDamagedError, UsageError
 
 if TYPE_CHECKING:
@@ -367,13 +368,7 @@ def _looks_like_path(line: str) -> bool:
 def _read_list(from_file: str | os.PathLike[str]) -> list[tuple[str, str | Path]]:
     """The entries of a ``--from`` file: (line, a path to add or a library name)."""
     list_path = Path(from_file).expanduser()
-    try:
-        text = list_path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(
-            "is not UTF-8 text (expected concept paths or names, one a line)", path=list_path,
-            hint="save the list as UTF-8",
-        ) from None  # fmt: skip
+    text = read_utf8(list_path, holds="concept paths or names, one a line", called="list")
     base = list_path.absolute().parent
     wanted: list[tuple[str, str | Path]] = []
     for raw in text.splitlines():

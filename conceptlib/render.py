@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Any
 
 from conceptlib._atomic import atomic_write_bytes
 from conceptlib._parallel import barrier, join, process_device
+from conceptlib._text import read_utf8
 from conceptlib.errors import ConceptDoesNotFitError, ConceptNotFoundError, UsageError
 from conceptlib.validate import expansions
 
@@ -417,10 +418,7 @@ def read_prompts(path: str | os.PathLike[str]) -> list[PromptSpec]:
         PromptSpec(prompt='a <cat-toy>', negative=None, seed=7, n=2, steps=None, ...)
     """
     specs: list[PromptSpec] = []
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError("is not UTF-8 text (expected one prompt, or one JSON object, a line)", path=path, hint="save the prompt file as UTF-8") from None
+    text = read_utf8(path, holds="one prompt, or one JSON object, a line", called="prompt file")
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):

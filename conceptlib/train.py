@@ -53,6 +53,7 @@ import numpy as np
 
 from conceptlib._deps import quiet_loading
 from conceptlib._parallel import barrier, join, process_device
+from conceptlib._text import read_utf8
 from conceptlib.errors import (
     ConceptExistsError,
     DestinationExistsError,
@@ -529,11 +530,9 @@ def read_templates(path: str | os.PathLike[str]) -> list[str]:
     """
     file = Path(path)
     try:
-        lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+        lines = [line.strip() for line in read_utf8(file, holds="one prompt template a line", called="template file").splitlines()]
     except OSError as exc:
         raise UsageError(f"cannot read the template file ({exc.strerror or exc})", path=file) from None
-    except UnicodeDecodeError:
-        raise UsageError("is not UTF-8 text (expected one prompt template a line)", path=file, hint="save the template file as UTF-8") from None
     templates = [line for line in lines if line]
     if not templates:
         raise UsageError("the template file has no templates", path=file, hint="write one prompt per line, with [name] where the concept goes")
@@ -943,8 +942,10 @@ def _check_config(config: TrainConfig) -> None:
         raise UsageError(f"unknown latent sampling {config.latent_sampling!r}", hint="use random or deterministic")
     if config.resolution is not None and (config.resolution < 8 or config.resolution % 8):
         raise UsageError(f"--resolution must be a multiple of 8 (at least 8), got {config.resolution}")
-    if not 0 <= config.seed <= 2**63 - 1:
-        raise UsageError(f"--seed must be from 0 to {2**63 - 1}, got {config.seed}")
+    from conceptlib.render import MAX_SEED
+
+    if not 0 <= config.seed <= MAX_SEED:
+        raise UsageError(f"--seed must be from 0 to {MAX_SEED}, got {config.seed}")
     for label, clip in (("--clip-grad-norm", config.clip_grad_norm), ("--clip-grad-value", config.clip_grad_value)):
         if not (math.isfinite(clip) and clip >= 0):
             raise UsageError(f"{label} must be a positive number (0 = off), got {clip}")
