@@ -10,6 +10,8 @@ two tokens look identical. :func:`printable` escapes every such character the wa
 
 from __future__ import annotations
 
+import os
+import reprlib
 import unicodedata
 
 __all__ = ["MAX_SHOWN_CHARS", "invisible_characters", "is_invisible", "printable"]
@@ -46,6 +48,18 @@ def _escape(char: str) -> str:
     return f"\\U{code:08x}"
 
 
+def _bounded_str(value: object, limit: int | None) -> str:
+    # str() of a 5,000-digit int raises ValueError (Python's int-to-text limit) and str() of a
+    # container walks all of it; reprlib stops at a few items and digits.
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<an integer of {value.bit_length()} bits>"
+    if isinstance(value, (int, float, bool, os.PathLike)) or value is None:
+        return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    shown = reprlib.Repr()
+    shown.maxstring = shown.maxother = shown.maxlong = max(limit or MAX_SHOWN_CHARS, 20)
+    return shown.repr(value)
+
+
 def printable(text: object, limit: int | None = MAX_SHOWN_CHARS) -> str:
     """``text`` with invisible characters escaped and at most ``limit`` characters shown.
 
@@ -57,7 +71,7 @@ def printable(text: object, limit: int | None = MAX_SHOWN_CHARS) -> str:
         text: any value; non-strings are shown through ``str``.
         limit: the most characters of ``text`` to show, or None for all of them.
     """
-    value = text if isinstance(text, str) else str(text)
+    value = text if isinstance(text, str) else _bounded_str(text, limit)
     cut = 0
     if limit is not None and len(value) > limit:
         cut = len(value) - limit

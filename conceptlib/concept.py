@@ -7,6 +7,7 @@ it. This module is pure data (no torch, numpy or SQL), so the CLI can print a co
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,6 +24,40 @@ MANIFEST_NAME = "concept.json"
 EMBEDDING_NAME = "embedding.safetensors"
 ORIGINAL_DIR = "original"
 IMAGES_DIR = "images"
+#: The largest training-step count conceptlib keeps (an Embedding's ``step``, a record's
+#: ``steps``): the index stores it in a SQLite INTEGER (signed 64-bit).
+MAX_STEP = 2**63 - 1
+# A longer digit string is past MAX_STEP (and int() of 5,000 digits raises).
+_STEP_DIGITS = len(str(MAX_STEP))
+
+
+def step_or_none(value: object) -> int | None:
+    """A training-step count as conceptlib keeps it: an int in 0..:data:`MAX_STEP`, else None.
+
+    Files and hand-edited ``concept.json`` files may say anything there. An int in range, a
+    whole float (``1000.0``) and ASCII digits (``"1000"``) count; a bool, a fraction, NaN,
+    a negative number, a value past MAX_STEP and anything else is None, never an error: the
+    step count is a note, and SQLite could not store a larger one.
+
+    Example:
+        >>> step_or_none("1000"), step_or_none(2**64), step_or_none(True)
+        (1000, None, None)
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            return None
+        value = int(value)
+    elif isinstance(value, str):
+        digits = value.strip()
+        # isascii first: isdigit alone accepts superscripts, which int() rejects.
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= _STEP_DIGITS):
+            return None
+        value = int(digits)
+    if isinstance(value, int) and 0 <= value <= MAX_STEP:
+        return value
+    return None
 
 
 def now() -> str:
@@ -59,8 +94,30 @@ class FileRecord:
         return {"path": self.path, "sha256": self.sha256, "size": self.size}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FileRecord:
-        return cls(str(data["path"]), str(data["sha256"]), int(data.get("size") or 0))
+    def from_dict(cls, data: dict[str, Any], *, under: str | None = None) -> FileRecord:
+        """Build from a manifest entry.
+
+        Args:
+            data: ``{"path", "sha256", "size"}``.
+            under: the concept subfolder the path must lie in (``original``, ``images``).
+
+        Raises:
+            ValueError: the path could leave its folder (``..``, absolute, a backslash, an
+                empty or ``.`` part, a control character) or lies outside ``under``. Every
+                reader joins it to the concept folder, and push uploads what it names, so a
+                hand-edited ``images/../../.ssh/id_rsa`` must not get that far.
+        """
+        path = str(data["path"])
+        parts = path.split("/")
+        bad = (
+            not path or "\\" in path or path.startswith("/") or any(p in ("", ".", "..") for p in parts)
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path)
+            or (under is not None and (len(parts) < 2 or parts[0] != under))
+        )  # fmt: skip
+        if bad:
+            where = f" (files go in {under}/)" if under else ""
+            raise ValueError(f"concept.json lists the file path {path!r}, which is not a plain path inside the concept folder{where}")
+        return cls(path, str(data["sha256"]), int(data.get("size") or 0))
 
 
 #: Images are files too; the alias documents intent in signatures.
@@ -88,7 +145,8 @@ class Concept:
         format: the format the original was read as (``a1111``, ``diffusers``, ...).
         checkpoint_hash: short hash of the checkpoint it was trained on, if recorded.
         checkpoint_name: that checkpoint's name, if recorded.
-        steps: training steps, if recorded.
+        steps: training steps, if recorded: an int in 0..:data:`MAX_STEP` (a manifest that says
+            anything else reads as None, see :func:`step_or_none`).
         source: where it came from: ``{"type": "local", "path": ...}`` or
             ``{"type": "huggingface", "repo_id", "revision", "commit", "url", ...}``.
         files: the original files, kept byte for byte under ``original/``.
@@ -210,7 +268,6 @@ class Concept:
         for key in ("name", "token", "content_hash"):
             if not isinstance(data.get(key), str) or not data[key]:
                 raise ValueError(f"concept.json lacks {key!r}")
-        steps = data.get("steps")
         return cls(
             name=data["name"],
             token=data["token"],
@@ -228,10 +285,11 @@ class Concept:
             format=data.get("format"),
             checkpoint_hash=data.get("checkpoint_hash"),
             checkpoint_name=data.get("checkpoint_name"),
-            steps=int(steps) if steps is not None else None,
+            # A hand-edited 2**64 would overflow the index's INTEGER column on reindex.
+            steps=step_or_none(data.get("steps")),
             source=dict(data.get("source") or {}),
-            files=[FileRecord.from_dict(f) for f in data.get("files") or []],
-            images=[FileRecord.from_dict(i) for i in data.get("images") or []],
+            files=[FileRecord.from_dict(f, under=ORIGINAL_DIR) for f in data.get("files") or []],
+            images=[FileRecord.from_dict(i, under=IMAGES_DIR) for i in data.get("images") or []],
             history=[dict(h) for h in data.get("history") or []],
             metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
             created=str(data.get("created") or ""),

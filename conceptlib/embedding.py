@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+# The record's limit: concept.py holds it, numpy-free, for concept.json's `steps` too.
+from conceptlib.concept import MAX_STEP
 from conceptlib.families import (
     ENCODERS,
     Family,
@@ -30,7 +32,7 @@ class Embedding:
         token: the placeholder token stored in the file (diffusers key, e.g. ``<cat-toy>``),
             or None when the format stores none (A1111 uses the file name as the prompt word).
         name: the ``name`` field of A1111 files (or another display name).
-        step: training steps, when recorded.
+        step: training steps, when recorded: an int in 0..:data:`MAX_STEP`, or None.
         checkpoint_hash: short hash of the checkpoint it was trained on (``sd_checkpoint``).
         checkpoint_name: that checkpoint's name (``sd_checkpoint_name``).
         source_format: the format it was read from (a key of ``conceptlib.formats.FORMATS``).
@@ -49,7 +51,18 @@ class Embedding:
     source_path: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        """Order the encoders canonically and check ``step``.
+
+        Raises:
+            ValueError: ``step`` is not None or an int in 0..MAX_STEP (a bool, a float, a value
+                SQLite cannot store); readers never pass one, so this is a caller's bug.
+        """
         self.vectors = {k: self.vectors[k] for k in sort_encoders(list(self.vectors))}
+        step = self.step
+        if step is not None and (
+            isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP
+        ):
+            raise ValueError(f"step must be None or an int in 0..{MAX_STEP}, got {type(step).__name__}")
 
     # --- shape --------------------------------------------------------------------------------
     @property

@@ -68,6 +68,13 @@ class CorruptFileError(EmbeddingFileError):
     default_hint = "download or copy the file again; it is damaged"
 
 
+class ResourceLimitError(EmbeddingFileError):
+    """The file, or something it unpacks to, is larger than any embedding needs (a decompression
+    bomb, an absurd header, a huge JSON payload); refused before the memory or time was spent."""
+
+    default_hint = "no real embedding is this large; if a tool you trust wrote it, report it with the file's size"
+
+
 class UnsafePickleError(EmbeddingFileError):
     """A pickle asks for something outside the allowlist; nothing of it was executed."""
 
@@ -280,6 +287,31 @@ class DuplicateConceptError(BadInputError):
 
 class InvalidNameError(BadInputError):
     """A name, token or tag that cannot be stored (empty, control characters, too long)."""
+
+
+# --- Files from the wild (conceptlib._inputs, conceptlib._images) ---------------------------------
+
+
+class UnsafeLinkError(BadInputError):
+    """A symbolic link leads out of the folder being read, or nowhere; it was not followed."""
+
+
+class NotRegularFileError(BadInputError):
+    """A FIFO, socket or device where a file was expected; it was not opened for reading."""
+
+
+class TextFileError(BadInputError):
+    """A small text file (``token_identifier.txt``, ``type_of_concept.txt``) that cannot be used."""
+
+
+class ImageFileError(BadInputError):
+    """A file named as an image that is not one, or is too large to take in."""
+
+
+class InputReadError(EmbeddingFileError):
+    """Reading an input failed in a way no check foresaw; the other inputs are still read."""
+
+    default_hint = "the file is probably damaged; rerun with CONCEPTLIB_DEBUG=1 for the traceback and report it"
 
 
 class LibraryCorruptError(ConceptlibError):

@@ -46,7 +46,9 @@ def addnet_hash(data: bytes) -> str | None:
 
 def a1111_checksum(tensor: Tensor) -> str:
     """AUTOMATIC1111's 4-hex checksum of a vector tensor (``Used embeddings: name [xxxx]``)."""
-    with np.errstate(invalid="ignore"):  # NaN/Inf vectors get a checksum too (inspect shows them)
+    # NaN/Inf vectors get a checksum too (inspect shows them), and values near 3e38 overflow
+    # the x100 in float32 as they do in AUTOMATIC1111: no warning for what is the file's content.
+    with np.errstate(invalid="ignore", over="ignore"):
         values = np.trunc(tensor.to_float32().astype(np.float32).reshape(-1) * np.float32(100)).astype(np.int64)
     r = 0
     for v in values.tolist():

@@ -230,3 +230,13 @@ def test_bf16_safetensors_loads_with_safetensors_torch(tmp_path: Path) -> None:
     loaded = load_file(str(tmp_path / "b.safetensors"))["<b>"]
     assert loaded.dtype == torch.bfloat16
     assert loaded.view(torch.int16).numpy().view(np.uint16).tobytes() == emb.vectors["clip_h"].tobytes()
+
+
+def test_png_too_large_for_readers_is_a_capability_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More vectors than any PNG reader accepts: refused as the format's limit, nothing written."""
+    from conceptlib.formats import _png
+
+    monkeypatch.setattr(_png, "MAX_JSON_BYTES", 10_000)
+    with pytest.raises(FormatCapabilityError, match="png format cannot hold this embedding"):
+        write(sd1(8, name="big"), tmp_path / "big.png")
+    assert list(tmp_path.iterdir()) == []

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin, features
 
-from conceptlib.errors import CorruptFileError, UnknownFormatError
+from conceptlib.errors import CorruptFileError, ResourceLimitError, UnknownFormatError
 from conceptlib.formats import _png
 from conceptlib.formats._png import encode_png, read_payload, write_png
 from conceptlib.tensor import Tensor
@@ -68,6 +68,11 @@ def ref_read_text(png: bytes) -> dict[str, Any]:
 
 
 def ref_read_pixels(png: bytes) -> dict[str, Any]:
+    return ref_json(ref_pixel_json(png))
+
+
+def ref_pixel_json(png: bytes) -> bytes:
+    """Steps 1-7 of the b.9 reader: the JSON bytes the data blocks carry."""
     with Image.open(io.BytesIO(png)) as image:
         img = np.array(image.convert("RGB"), dtype=np.uint8)  # step 1
     mask = np.asarray(np.all(img > 0, axis=2))  # step 2
@@ -81,7 +86,7 @@ def ref_read_pixels(png: bytes) -> dict[str, Any]:
     lower = ref_xor(low_nibbles[:, : black.min()])  # step 5
     upper = ref_xor(low_nibbles[:, black.max() + 1 :])
     data = ((upper << 4) | lower).flatten().tobytes()  # step 6
-    return ref_json(zlib.decompress(data))  # steps 7-8
+    return zlib.decompress(data)  # step 7
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -316,14 +321,39 @@ def test_float32_only_payload_has_no_dtype_key(encoded: dict[str, bytes]) -> Non
     assert "conceptlib_dtypes" not in ref_read_text(encoded["sdxl"])
 
 
-def test_other_dtypes_are_named_for_conceptlib(encoded: dict[str, bytes]) -> None:
-    assert ref_read_text(encoded["float16"])["conceptlib_dtypes"] == {
-        "string_to_param.*": "float16"
+def test_other_dtypes_are_named_beside_their_values(encoded: dict[str, bytes]) -> None:
+    """The dtype sits inside the tensor's object, where every A1111 reader ignores it, and no
+    top-level key is written (A1111's SDXL branch calls .detach() on every top-level value)."""
+
+    def raw_doc(png: bytes) -> dict[str, Any]:
+        with Image.open(io.BytesIO(png)) as image:
+            result: dict[str, Any] = json.loads(base64.b64decode(image.text["sd-ti-embedding"]))  # type: ignore[attr-defined]
+        return result
+
+    fp16 = raw_doc(encoded["float16"])
+    assert "conceptlib_dtypes" not in fp16
+    assert fp16["string_to_param"]["*"]["conceptlib_dtype"] == "float16"
+    mixed = raw_doc(encoded["sdxl-mixed"])
+    assert set(mixed) == {"clip_l", "clip_g"}
+    assert mixed["clip_l"]["conceptlib_dtype"] == "float16"
+    assert mixed["clip_g"]["conceptlib_dtype"] == "bfloat16"
+    assert "conceptlib_dtype" not in raw_doc(encoded["sdxl"])["clip_l"]
+
+
+def test_old_top_level_dtype_key_is_still_read() -> None:
+    """PNGs from earlier conceptlib versions name dtypes in a top-level dict by path."""
+    values = np.array([[0.5, -2.0, 65504.0]], dtype=np.float16)
+    doc = {
+        "string_to_param": {"*": {"TORCHTENSOR": values.astype(np.float32).tolist()}},
+        "conceptlib_dtypes": {"string_to_param.*": "float16"},
     }
-    assert ref_read_text(encoded["sdxl-mixed"])["conceptlib_dtypes"] == {
-        "clip_l": "float16",
-        "clip_g": "bfloat16",
-    }
+    png = png_with_text(
+        Image.new("RGB", (8, 8), (9, 9, 9)), base64.b64encode(json.dumps(doc).encode()).decode()
+    )
+    got, _ = read_payload("old.png", png)
+    tensor = got["string_to_param"]["*"]  # type: ignore[index]
+    assert tensor.dtype == "float16" and tensor.array.tobytes() == values.tobytes()
+    assert "conceptlib_dtypes" not in got
 
 
 def test_float32_json_matches_a1111_number_format() -> None:
@@ -624,17 +654,119 @@ def test_decompression_bomb_in_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
     zeros = Tensor.from_numpy(np.zeros((75, 768), dtype=np.float32))
     png = strip_text(encode_png(a1111(zeros)))
     monkeypatch.setattr(_png, "MAX_JSON_BYTES", 100_000)
-    with pytest.raises(CorruptFileError, match="inflates to more than 100,000 bytes"):
+    with pytest.raises(ResourceLimitError, match="inflates to more than 100,000 bytes"):
         read_payload("bomb.png", png)
 
 
 def test_oversized_data_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     png = strip_text(encode_png(a1111(f32(np.random.default_rng(13), 8, 768))))
     monkeypatch.setattr(_png, "MAX_JSON_BYTES", 1000)
-    with pytest.raises(CorruptFileError, match="more than any embedding"):
+    with pytest.raises(ResourceLimitError, match="more than any embedding"):
         read_payload("huge.png", png)
 
 
 def test_unsupported_payload_value() -> None:
     with pytest.raises(TypeError, match="cannot store a set"):
         encode_png({"string_to_param": {"*": f32(np.random.default_rng(1), 1, 768)}, "bad": {1, 2}})
+
+
+# --- what AUTOMATIC1111 does with the PNGs conceptlib writes -------------------------------------
+
+
+def a1111_decode(torch: Any, raw: bytes) -> Any:
+    """modules/textual_inversion/image_embedding.py, ``EmbeddingDecoder.object_hook``: every JSON
+    object holding TORCHTENSOR becomes ``torch.from_numpy(np.array(value))``, whatever else it
+    holds; ``embedding_from_b64`` is json.loads of the base64-decoded text with that hook."""
+
+    def hook(obj: dict[str, Any]) -> Any:
+        return torch.from_numpy(np.array(obj["TORCHTENSOR"])) if "TORCHTENSOR" in obj else obj
+
+    return json.loads(raw, object_hook=hook)
+
+
+def a1111_load_image(torch: Any, png: bytes) -> Any:
+    """modules/textual_inversion/textual_inversion.py, ``EmbeddingDatabase.load_from_file``, its
+    image branch: the sd-ti-embedding text through Pillow's ``image.text`` if present, else
+    ``extract_image_data_embed`` (the data blocks)."""
+    with Image.open(io.BytesIO(png)) as image:
+        text = getattr(image, "text", {})
+        if "sd-ti-embedding" in text:
+            return a1111_decode(torch, base64.b64decode(text["sd-ti-embedding"]))
+    return a1111_decode(torch, ref_pixel_json(png))
+
+
+def a1111_create_embedding(torch: Any, data: Any) -> tuple[Any, int, int]:
+    """modules/textual_inversion/textual_inversion.py, ``create_embedding_from_data``: its three
+    branches in its order, down to the ``.detach().to(float32)`` on every top-level value of an
+    SDXL dict. Returns (vec, shape, vectors) as A1111 sets them on the Embedding."""
+    if "string_to_param" in data:
+        param_dict = data["string_to_param"]
+        param_dict = getattr(param_dict, "_parameters", param_dict)
+        assert len(param_dict) == 1, "embedding file has multiple terms in it"
+        emb = next(iter(param_dict.items()))[1]
+        vec = emb.detach().to(dtype=torch.float32)
+        return vec, vec.shape[-1], vec.shape[0]
+    if type(data) is dict and "clip_g" in data and "clip_l" in data:
+        vec = {k: v.detach().to(dtype=torch.float32) for k, v in data.items()}
+        return vec, data["clip_g"].shape[-1] + data["clip_l"].shape[-1], data["clip_g"].shape[0]
+    if type(data) is dict and type(next(iter(data.values()))) is torch.Tensor:
+        assert len(data.keys()) == 1, "embedding file has multiple terms in it"
+        emb = next(iter(data.values()))
+        if len(emb.shape) == 1:
+            emb = emb.unsqueeze(0)
+        vec = emb.detach().to(dtype=torch.float32)
+        return vec, vec.shape[-1], vec.shape[0]
+    raise Exception("Couldn't identify as neither textual inversion embedding nor diffuser concept.")
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("container", ["text", "pixels"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_every_png_conceptlib_writes_loads_in_a1111(
+    tmp_path: Path, family: str, dtype: str, container: str
+) -> None:
+    torch = pytest.importorskip("torch")
+    import factory
+    from conceptlib.formats import read_bytes, write
+
+    make = {"sd1": factory.sd1, "sd2": factory.sd2, "sdxl": factory.sdxl}[family]
+    emb = make(3, dtype=dtype, seed=7, name="concept", step=1200, checkpoint_hash="a9263745")
+    target = tmp_path / "concept.png"
+    write(emb, target)
+    png = target.read_bytes() if container == "text" else strip_text(target.read_bytes())
+
+    data = a1111_load_image(torch, png)
+    vec, shape, count = a1111_create_embedding(torch, data)
+
+    assert count == 3 and shape == sum(emb.widths.values())
+    got = vec if isinstance(vec, dict) else {next(iter(emb.vectors)): vec}
+    assert set(got) == set(emb.vectors)
+    for key, tensor in emb.vectors.items():
+        assert got[key].dtype == torch.float32
+        assert np.array_equal(got[key].numpy(), tensor.to_float32())
+    if family != "sdxl":
+        assert data["name"] == "concept" and data["step"] == 1200
+    # And conceptlib reads its own file back with the dtype bit for bit.
+    assert read_bytes(png, target).same_vectors(emb)
+
+
+@pytest.mark.torch
+def test_a1111_reimplementation_rejects_the_old_top_level_dtype_key() -> None:
+    """The check above is faithful: the layout earlier conceptlib versions wrote fails in it with
+    A1111's own error, "'dict' object has no attribute 'detach'"."""
+    torch = pytest.importorskip("torch")
+    doc = {
+        "clip_g": {"TORCHTENSOR": [[0.5] * 1280]},
+        "clip_l": {"TORCHTENSOR": [[0.5] * 768]},
+        "conceptlib_dtypes": {"clip_g": "float16", "clip_l": "float16"},
+    }
+    png = png_with_text(
+        Image.new("RGB", (8, 8), (9, 9, 9)), base64.b64encode(json.dumps(doc).encode()).decode()
+    )
+    with pytest.raises(AttributeError, match="'dict' object has no attribute 'detach'"):
+        a1111_create_embedding(torch, a1111_load_image(torch, png))
+    # conceptlib still reads such files, restoring the recorded dtype.
+    got, _ = read_payload("old-sdxl.png", png)
+    clip_g = got["clip_g"]
+    assert isinstance(clip_g, Tensor) and clip_g.dtype == "float16"

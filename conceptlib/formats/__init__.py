@@ -9,6 +9,12 @@ through an allowlist, safetensors, or a PNG's text chunk / pixels) and recognise
 layout (:mod:`conceptlib.formats._interpret`). Writing is atomic and refuses to overwrite
 without ``force``. Vectors are kept bit for bit, in their dtype.
 
+Whatever a file holds, reading it costs time and memory in proportion to its size and ends in
+a :class:`~conceptlib.errors.BadInputError` naming it, never in another exception: files are
+read up to :data:`MAX_FILE_SIZE` bytes, each decoder caps what it unpacks (safetensors headers,
+PNG text chunks and pixels, JSON payloads; see their modules), and :func:`read_bytes` turns
+any failure a decoder did not foresee into :class:`~conceptlib.errors.CorruptFileError`.
+
 To add a format: write a ``_write_<name>`` function below, add a :class:`Format` entry to
 :data:`FORMATS`, teach ``_interpret.interpret`` to recognise its layout, and add it to the
 round-trip tests (CONTRIBUTING.md walks through it).
@@ -17,21 +23,27 @@ round-trip tests (CONTRIBUTING.md walks through it).
 from __future__ import annotations
 
 import json
+import lzma
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from conceptlib._atomic import atomic_write_bytes
+from conceptlib._inputs import Folder, read_folder_words, read_named
+from conceptlib._terminal import printable
 from conceptlib.embedding import Embedding
 from conceptlib.errors import (
+    ConceptlibError,
     CorruptFileError,
     DestinationExistsError,
     EmbeddingFileError,
     FormatCapabilityError,
     GitLFSPointerError,
     NonFiniteError,
+    ResourceLimitError,
     UnknownFormatError,
     UsageError,
 )
@@ -39,10 +51,13 @@ from conceptlib.formats import _safetensors
 from conceptlib.formats._interpret import CANONICAL_KEY, CANONICAL_VALUE, META_PREFIX, interpret
 from conceptlib.tensor import Tensor
 
-__all__ = ["FORMATS", "Format", "detect_container", "format_for_path", "read", "write", "read_bytes"]
+__all__ = ["FORMATS", "Format", "detect_container", "format_for_path", "read", "read_bytes", "sdxl_pair", "write"]
 
-#: Refuse anything larger: no embedding is near this (old 152 MB sd-concepts files still fit).
-MAX_FILE_SIZE = 1 << 30
+#: Refuse files larger than this, before reading them. The largest honest embedding is an early
+#: sd-concepts-library learned_embeds.bin that saved CLIP's whole token table (49,408 x 768
+#: float32, 152 MB); a 75-vector SDXL file is under 1 MB. Decoding costs a few times the file
+#: (the bytes, then the vectors copied out), so this also bounds a read's memory.
+MAX_FILE_SIZE = 256 << 20
 #: Files sd-concepts-library folders and diffusers output folders hold, in order of preference.
 FOLDER_FILES = ("learned_embeds.safetensors", "learned_embeds.bin", "embeddings.pt")
 SDXL_PAIR_SUFFIX = "_2"
@@ -98,15 +113,19 @@ def detect_container(data: bytes) -> str:
         return "safetensors"
     if data[0] == 0x80 and len(data) > 1 and data[1] <= 5:
         return "pickle-legacy"
+    # Pickle protocols 0 and 1 have no PROTO opcode: a legacy torch file then opens with its
+    # magic number as text (_torchpickle.LEGACY_TEXT_MAGIC, inlined to keep numpy unimported).
+    # The whole first pickle is matched, so a text file that starts with "L" stays unknown.
+    if data.startswith(b"L119547037146038801333356L\n."):
+        return "pickle-legacy"
     head = data[:2048].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or b"<html" in head:
         return "html"
     return "unknown"
 
 
-def read_bytes(data: bytes, path: str | os.PathLike[str], *, strict: bool = False) -> Embedding:
-    """Decode an embedding from bytes already in memory (``path`` names it in messages)."""
-    path = os.fspath(path)
+def _decode(data: bytes, path: str) -> Embedding:
+    """Sniff, decode and interpret ``data``; decoders may raise anything (see :func:`read_bytes`)."""
     kind = detect_container(data)
     metadata: dict[str, str] | None = None
     if kind == "empty":
@@ -144,7 +163,57 @@ def read_bytes(data: bytes, path: str | os.PathLike[str], *, strict: bool = Fals
         raise UnknownFormatError(
             f"not an embedding file: unrecognised content (first bytes {preview!r})", path=path
         )
-    embedding = interpret(state, path, container=container, metadata=metadata)
+    return interpret(state, path, container=container, metadata=metadata)
+
+
+def _unforeseen(exc: Exception, path: str) -> ConceptlibError:
+    """The conceptlib error for an exception a decoder let through, keeping what it says."""
+    if isinstance(exc, MemoryError):
+        return ResourceLimitError("ran out of memory while decoding it", path=path)
+    if isinstance(exc, RecursionError):
+        return CorruptFileError("nests containers deeper than conceptlib decodes", path=path)
+    try:
+        said = str(exc).splitlines()[0] if str(exc) else ""
+    except Exception:  # a message that cannot be rendered (a huge int in it, say)
+        said = ""
+    detail = f"{type(exc).__name__}: {printable(said)}" if said else type(exc).__name__
+    if isinstance(exc, (zlib.error, lzma.LZMAError)):
+        return CorruptFileError(f"its compressed data is damaged ({detail})", path=path)
+    if isinstance(exc, (UnicodeError, json.JSONDecodeError)):
+        return CorruptFileError(f"text inside it does not decode ({detail})", path=path)
+    if isinstance(exc, OverflowError):
+        return CorruptFileError(f"holds a number too large to use ({detail})", path=path)
+    return CorruptFileError(
+        f"cannot be decoded ({detail})",
+        path=path,
+        hint="if other tools load this file, report it; CONCEPTLIB_DEBUG=1 shows where decoding stopped",
+    )
+
+
+def read_bytes(data: bytes, path: str | os.PathLike[str], *, strict: bool = False) -> Embedding:
+    """Decode an embedding from bytes already in memory (``path`` names it in messages).
+
+    Args:
+        data: the file's bytes.
+        path: the file's name, for messages and ``source_path``.
+        strict: raise :class:`NonFiniteError` when a vector holds NaN or Inf.
+
+    Returns:
+        The embedding, with ``source_format`` and ``source_path`` set.
+
+    Raises:
+        BadInputError: a subclass naming the file. An exception a decoder did not turn into
+            one itself (a numpy, zlib or LZMA error, RecursionError, MemoryError, ...) becomes
+            :class:`CorruptFileError` (:class:`ResourceLimitError` for MemoryError), chained
+            to the original; KeyboardInterrupt and SystemExit pass through.
+    """
+    path = os.fspath(path)
+    try:
+        embedding = _decode(data, path)
+    except ConceptlibError:
+        raise
+    except Exception as exc:
+        raise _unforeseen(exc, path) from exc
     if strict:
         bad = embedding.non_finite()
         if bad:
@@ -153,84 +222,82 @@ def read_bytes(data: bytes, path: str | os.PathLike[str], *, strict: bool = Fals
     return embedding
 
 
-def _read_file(path: Path, strict: bool) -> Embedding:
-    size = path.stat().st_size
-    if size > MAX_FILE_SIZE:
-        raise EmbeddingFileError(
-            f"is {size / 2**20:.0f} MiB, far larger than any embedding (a model checkpoint?)", path=path
-        )
-    return read_bytes(path.read_bytes(), path, strict=strict)
+def sdxl_pair(name: str) -> tuple[str, str] | None:
+    """The file names of the diffusers SDXL pair ``name`` would belong to: (clip_l, clip_g).
 
-
-def _sdxl_partner(path: Path) -> tuple[Path, Path] | None:
-    """For ``x.safetensors`` / ``x_2.safetensors`` return the diffusers SDXL pair, if both exist."""
-    if path.suffix != ".safetensors":
+    Example:
+        >>> sdxl_pair("learned_embeds_2.safetensors")
+        ('learned_embeds.safetensors', 'learned_embeds_2.safetensors')
+    """
+    if not name.endswith(".safetensors"):
         return None
-    stem = path.stem
+    stem = name[: -len(".safetensors")]
     if stem.endswith(SDXL_PAIR_SUFFIX):
-        first, second = path.with_name(stem[: -len(SDXL_PAIR_SUFFIX)] + ".safetensors"), path
-    else:
-        first, second = path, path.with_name(stem + SDXL_PAIR_SUFFIX + ".safetensors")
-    if first.is_file() and second.is_file():
-        return first, second
-    return None
+        return stem[: -len(SDXL_PAIR_SUFFIX)] + ".safetensors", name
+    return name, stem + SDXL_PAIR_SUFFIX + ".safetensors"
 
 
-def _read_pair(first: Path, second: Path, strict: bool) -> Embedding | None:
-    one, two = _read_file(first, strict), _read_file(second, strict)
+def _read_in(folder: Folder, name: str, strict: bool) -> Embedding:
+    """Decode the file ``name`` of ``folder``, read without following a link out of it."""
+    data = folder.read_bytes(name, limit=MAX_FILE_SIZE, what="embedding file", error=ResourceLimitError)
+    return read_bytes(data, folder.path / name, strict=strict)
+
+
+def _pair(one: Embedding, two: Embedding, second: str) -> Embedding | None:
+    """The diffusers SDXL embedding of a clip_l file and a clip_g file, or None if they are not one."""
     if not (one.source_format == two.source_format == "diffusers"):
         return None
     if list(one.vectors) != ["clip_l"] or list(two.vectors) != ["clip_g"]:
         return None
     if one.token != two.token:
         raise EmbeddingFileError(
-            f"the SDXL pair disagrees on the token ({one.token!r} vs {two.token!r} in {second.name})", path=first
+            f"the SDXL pair disagrees on the token ({one.token!r} vs {two.token!r} in {second})", path=one.source_path
         )
     if one.num_vectors != two.num_vectors:
         raise EmbeddingFileError(
-            f"the SDXL pair holds {one.num_vectors} and {two.num_vectors} vectors ({second.name})", path=first
+            f"the SDXL pair holds {one.num_vectors} and {two.num_vectors} vectors ({second})", path=one.source_path
         )
     metadata = {**two.metadata, **one.metadata}
     return Embedding(
         {"clip_l": one.vectors["clip_l"], "clip_g": two.vectors["clip_g"]},
-        token=one.token, source_format="diffusers-sdxl", metadata=metadata, source_path=str(first),
+        token=one.token, source_format="diffusers-sdxl", metadata=metadata, source_path=one.source_path,
         name=one.name, step=one.step, checkpoint_hash=one.checkpoint_hash, checkpoint_name=one.checkpoint_name,
     )
 
 
-def _read_folder(folder: Path, strict: bool) -> Embedding:
-    pair = _sdxl_partner(folder / "learned_embeds.safetensors")
-    if pair:
-        emb = _read_pair(*pair, strict)
-        if emb is not None:
-            return emb
-    for name in FOLDER_FILES:
-        candidate = folder / name
-        if candidate.is_file():
-            emb = _read_file(candidate, strict)
-            break
-    else:
-        raise UnknownFormatError(
-            f"folder holds no {', '.join(FOLDER_FILES)}; not a concept folder", path=folder,
-            hint="pass the embedding file itself",
-        )
-    token_file = folder / "token_identifier.txt"
-    if token_file.is_file():
-        token = token_file.read_text(encoding="utf-8", errors="replace").strip()
-        if token:
-            emb.token = token
-        emb.source_format = "concepts-library"
-    type_file = folder / "type_of_concept.txt"
-    if type_file.is_file():
-        concept_type = type_file.read_text(encoding="utf-8", errors="replace").strip().lower()
-        if concept_type:
-            emb.metadata["concept_type"] = concept_type
-    emb.source_path = str(folder)
+def _read_folder(path: Path, strict: bool) -> Embedding:
+    with Folder(path) as folder:
+
+        def has(name: str) -> bool:
+            # lexists: a link to nothing is there, and refused by name, not passed over.
+            return os.path.lexists(path / name)
+
+        emb: Embedding | None = None
+        first, second = sdxl_pair(FOLDER_FILES[0]) or ("", "")
+        if has(first) and has(second):
+            emb = _read_in(folder, first, strict)
+            emb = _pair(emb, _read_in(folder, second, strict), second) or emb
+        else:
+            name = next((n for n in FOLDER_FILES if has(n)), None)
+            if name is None:
+                raise UnknownFormatError(
+                    f"folder holds no {', '.join(FOLDER_FILES)}; not a concept folder", path=path,
+                    hint="pass the embedding file itself",
+                )
+            emb = _read_in(folder, name, strict)
+        read_folder_words(folder, emb)
+    emb.source_path = str(path)
     return emb
 
 
 def read(path: str | os.PathLike[str], *, strict: bool = False) -> Embedding:
     """Read an embedding from any supported file or folder, without executing anything.
+
+    A path the caller names is followed if it is a link. Inside a folder (a concept folder, or
+    the folder of a file whose SDXL partner sits beside it), a file it would read that is a
+    link leading out of that folder, or nowhere, is refused, never opened (see
+    :mod:`conceptlib._inputs`). A concept folder's ``token_identifier.txt`` and
+    ``type_of_concept.txt`` are read strictly (:func:`conceptlib._inputs.read_folder_words`).
 
     Args:
         path: a ``.pt``/``.bin``/``.safetensors``/``.png`` file (the content decides, not the
@@ -243,7 +310,11 @@ def read(path: str | os.PathLike[str], *, strict: bool = False) -> Embedding:
 
     Raises:
         BadInputError: a subclass naming the file and the problem (LFS pointer, HTML page,
-            truncated archive, unsafe pickle, wrong shape, unknown width, ...).
+            truncated archive, unsafe pickle, wrong shape, unknown width, ...);
+            :class:`ResourceLimitError` for a file larger than :data:`MAX_FILE_SIZE` or one
+            that unpacks to more than any embedding, :class:`NotRegularFileError` for a device
+            or pipe, :class:`UnsafeLinkError` for a link out of the folder,
+            :class:`TextFileError` for a token file that is not one word of UTF-8 text.
         FileNotFoundError: the path does not exist.
     """
     p = Path(path)
@@ -251,12 +322,18 @@ def read(path: str | os.PathLike[str], *, strict: bool = False) -> Embedding:
         return _read_folder(p, strict)
     if not p.exists():
         raise FileNotFoundError(2, "No such file or directory", str(p))
-    pair = _sdxl_partner(p)
-    if pair:
-        emb = _read_pair(*pair, strict)
-        if emb is not None:
-            return emb
-    return _read_file(p, strict)
+    data = read_named(p, limit=MAX_FILE_SIZE, what="embedding file", error=ResourceLimitError)
+    emb = read_bytes(data, p, strict=strict)
+    names = sdxl_pair(p.name)
+    if names is not None:
+        partner = names[1] if names[0] == p.name else names[0]
+        if os.path.lexists(p.parent / partner):
+            # The partner was not named: the folder's link rule applies to it.
+            with Folder(p.parent) as folder:
+                other = _read_in(folder, partner, strict)
+            one, two = (emb, other) if partner == names[1] else (other, emb)
+            return _pair(one, two, names[1]) or emb
+    return emb
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -410,7 +487,10 @@ def _write_png(emb: Embedding, path: Path) -> list[tuple[Path, bytes]]:
     footer = f"{emb.num_vectors}v {steps}".strip()
     if emb.checkpoint_hash:
         footer = f"[{emb.checkpoint_hash}] {footer}"
-    return [(path, _png.encode_png(payload, title=title, footer=footer))]
+    try:
+        return [(path, _png.encode_png(payload, title=title, footer=footer))]
+    except ValueError as exc:  # more vectors than any PNG reader accepts
+        raise FormatCapabilityError(f"the png format cannot hold this embedding: {exc}") from None
 
 
 _SINGLE_META = frozenset({"name", "step", "checkpoint_hash", "checkpoint_name"})

@@ -14,9 +14,30 @@ pixel algorithm step by step (its quirks are what decide which files load there)
 tools that drop text chunks (but not JPEG conversion, resizing or cropping).
 
 Vectors stay bit-exact: float32 values are written with the shortest repr of their float64
-widening, which parses back to the same float32. Tensors of other dtypes are written as their
-(exact) values and named in a top-level ``conceptlib_dtypes`` key, which A1111 ignores and which
-this reader uses to cast them back.
+widening, which parses back to the same float32. A tensor of another dtype is written as its
+(exact) values with a ``conceptlib_dtype`` key beside ``TORCHTENSOR``, which this reader uses to
+cast it back. It sits inside the tensor's object because A1111 (and its forks) turn any object
+holding ``TORCHTENSOR`` into a tensor whatever else it holds, while for SDXL payloads A1111 calls
+``.detach()`` on every top-level value (``create_embedding_from_data``): the top-level
+``conceptlib_dtypes`` dict that older conceptlib versions wrote broke those files there, and is
+still read. ComfyUI and InvokeAI do not read embedding PNGs at all.
+
+Reading a file from the wild costs time and memory in proportion to its size, whatever it claims
+(every limit ends in a conceptlib error naming the file):
+
+* PNG chunks are walked from the raw bytes first (at most :data:`MAX_PNG_CHUNKS`), checking the
+  CRCs of the chunks used. An ``sd-ti-embedding`` text chunk (tEXt, or zTXt/iTXt inflated with a
+  byte cap) of at most :data:`MAX_TEXT_BYTES` is read without decoding a single pixel.
+* Without one, pixels are decoded only if the image could carry data blocks: not greyscale,
+  and at most :data:`MAX_IMAGE_PIXELS` (checked from the IHDR chunk, or from Pillow's header parse
+  for other formats, with Pillow's decompression-bomb warning turned into an error); a lossy
+  WebP, which cannot keep low bits, is never decoded. Such images raise
+  :class:`NoEmbeddingInImageError`, so a folder of thumbnails is skipped cheaply.
+* The data blocks may hold at most about :data:`MAX_JSON_BYTES` of compressed stream, which
+  inflates with the same cap.
+* The JSON is at most :data:`MAX_JSON_BYTES`, within
+  :func:`conceptlib.formats._interpret.check_json_budget`, and nested at most
+  :data:`MAX_JSON_DEPTH` deep.
 """
 
 from __future__ import annotations
@@ -26,8 +47,11 @@ import binascii
 import io
 import json
 import os
+import struct
+import warnings
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,30 +61,55 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin, UnidentifiedImageEr
 from conceptlib._atomic import atomic_write_bytes
 from conceptlib.errors import (
     CorruptFileError,
-    EmbeddingFileError,
     NoEmbeddingInImageError,
+    ResourceLimitError,
     UnknownFormatError,
 )
+from conceptlib.formats._interpret import JSONBudgetError, check_json_budget, load_json
 from conceptlib.tensor import DTYPES, Tensor
 
-__all__ = ["DTYPES_KEY", "TEXT_KEY", "encode_png", "read_payload", "write_png"]
+__all__ = ["DTYPES_KEY", "TENSOR_DTYPE_KEY", "TEXT_KEY", "encode_png", "read_payload", "write_png"]
 
 #: The tEXt keyword of container A.
 TEXT_KEY = "sd-ti-embedding"
-#: Top-level payload key naming tensors whose dtype is not float32 (conceptlib's own; A1111
-#: ignores unknown keys).
+#: The key beside ``TORCHTENSOR`` naming a tensor's dtype when it is not float32 (conceptlib's
+#: own; every A1111 reader ignores it).
+TENSOR_DTYPE_KEY = "conceptlib_dtype"
+#: The top-level payload key older conceptlib versions wrote for the same purpose (dotted path
+#: -> dtype); still read, never written, as it breaks SDXL files in A1111.
 DTYPES_KEY = "conceptlib_dtypes"
 #: The JSON key that marks a tensor.
 TENSOR_KEY = "TORCHTENSOR"
-#: Refuse to inflate more than this from the pixels: a 75-vector SD2 embedding is ~1.5 MB of JSON,
-#: so anything near this limit is a decompression bomb, not an embedding.
-MAX_JSON_BYTES = 64 * 1024 * 1024
+#: The largest payload JSON read or written. The largest honest one, 75 SDXL vectors, is
+#: 3.4 MB (1.4 MB compressed); parsing the worst 8 MiB within the JSON budget builds ~100 MB of
+#: Python objects.
+MAX_JSON_BYTES = 8 * 1024 * 1024
+#: The largest ``sd-ti-embedding`` text read, before base64 decoding: 4/3 of
+#: :data:`MAX_JSON_BYTES` plus room for line breaks (the non-validating decoder skips them).
+MAX_TEXT_BYTES = 12 * 1024 * 1024
+#: The largest image whose pixels are decoded (~140 MB at peak). An embedding image is the
+#: training preview (at most 2048 x 2048 in practice) plus the data blocks (about 2/3 of a pixel
+#: per compressed byte, ~1 MP for 75 SDXL vectors).
+MAX_IMAGE_PIXELS = 12_000_000
+#: PNG chunks walked at most. Pillow writes 64 KiB IDAT chunks and libpng 8 KiB ones, so
+#: even the largest image decoded has a few thousand; a file of empty chunks would otherwise
+#: cost a Python loop turn per 12 bytes.
+MAX_PNG_CHUNKS = 65_536
+#: JSON nesting allowed in a payload: an A1111 payload nests 5 deep, SDXL 4.
+MAX_JSON_DEPTH = 32
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the whole (empty, fixed-CRC) end chunk
+_TEXT_KEY_BYTES = TEXT_KEY.encode("latin-1")
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+_GREYSCALE = (0, 4)  # PNG colour types without separate R, G and B
+# Two data blocks of at least one column, two separator columns and a cover column.
+_MIN_WIDTH = 5
 _LCG_A = 1664525
 _LCG_C = 1013904223
 _MASK32 = 0xFFFFFFFF
+# States computed at once by the LCG; beyond this the stream is produced chunk by chunk so its
+# uint64 working set stays at 8 MiB whatever the block size.
+_LCG_CHUNK = 1 << 20
 _DEFAULT_COVER_SIZE = 512
 _NO_EMBEDDING = (
     "holds no embedding (no sd-ti-embedding text chunk and no data blocks in the pixels)"
@@ -72,8 +121,9 @@ _U8 = npt.NDArray[np.uint8]
 # --- the LCG whitening stream ------------------------------------------------------------------
 
 
-def _lcg_outputs(count: int) -> _U8:
-    """The first ``count`` outputs r_k = s_{k+1} mod 255 of A1111's LCG seeded with 0.
+def _lcg_states(count: int) -> tuple[npt.NDArray[np.uint64], int, int]:
+    """States s_1..s_count of A1111's LCG seeded with 0, and the affine map advancing ``count``
+    steps when ``count`` is a power of two.
 
     A1111 draws these one by one in Python; a 75-vector payload needs ~10^6 of them per block, so
     the states are computed by jump-ahead instead: the affine map s -> a*s + c composed with itself
@@ -93,7 +143,27 @@ def _lcg_outputs(count: int) -> _U8:
         ) & np.uint64(_MASK32)
         filled += take
         mul, inc = (mul * mul) & _MASK32, (mul * inc + inc) & _MASK32
-    return (states % np.uint64(255)).astype(np.uint8)
+    return states, mul, inc
+
+
+def _lcg_outputs(count: int) -> _U8:
+    """The first ``count`` outputs r_k = s_{k+1} mod 255 of A1111's LCG seeded with 0."""
+    if count <= _LCG_CHUNK:
+        states, _, _ = _lcg_states(count)
+        return np.remainder(states, np.uint64(255), out=states).astype(np.uint8)
+    # _LCG_CHUNK is a power of two, so (mul, inc) advances exactly one chunk.
+    states, mul, inc = _lcg_states(_LCG_CHUNK)
+    out = np.empty(count, dtype=np.uint8)
+    scratch = np.empty_like(states)
+    for start in range(0, count, _LCG_CHUNK):
+        if start:
+            np.multiply(states, np.uint64(mul), out=states)
+            np.add(states, np.uint64(inc), out=states)
+            np.bitwise_and(states, np.uint64(_MASK32), out=states)
+        take = min(_LCG_CHUNK, count - start)
+        np.remainder(states[:take], np.uint64(255), out=scratch[:take])
+        out[start : start + take] = scratch[:take]
+    return out
 
 
 def _whiten(block: _U8) -> _U8:
@@ -118,58 +188,59 @@ def _tensor_values(tensor: Tensor) -> Any:
     return tensor.array.tolist()
 
 
-def _to_jsonable(value: Any, path: str, dtypes: dict[str, str]) -> Any:
-    """Replace tensors by ``{"TORCHTENSOR": ...}`` and note the non-float32 ones in ``dtypes``."""
+def _to_jsonable(value: Any, where: str) -> Any:
+    """Replace tensors by ``{"TORCHTENSOR": ...}``, naming the dtype of non-float32 ones."""
     if isinstance(value, np.ndarray):
         value = Tensor.from_numpy(value)
     if isinstance(value, Tensor):
+        obj: dict[str, Any] = {TENSOR_KEY: _tensor_values(value)}
         if value.dtype != "float32":
-            dtypes[path] = value.dtype
-        return {TENSOR_KEY: _tensor_values(value)}
+            obj[TENSOR_DTYPE_KEY] = value.dtype
+        return obj
     if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            name = str(key)
-            out[name] = _to_jsonable(
-                item, f"{path}.{_escape(name)}" if path else _escape(name), dtypes
-            )
-        return out
+        return {
+            str(key): _to_jsonable(item, f"{where}.{key}" if where else str(key))
+            for key, item in value.items()
+        }
     if isinstance(value, (list, tuple)):
-        return [
-            _to_jsonable(item, f"{path}.{i}" if path else str(i), dtypes)
-            for i, item in enumerate(value)
-        ]
+        return [_to_jsonable(item, f"{where}.{i}" if where else str(i)) for i, item in enumerate(value)]
     if isinstance(value, np.generic):
         return value.item()
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise TypeError(
-        f"cannot store a {type(value).__name__} in an embedding PNG (at {path or 'top level'})"
+        f"cannot store a {type(value).__name__} in an embedding PNG (at {where or 'top level'})"
     )
 
 
 def _payload_json(payload: dict[str, object]) -> bytes:
     """Serialise like A1111's ``json.dumps(data, cls=EmbeddingEncoder)`` (default separators,
-    ASCII-only, NaN/Infinity tokens), adding ``conceptlib_dtypes`` only when needed."""
-    dtypes: dict[str, str] = {}
+    ASCII-only, NaN/Infinity tokens); a stale ``conceptlib_dtypes`` key is dropped."""
     body = {key: value for key, value in payload.items() if key != DTYPES_KEY}
-    doc = _to_jsonable(body, "", dtypes)
-    if dtypes:
-        doc[DTYPES_KEY] = dtypes
-    return json.dumps(doc).encode("ascii")
+    return json.dumps(_to_jsonable(body, "")).encode("ascii")
 
 
 class _Raw:
-    """A TORCHTENSOR value parsed by numpy the way A1111 does, before its final dtype is known."""
+    """A TORCHTENSOR value parsed by numpy the way A1111 does, before its final dtype is known.
 
-    __slots__ = ("array",)
+    Attributes:
+        array: the values as numpy parsed them (float64, int64 or bool).
+        dtype: the dtype named beside them by conceptlib, if any.
+    """
 
-    def __init__(self, array: np.ndarray) -> None:
+    __slots__ = ("array", "dtype")
+
+    def __init__(self, array: np.ndarray, dtype: str | None) -> None:
         self.array = array
+        self.dtype = dtype
 
 
 class _PayloadError(ValueError):
     """The JSON parsed but does not follow the TORCHTENSOR rule."""
+
+
+class _TooLarge(ValueError):
+    """Something inside the image unpacks to more than any embedding needs."""
 
 
 def _object_hook(obj: dict[str, Any]) -> Any:
@@ -178,11 +249,12 @@ def _object_hook(obj: dict[str, Any]) -> Any:
         return obj
     try:
         array = np.array(obj[TENSOR_KEY])
-    except ValueError as exc:  # ragged nesting
+    except ValueError as exc:  # ragged nesting, or more than numpy's 64 dimensions
         raise _PayloadError(f"a {TENSOR_KEY} value is not a rectangular array ({exc})") from None
     if array.dtype.kind not in "biuf":
         raise _PayloadError(f"a {TENSOR_KEY} value holds non-numbers (numpy dtype {array.dtype})")
-    return _Raw(array)
+    hint = obj.get(TENSOR_DTYPE_KEY)
+    return _Raw(array, hint if isinstance(hint, str) else None)
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -213,35 +285,58 @@ def _finish_tensor(raw: np.ndarray, dtype: str | None) -> Tensor:
     return Tensor(cast, dtype)
 
 
-def _finish(value: Any, path: str, dtypes: dict[str, str]) -> Any:
-    """Turn every parsed tensor into a :class:`Tensor`, using the recorded dtypes by path."""
+def _finish(value: Any, path: str, legacy: dict[str, str], depth: int = 0) -> Any:
+    """Turn every parsed tensor into a :class:`Tensor`: the dtype named beside it wins, then the
+    one an old top-level ``conceptlib_dtypes`` gives for its path."""
+    if depth > MAX_JSON_DEPTH:
+        raise _TooLarge(f"the JSON nests more than {MAX_JSON_DEPTH} levels deep")
     if isinstance(value, _Raw):
-        return _finish_tensor(value.array, dtypes.get(path))
+        return _finish_tensor(value.array, value.dtype or legacy.get(path))
     if isinstance(value, dict):
         return {
-            key: _finish(item, f"{path}.{_escape(key)}" if path else _escape(key), dtypes)
+            key: _finish(item, f"{path}.{_escape(key)}" if path else _escape(key), legacy, depth + 1)
             for key, item in value.items()
         }
     if isinstance(value, list):
         return [
-            _finish(item, f"{path}.{i}" if path else str(i), dtypes) for i, item in enumerate(value)
+            _finish(item, f"{path}.{i}" if path else str(i), legacy, depth + 1)
+            for i, item in enumerate(value)
         ]
     return value
 
 
 def _parse_payload(raw: bytes) -> dict[str, object]:
-    """Parse JSON bytes with the TORCHTENSOR rule; raises ValueError subclasses on bad input."""
-    doc = json.loads(raw, object_hook=_object_hook)
+    """Parse JSON bytes with the TORCHTENSOR rule; raises ValueError subclasses on bad input
+    (:class:`_TooLarge` and :class:`JSONBudgetError` for oversized ones) and RecursionError."""
+    if len(raw) > MAX_JSON_BYTES:
+        raise _TooLarge(f"the JSON is {len(raw):,} bytes, more than any embedding ({MAX_JSON_BYTES:,})")
+    # json.loads(bytes) detects UTF-16/32 too, and A1111 relies on it: decode the same way.
+    text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+    doc = load_json(text, "the JSON", object_hook=_object_hook)
     if not isinstance(doc, dict):
         raise _PayloadError(f"the JSON is a {type(doc).__name__}, not an object")
     hints = doc.pop(DTYPES_KEY, None)
-    dtypes = (
+    legacy = (
         {str(k): v for k, v in hints.items() if isinstance(v, str)}
         if isinstance(hints, dict)
         else {}
     )
-    result: dict[str, object] = _finish(doc, "", dtypes)
+    result: dict[str, object] = _finish(doc, "", legacy)
     return result
+
+
+def _payload_or_error(path: str | os.PathLike[str], raw: bytes, container: str) -> dict[str, object]:
+    """:func:`_parse_payload`, with its failures as conceptlib errors naming the container."""
+    try:
+        return _parse_payload(raw)
+    except (_TooLarge, JSONBudgetError) as exc:
+        raise ResourceLimitError(f"{container}: {exc}", path=path) from None
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers UnicodeDecodeError, JSONDecodeError and the payload rules.
+        reason = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise CorruptFileError(
+            f"{container} does not hold a valid embedding payload ({reason})", path=path
+        ) from None
 
 
 # --- container B: pixel data blocks ------------------------------------------------------------
@@ -252,7 +347,9 @@ def _crop_black(pixels: _U8) -> _U8:
 
     With no such pixel A1111's argmax arithmetic keeps the whole image; so does this.
     """
-    mask = np.asarray(np.all(pixels > 0, axis=2))
+    # Channel by channel: np.all over the 3-long last axis is several times slower.
+    darkest = np.minimum(np.minimum(pixels[..., 0], pixels[..., 1]), pixels[..., 2])
+    mask = np.asarray(darkest > 0)
     cols, rows = np.asarray(np.any(mask, axis=0)), np.asarray(np.any(mask, axis=1))
     col_start, col_end = int(cols.argmax()), mask.shape[1] - int(cols[::-1].argmax())
     row_start, row_end = int(rows.argmax()), mask.shape[0] - int(rows[::-1].argmax())
@@ -276,66 +373,156 @@ def _extract_pixel_stream(pixels: _U8) -> bytes | None:
     columns, which ordinary pictures can have (a flat 0x80 grey has nothing but), so this also
     asks for what every A1111 writer produces: two blocks of equal, non-zero width whose first
     bytes form a zlib header. Otherwise plain images would be reported as damaged embeddings.
+
+    Raises:
+        _TooLarge: the blocks hold more than any payload compresses to.
     """
-    nibbles = _crop_black(pixels) & np.uint8(0x0F)
-    zero_cols = np.flatnonzero(nibbles.sum(axis=(0, 2), dtype=np.int64) == 0)
+    cropped = _crop_black(pixels)
+    height = cropped.shape[0]
+    # A column's low nibbles are all zero iff the OR of all its bytes has a zero low nibble;
+    # OR-reducing is far cheaper than summing a nibble copy of the whole image.
+    column_bits = np.bitwise_or.reduce(np.bitwise_or.reduce(cropped, axis=0), axis=1)
+    zero_cols = np.flatnonzero((column_bits & np.uint8(0x0F)) == 0)
     if zero_cols.size < 2:
         return None
-    low = nibbles[:, : zero_cols[0]].reshape(-1)
-    high = nibbles[:, zero_cols[-1] + 1 :].reshape(-1)
-    if low.size < 2 or low.shape != high.shape:
+    first, last = int(zero_cols[0]), int(zero_cols[-1])
+    if first == 0 or first != cropped.shape[1] - last - 1:
         return None
-    head = _whiten(low[:2]) | (_whiten(high[:2]) << np.uint8(4))
+    nibble = np.uint8(0x0F)
+    head = _whiten(cropped[0, 0, :2] & nibble) | (_whiten(cropped[0, last + 1, :2] & nibble) << np.uint8(4))
     if not _zlib_header_ok(int(head[0]), int(head[1])):
         return None
     # Compressed JSON is far smaller than the JSON (capped below) and the padding adds at most
     # 4H; bigger blocks would only cost time and memory before failing.
-    if low.size > MAX_JSON_BYTES + 4 * nibbles.shape[0]:
-        raise ValueError(f"the data blocks hold {low.size:,} bytes, more than any embedding")
+    size = height * first * 3
+    if size > MAX_JSON_BYTES + 4 * height:
+        raise _TooLarge(f"the data blocks hold {size:,} bytes, more than any embedding")
+    low = (cropped[:, :first] & nibble).reshape(-1)
+    high = (cropped[:, last + 1 :] & nibble).reshape(-1)
     data = (_whiten(high) << np.uint8(4)) | _whiten(low)
     return data.tobytes()
 
 
-def _inflate(stream: bytes) -> bytes:
-    """zlib-decompress, ignoring the padding after the end of the stream, with a size cap."""
+def _inflate(stream: bytes | memoryview, cap: int, what: str) -> bytes:
+    """zlib-decompress at most ``cap`` bytes, ignoring what follows the end of the stream.
+
+    Raises:
+        _TooLarge: it would inflate to more than ``cap`` (nothing past ``cap + 1`` is made).
+        ValueError: the stream is truncated (``zlib.error`` when it is damaged).
+    """
     inflater = zlib.decompressobj()
-    out = inflater.decompress(stream, MAX_JSON_BYTES)
-    if inflater.unconsumed_tail:
-        raise ValueError(f"it inflates to more than {MAX_JSON_BYTES:,} bytes")
+    out = inflater.decompress(stream, cap + 1)
+    if len(out) > cap:
+        raise _TooLarge(f"{what} inflates to more than {cap:,} bytes")
     if not inflater.eof:
-        raise ValueError("the compressed stream is truncated")
+        raise ValueError(f"{what} is truncated")
     return out
 
 
-# --- reading -----------------------------------------------------------------------------------
+# --- reading: PNG chunks -------------------------------------------------------------------------
 
 
-def _open_image(path: str | os.PathLike[str], data: bytes) -> Image.Image:
-    """Open and fully decode the image, mapping Pillow's failures to conceptlib errors."""
-    is_png = data.startswith(_PNG_MAGIC)
-    # Pillow tolerates a PNG cut off after its last image byte; the file is still damaged (and
-    # another copy may be damaged elsewhere), so say so rather than read what is left.
-    if is_png and _PNG_IEND not in data:
-        raise CorruptFileError("damaged PNG: truncated (no IEND chunk at the end)", path=path)
+@dataclass(frozen=True)
+class _PngHeader:
+    """What the chunk walk found.
+
+    Attributes:
+        width: from IHDR.
+        height: from IHDR.
+        colour_type: from IHDR (0 and 4 are greyscale).
+        text_type: the type of the last ``sd-ti-embedding`` chunk, or None.
+        text: that chunk's data (keyword included).
+    """
+
+    width: int
+    height: int
+    colour_type: int
+    text_type: bytes | None
+    text: memoryview | None
+
+
+def _damaged(path: str | os.PathLike[str], why: str) -> CorruptFileError:
+    return CorruptFileError(f"damaged PNG: {why}", path=path)
+
+
+def _scan_png(path: str | os.PathLike[str], data: bytes) -> _PngHeader:
+    """Walk the chunks from the raw bytes, checking the CRC of the chunks used.
+
+    The other chunks' CRCs are left to Pillow, which checks them where A1111 depends on them.
+    """
+    view = memoryview(data)
+    pos = len(_PNG_MAGIC)
+    ihdr: tuple[int, int, int] | None = None
+    text_type: bytes | None = None
+    text: memoryview | None = None
+    for _ in range(MAX_PNG_CHUNKS):
+        if pos + 12 > len(data):
+            raise _damaged(path, "truncated (no IEND chunk at the end)")
+        length, ctype = struct.unpack(">I4s", view[pos : pos + 8])
+        body, end = pos + 8, pos + 8 + length
+        if length > 0x7FFFFFFF or end + 4 > len(data):
+            raise _damaged(path, "truncated (no IEND chunk at the end)")
+        if not (ctype.isascii() and ctype.isalpha()):
+            raise _damaged(path, f"a chunk type at byte {pos + 4} is not four letters")
+        if ihdr is None and ctype != b"IHDR":
+            raise _damaged(path, "it does not begin with an IHDR chunk")
+        chunk = view[body:end]
+        wanted = ctype == b"IHDR" and ihdr is None
+        if ctype in _TEXT_CHUNKS:
+            keyword = bytes(chunk[: len(_TEXT_KEY_BYTES) + 1])
+            wanted = keyword in (_TEXT_KEY_BYTES, _TEXT_KEY_BYTES + b"\0")
+        if wanted:
+            (crc,) = struct.unpack(">I", view[end : end + 4])
+            if zlib.crc32(view[pos + 4 : end]) != crc:
+                raise _damaged(path, f"the {ctype.decode()} chunk at byte {pos} fails its CRC check")
+            if ctype == b"IHDR":
+                if length != 13:
+                    raise _damaged(path, "its IHDR chunk is not 13 bytes")
+                width, height, _depth, colour = struct.unpack(">IIBB", chunk[:10])
+                if not (0 < width <= 0x7FFFFFFF and 0 < height <= 0x7FFFFFFF):
+                    raise _damaged(path, f"its IHDR gives a {width}x{height} image")
+                ihdr = (width, height, colour)
+            else:
+                # Pillow's image.text keeps the last chunk of a keyword; A1111 reads that one.
+                text_type, text = ctype, chunk
+        if ctype == b"IEND" and ihdr is not None:  # ihdr is always set here: IHDR came first
+            return _PngHeader(*ihdr, text_type, text)
+        pos = end + 4
+    raise ResourceLimitError(
+        f"PNG holds more than {MAX_PNG_CHUNKS:,} chunks, more than any embedding image", path=path
+    )
+
+
+def _text_of_chunk(path: str | os.PathLike[str], ctype: bytes, chunk: memoryview) -> str:
+    """The text of an ``sd-ti-embedding`` chunk, as Pillow's ``image.text`` gives it."""
+    value = bytes(chunk[len(_TEXT_KEY_BYTES) + 1 :])
+    where = f"the {TEXT_KEY} {ctype.decode()} chunk (container A)"
     try:
-        image = Image.open(io.BytesIO(data))
-        # Loading now surfaces truncation and bad CRCs; A1111 fails on those files too, as its
-        # ``image.text`` access loads the whole image.
-        image.load()
-    except Image.DecompressionBombError as exc:
-        raise EmbeddingFileError(f"image too large to read safely ({exc})", path=path) from None
-    except UnidentifiedImageError:
-        if is_png:
-            raise CorruptFileError(
-                "damaged PNG: Pillow cannot parse its header", path=path
-            ) from None
-        raise UnknownFormatError(
-            "not an image Pillow can read, so not an embedding PNG", path=path
-        ) from None
-    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as exc:
-        kind = "PNG" if is_png else "image"
-        raise CorruptFileError(f"damaged {kind}: {exc}", path=path) from None
-    return image
+        if ctype == b"tEXt":
+            if len(value) > MAX_TEXT_BYTES:
+                raise _TooLarge(f"{where} is {len(value):,} bytes, more than any embedding")
+            return value.decode("latin-1")
+        if ctype == b"zTXt":
+            if value[:1] not in (b"", b"\0"):
+                raise ValueError(f"{where} names an unknown compression method {value[0]}")
+            return _inflate(value[1:], MAX_TEXT_BYTES, where).decode("latin-1")
+        # iTXt: compression flag and method, then language tag and translated keyword.
+        flag, method = value[:1], value[1:2]
+        parts = value[2:].split(b"\0", 2)
+        if len(parts) != 3:
+            raise ValueError(f"{where} is cut short")
+        body = parts[2]
+        if flag == b"\1":
+            if method != b"\0":
+                raise ValueError(f"{where} names an unknown compression method")
+            body = _inflate(body, MAX_TEXT_BYTES, where)
+        elif len(body) > MAX_TEXT_BYTES:
+            raise _TooLarge(f"{where} is {len(body):,} bytes, more than any embedding")
+        return body.decode("utf-8")
+    except _TooLarge as exc:
+        raise ResourceLimitError(str(exc), path=path) from None
+    except (ValueError, zlib.error) as exc:
+        raise CorruptFileError(f"{where} is damaged ({exc})", path=path) from None
 
 
 def _read_text(path: str | os.PathLike[str], text: str) -> dict[str, object]:
@@ -346,13 +533,97 @@ def _read_text(path: str | os.PathLike[str], text: str) -> dict[str, object]:
         raise CorruptFileError(
             f"the {TEXT_KEY} text chunk (container A) is not valid base64 ({exc})", path=path
         ) from None
-    try:
-        return _parse_payload(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, _PayloadError, RecursionError) as exc:
-        raise CorruptFileError(
-            f"the {TEXT_KEY} text chunk (container A) does not hold a valid embedding payload ({exc})",
-            path=path,
-        ) from None
+    return _payload_or_error(path, raw, f"the {TEXT_KEY} text chunk (container A)")
+
+
+# --- reading: pixels -----------------------------------------------------------------------------
+
+
+def _webp_is_lossy(data: bytes) -> bool:
+    """True when the (first frame's) bitstream is lossy VP8, which cannot keep low bits exactly."""
+    pos, end = 12, len(data)
+    for _ in range(64):  # a WebP holds a handful of chunks before its first bitstream
+        if pos + 8 > end:
+            return False
+        fourcc = data[pos : pos + 4]
+        (size,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+        if fourcc in (b"VP8 ", b"VP8L"):
+            return fourcc == b"VP8 "
+        if fourcc == b"ANMF":
+            pos += 8 + 16  # into the first frame: its header, then its own chunks
+            end = min(end, pos - 16 + size)
+            continue
+        pos += 8 + size + (size & 1)
+    return False
+
+
+def _too_big(kind: str, width: int, height: int) -> str:
+    return (
+        f"{kind} holds no embedding: no {TEXT_KEY} text chunk, and at {width}x{height} it is "
+        f"larger than any embedding image (at most {MAX_IMAGE_PIXELS:,} pixels), so its pixels "
+        "were not decoded"
+    )
+
+
+def _decode_pixels(path: str | os.PathLike[str], data: bytes, kind: str) -> _U8:
+    """Decode the image to RGB with Pillow, refusing images too large to be an embedding image.
+
+    Pillow's decompression-bomb check runs when it parses the header; its warning becomes an
+    error here, and both become :class:`NoEmbeddingInImageError` like any oversized image.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise NoEmbeddingInImageError(_too_big(kind, width, height), path=path)
+                image.load()
+                rgb = image if image.mode == "RGB" else image.convert("RGB")
+                return np.asarray(rgb, dtype=np.uint8)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise NoEmbeddingInImageError(
+                f"{kind} holds no embedding: it claims more pixels than Pillow decodes safely, "
+                f"far more than any embedding image (at most {MAX_IMAGE_PIXELS:,} pixels)",
+                path=path,
+            ) from None
+        except UnidentifiedImageError:
+            if kind == "PNG":
+                raise _damaged(path, "Pillow cannot parse its header") from None
+            raise UnknownFormatError(
+                "not an image Pillow can read, so not an embedding PNG", path=path
+            ) from None
+        except (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error, IndexError) as exc:
+            raise CorruptFileError(f"damaged {kind}: {exc}", path=path) from None
+
+
+def _pixels(path: str | os.PathLike[str], data: bytes, header: _PngHeader | None) -> tuple[_U8, str]:
+    """The RGB pixels of an image without container A, and its kind for messages.
+
+    ``header`` is the PNG's chunk walk (None for other formats); pixels are decoded only when the
+    image could carry data blocks.
+    """
+    if header is not None:
+        if header.colour_type in _GREYSCALE:
+            raise NoEmbeddingInImageError(
+                f"PNG holds no embedding: no {TEXT_KEY} text chunk, and a greyscale image cannot "
+                "carry data blocks (they need three independent channels)",
+                path=path,
+            )
+        if header.width * header.height > MAX_IMAGE_PIXELS:
+            raise NoEmbeddingInImageError(_too_big("PNG", header.width, header.height), path=path)
+        if header.width < _MIN_WIDTH:
+            raise NoEmbeddingInImageError(f"PNG {_NO_EMBEDDING}", path=path)
+        return _decode_pixels(path, data, "PNG"), "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        if _webp_is_lossy(data):
+            raise NoEmbeddingInImageError(
+                "WEBP image holds no embedding: it is lossy, and lossy compression destroys the "
+                "low bits data blocks are written in",
+                path=path,
+            )
+        return _decode_pixels(path, data, "WEBP image"), "WEBP image"
+    return _decode_pixels(path, data, "image"), "image"
 
 
 def read_payload(
@@ -362,8 +633,10 @@ def read_payload(
 
     Container A (the ``sd-ti-embedding`` text chunk) is tried first, then container B (the
     pixel data blocks), like A1111. JSON objects with a ``TORCHTENSOR`` key become float32
-    :class:`Tensor` objects (A1111 casts to float32), except those that ``conceptlib_dtypes``
-    names, which get their recorded dtype back exactly; that key is removed from the result.
+    :class:`Tensor` objects (A1111 casts to float32), except those whose dtype conceptlib
+    recorded (``conceptlib_dtype`` beside the values, or an old top-level
+    ``conceptlib_dtypes``), which get it back exactly; the old key is removed from the result.
+    The module docstring lists the limits that keep hostile images cheap.
 
     Args:
         path: the file; read from disk unless ``data`` is given, and named in errors.
@@ -373,42 +646,40 @@ def read_payload(
         ``(payload, container)`` where container is ``"text"`` or ``"pixels"``.
 
     Raises:
-        NoEmbeddingInImageError: the image carries neither container (a picture).
+        NoEmbeddingInImageError: the image carries neither container, or cannot carry one (a
+            picture: greyscale, lossy WebP, larger than :data:`MAX_IMAGE_PIXELS`).
         CorruptFileError: the image is damaged, or a container is present but does not decode.
-        EmbeddingFileError: the image is too large to decode safely.
+        ResourceLimitError: a container unpacks to more than any embedding needs.
+        UnknownFormatError: not an image at all.
     """
     if data is None:
+        from conceptlib.formats import MAX_FILE_SIZE
+
         with open(path, "rb") as handle:
-            data = handle.read()
-    image = _open_image(path, data)
-    with image:
-        # Only PNG images have ``.text`` (tEXt, zTXt and iTXt); A1111 checks the same attribute.
-        text = getattr(image, "text", None) or {}
-        if TEXT_KEY in text:
-            return _read_text(path, str(text[TEXT_KEY])), "text"
-        try:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        except (OSError, ValueError) as exc:
-            raise CorruptFileError(f"cannot decode the image's pixels ({exc})", path=path) from None
-        kind = "PNG" if data.startswith(_PNG_MAGIC) else f"{image.format or 'image'} image"
+            data = handle.read(MAX_FILE_SIZE + 1)
+        if len(data) > MAX_FILE_SIZE:
+            raise ResourceLimitError(f"is larger than {MAX_FILE_SIZE:,} bytes", path=path)
+    header = _scan_png(path, data) if data.startswith(_PNG_MAGIC) else None
+    if header is not None and header.text_type is not None and header.text is not None:
+        return _read_text(path, _text_of_chunk(path, header.text_type, header.text)), "text"
+    pixels, kind = _pixels(path, data, header)
+    where = "the data blocks in the pixels (container B)"
+    stream_name = "the stream in the pixels (container B)"
     try:
         stream = _extract_pixel_stream(pixels)
-        raw = _inflate(stream) if stream is not None else None
+        del pixels  # the image is the largest thing held; the JSON does not need it
+        raw = _inflate(stream, MAX_JSON_BYTES, stream_name) if stream is not None else None
+    except _TooLarge as exc:
+        raise ResourceLimitError(str(exc), path=path) from None
     except (zlib.error, ValueError) as exc:
         raise CorruptFileError(
-            f"the data blocks in the pixels (container B) do not decompress ({exc})",
+            f"{where} do not decompress ({exc})",
             path=path,
             hint="the image was probably re-encoded, resized or cropped; find the original file",
         ) from None
     if raw is None:
         raise NoEmbeddingInImageError(f"{kind} {_NO_EMBEDDING}", path=path)
-    try:
-        return _parse_payload(raw), "pixels"
-    except (UnicodeDecodeError, json.JSONDecodeError, _PayloadError, RecursionError) as exc:
-        raise CorruptFileError(
-            f"the data blocks in the pixels (container B) do not hold a valid embedding payload ({exc})",
-            path=path,
-        ) from None
+    return _payload_or_error(path, raw, stream_name), "pixels"
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -605,6 +876,7 @@ def encode_png(
         raise ValueError(
             f"the payload is {len(raw)} bytes of JSON, more than readers accept ({MAX_JSON_BYTES})"
         )
+    check_json_budget(raw, "the payload")  # what readers would refuse is never written
     if cover is None:
         name = payload.get("name")
         if title is None:
@@ -635,7 +907,7 @@ def encode_png(
     # Only a tiny cover can defeat the layout (a data column whose few nibbles all whiten to 0);
     # checking costs one decode and guarantees A1111 can read what we write.
     stream = _extract_pixel_stream(canvas)
-    if stream is None or _inflate(stream) != raw:
+    if stream is None or _inflate(stream, MAX_JSON_BYTES, "the data blocks") != raw:
         raise ValueError(
             f"a {width}x{height} cover is too small to carry the data blocks reliably; use a taller cover"
         )
