@@ -101,6 +101,9 @@ RETRY_MAX_DELAY = 30.0
 MAX_RETRY_AFTER = 120.0
 #: Parallel file downloads inside one repository (org pulls multiply this by ``jobs``).
 FILE_WORKERS = 4
+#: Most repositories :func:`pull_author` pulls at once: each holds FILE_WORKERS connections and a
+#: thread, and more than this only trips the Hub's rate limits.
+MAX_JOBS = 64
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
@@ -548,12 +551,16 @@ class Layout:
         embedding: the embedding file(s): one, or the SDXL pair.
         side_files: token_identifier.txt, type_of_concept.txt and README.md, when present.
         images: ``concept_images/*`` (training images).
+        skipped: ``(path, reason)`` of files left out: paths that could leave a local folder
+            (``concept_images/../../x``, absolute, backslashes, control characters), images
+            larger than conceptlib takes.
     """
 
     kind: str
     embedding: tuple[str, ...]
     side_files: tuple[str, ...] = ()
     images: tuple[str, ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -575,8 +582,30 @@ def _shown(paths: list[str]) -> str:
     return ", ".join(paths[:8]) + (f", ... ({len(paths) - 8} more)" if len(paths) > 8 else "")
 
 
+SKIP_UNSAFE_PATH = "its path could lead out of the folder it is saved in (.., /, \\ or control characters): not downloaded"
+
+
+def safe_repo_path(path: str) -> bool:
+    """Whether a repository file path can be saved under a local folder exactly as it reads.
+
+    Paths come from the remote repository's listing, which its owner controls: ``..``, an
+    absolute path, a backslash (a separator on Windows), an empty or ``.`` part or an
+    invisible character could put a file elsewhere than where it appears to go.
+    """
+    from conceptlib._terminal import invisible_characters
+
+    parts = path.split("/")
+    return (
+        bool(path) and not path.startswith("/") and "\\" not in path
+        and all(part not in ("", ".", "..") for part in parts) and not invisible_characters(path)
+    )  # fmt: skip
+
+
 def detect_layout(paths: list[str] | tuple[str, ...], *, repo_id: str = "", filename: str | None = None) -> Layout:
     """Decide which files of a repository hold its concept.
+
+    Paths that could leave a local folder (see :func:`safe_repo_path`) are never part of a
+    concept: they are listed in ``skipped`` instead.
 
     Args:
         paths: every file path in the repository at the chosen revision.
@@ -587,13 +616,28 @@ def detect_layout(paths: list[str] | tuple[str, ...], *, repo_id: str = "", file
         The :class:`Layout`.
 
     Raises:
-        NotAConceptRepoError: no embedding file, several and no ``filename``, or ``filename``
-            missing.
+        NotAConceptRepoError: no embedding file, several and no ``filename``, ``filename``
+            missing, or ``filename`` not a plain path.
 
     Example:
         >>> detect_layout(["learned_embeds.bin", "token_identifier.txt"]).kind
         'sd-concepts-library'
+        >>> detect_layout(["learned_embeds.bin", "concept_images/../../x.png"]).skipped[0][0]
+        'concept_images/../../x.png'
     """
+    from dataclasses import replace
+
+    if filename is not None and not safe_repo_path(filename.strip("/")):
+        from conceptlib._terminal import printable
+
+        raise NotAConceptRepoError(f"{repo_id}: '{printable(filename)}' is not a plain path inside the repository", repo_id=repo_id)
+    unsafe = tuple((p, SKIP_UNSAFE_PATH) for p in sorted(set(paths)) if not safe_repo_path(p))
+    layout = _layout([p for p in paths if safe_repo_path(p)], repo_id=repo_id, filename=filename)
+    return replace(layout, skipped=unsafe) if unsafe else layout
+
+
+def _layout(paths: list[str] | tuple[str, ...], *, repo_id: str = "", filename: str | None = None) -> Layout:
+    """:func:`detect_layout` on paths already known to be safe (same arguments and errors)."""
     files = set(paths)
     side = tuple(f for f in SIDE_FILES if f in files)
     images = tuple(sorted(f for f in files if f.startswith("concept_images/") and f.lower().endswith(IMAGE_SUFFIXES)))
@@ -804,6 +848,23 @@ def _redownload(settings: HubSettings, repo_id: str, commit: str, path: str) -> 
     )
 
 
+def _without_large_images(layout: Layout, remote: dict[str, RemoteFile]) -> Layout:
+    """``layout`` without the images the listing says are too large to take (never downloaded)."""
+    from dataclasses import replace
+
+    from conceptlib._images import MAX_IMAGE_BYTES
+
+    large = [p for p in layout.images if (remote[p].size or 0) > MAX_IMAGE_BYTES]
+    if not large:
+        return layout
+    reason = f"more than the {MAX_IMAGE_BYTES // 2**20} MiB an image may have: not downloaded"
+    return replace(
+        layout,
+        images=tuple(p for p in layout.images if p not in large),
+        skipped=layout.skipped + tuple((p, f"is {(remote[p].size or 0) / 2**20:.0f} MiB, {reason}") for p in large),
+    )
+
+
 def _fetch_online(
     settings: HubSettings, api: HfApi, repo_id: str, revision: str, filename: str | None, known_commit: str | None
 ) -> _Fetched | str:
@@ -823,7 +884,7 @@ def _fetch_online(
     if known_commit is not None and commit == known_commit:
         return commit
     remote = _remote_files(info)
-    layout = detect_layout(list(remote), repo_id=repo_id, filename=filename)
+    layout = _without_large_images(detect_layout(list(remote), repo_id=repo_id, filename=filename), remote)
 
     def download() -> Path:
         folder = _snapshot(settings, repo_id, revision, layout.files, offline=False)
@@ -914,43 +975,83 @@ def _read_card(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _stage(fetched: _Fetched, staging: Path) -> tuple[Path, list[Path]]:
-    """Copy the concept's files out of the cache; returns (what to read, image paths)."""
-    for path in fetched.layout.files:
-        target = staging.joinpath(*path.split("/"))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(fetched.folder / path, target)  # follows the cache's symlinks
+def _stage(fetched: _Fetched, staging: Path) -> tuple[Path, list[Path], list[tuple[str, str]]]:
+    """Copy the concept's files out of the cache.
+
+    Images are checked as what they claim (:func:`conceptlib._images.check_image`) and left out
+    when they are not; nothing is written outside ``staging``, whatever the repository's paths.
+
+    Returns:
+        What to read, the image paths, and ``(repository path, reason)`` of images left out.
+    """
+    from conceptlib._images import MAX_IMAGE_BYTES, check_image
+    from conceptlib.errors import ImageFileError
+
+    root = staging.resolve()
     layout = fetched.layout
-    images = [staging.joinpath(*p.split("/")) for p in layout.images]
+    skipped: list[tuple[str, str]] = []
+    images: list[Path] = []
+    for path in layout.files:
+        target = staging.joinpath(*path.split("/"))
+        # detect_layout already refused such paths; this guards every later way in.
+        if not safe_repo_path(path) or not target.resolve().is_relative_to(root):
+            raise HubIntegrityError(f"{path!r} would be written outside the staging folder; nothing was imported", repo_id=None)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = fetched.folder / path  # a link into the cache's blobs: followed, the cache is ours
+        if path in layout.images:
+            try:
+                size = source.stat().st_size
+                if size > MAX_IMAGE_BYTES:
+                    raise ImageFileError(f"is {size / 2**20:.0f} MiB, more than the {MAX_IMAGE_BYTES // 2**20} MiB an image may have")
+                data = source.read_bytes()
+                check_image(data, path)
+            except ImageFileError as exc:
+                skipped.append((path, exc.message))
+                continue
+            target.write_bytes(data)
+            images.append(target)
+        else:
+            shutil.copyfile(source, target)
     if layout.kind == "a1111":
-        return staging.joinpath(*layout.embedding[0].split("/")), images
+        return staging.joinpath(*layout.embedding[0].split("/")), images, skipped
     if layout.kind == "sd-concepts-library" and len(layout.embedding) == 1 and layout.embedding[0] not in (
         "learned_embeds.safetensors", "learned_embeds.bin"
     ):
-        return staging.joinpath(*layout.embedding[0].split("/")), images
-    return staging, images
+        return staging.joinpath(*layout.embedding[0].split("/")), images, skipped
+    return staging, images, skipped
 
 
 def _read_embedding(source: Path, fetched: _Fetched, repo_id: str) -> Embedding:
-    from conceptlib.formats import read
+    """Decode the staged concept and find its word: token file, file, card, or file name.
 
+    The repository's text files are read strictly (:func:`conceptlib._inputs.read_folder_words`)
+    and the word must be one a user can type (:func:`conceptlib.library.check_token`); errors
+    name the file on the Hub (``repo@commit/token_identifier.txt``: :func:`pull` renames the
+    staging paths).
+    """
+    from conceptlib._inputs import TOKEN_FILE, Folder, read_folder_words
+    from conceptlib.formats import read
+    from conceptlib.library import check_token
+
+    where = f"{repo_id}@{fetched.commit[:7]}"
     emb = read(source)
-    token_file = source / "token_identifier.txt" if source.is_dir() else source.parent / "token_identifier.txt"
-    if not source.is_dir() and token_file.is_file():
-        token = token_file.read_text(encoding="utf-8", errors="replace").strip()
-        if token:
-            emb.token = token
-    type_file = (source if source.is_dir() else source.parent) / "type_of_concept.txt"
-    if type_file.is_file() and "concept_type" not in emb.metadata:
-        concept_type = type_file.read_text(encoding="utf-8", errors="replace").strip().lower()
-        if concept_type:
-            emb.metadata["concept_type"] = concept_type
+    origin = f"{where}/{fetched.layout.embedding[0]}"
+    # A concept folder's text files were read with it; a single file takes those beside it.
+    folder = source if source.is_dir() else source.parent
+    with Folder(folder) as files:
+        from_file = read_folder_words(files, emb)
+    if from_file:
+        prefix = PurePosixPath(fetched.layout.embedding[0]).parent.as_posix() if not source.is_dir() else ""
+        origin = f"{where}/{prefix}/{TOKEN_FILE}" if prefix not in ("", ".") else f"{where}/{TOKEN_FILE}"
     if not emb.token and fetched.card.get("instance_prompt"):
         emb.token = str(fetched.card["instance_prompt"]).strip() or None
+        origin = f"{where}/README.md"
     if not emb.token and fetched.layout.kind == "a1111":
         # The rule of a local `conceptlib add` (the stored name, else the file's stem), so a
         # file gets the same token whichever way it comes in.
         emb.token = emb.prompt_word() or PurePosixPath(fetched.layout.embedding[0]).stem
+    if emb.token:
+        emb.token = check_token(emb.token, path=origin)
     return emb
 
 
@@ -1011,6 +1112,8 @@ class PullResult:
         layout: the repository layout recognised (None when unchanged).
         files: path → sha256 of the files imported.
         url: the repository at that commit.
+        skipped: path → reason of the repository's files left out: images that are not what
+            they claim or too large, paths that could lead out of a local folder.
     """
 
     repo_id: str
@@ -1023,6 +1126,7 @@ class PullResult:
     layout: str | None = None
     files: dict[str, str] = field(default_factory=dict)
     url: str | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what ``conceptlib pull --json`` prints)."""
@@ -1037,6 +1141,7 @@ class PullResult:
             "layout": self.layout,
             "files": dict(self.files),
             "url": self.url,
+            "skipped": [{"path": path, "reason": reason} for path, reason in self.skipped.items()],
         }
 
 
@@ -1146,7 +1251,7 @@ def pull(
 
     staging = Path(tempfile.mkdtemp(prefix="conceptlib-pull-"))
     try:
-        read_from, images = _stage(fetched, staging)
+        read_from, images, left_out = _stage(fetched, staging)
         emb = _read_embedding(read_from, fetched, repo_id)
         provenance = _provenance(settings, repo_id, requested, fetched)
         if filename is not None:
@@ -1190,6 +1295,7 @@ def pull(
         layout=fetched.layout.kind,
         files=dict(fetched.sha256),
         url=provenance["url"],
+        skipped=dict([*fetched.layout.skipped, *left_out]),
     )
 
 
@@ -1243,6 +1349,8 @@ class AuthorItem:
         name: the concept's name in the library, when imported.
         commit: the commit imported or found unchanged.
         reason: why it was skipped or failed (one line).
+        exit_code: for a failure, 2 when the repository's content was refused (bad input),
+            1 when the Hub or the network failed; 0 otherwise.
     """
 
     repo_id: str
@@ -1250,6 +1358,7 @@ class AuthorItem:
     name: str | None = None
     commit: str | None = None
     reason: str | None = None
+    exit_code: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"repo_id": self.repo_id, "status": self.status, "name": self.name, "commit": self.commit, "reason": self.reason}
@@ -1265,6 +1374,11 @@ class AuthorSummary:
     def of(self, status: AuthorStatus) -> list[AuthorItem]:
         """The items with ``status``."""
         return [i for i in self.items if i.status == status]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing failed, else the worst failure's: 2 for refused content, 1 for the Hub."""
+        return max((i.exit_code for i in self.items), default=0)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -1332,7 +1446,7 @@ def pull_author(
         An :class:`AuthorSummary`: added, updated, skipped and failed, with reasons.
 
     Raises:
-        UsageError: ``jobs`` < 1, ``limit`` < 0 or an offline session (listing needs the Hub).
+        UsageError: ``jobs`` outside 1 to :data:`MAX_JOBS`, ``limit`` < 0 or an offline session (listing needs the Hub).
         HubAuthError, HubUnavailableError: the listing itself failed.
         KeyboardInterrupt: after the repositories in flight have finished (or failed) cleanly.
 
@@ -1341,8 +1455,8 @@ def pull_author(
         >>> s.counts
         {'added': 19, 'updated': 0, 'skipped': 1, 'failed': 0}
     """
-    if jobs < 1:
-        raise UsageError("--jobs must be at least 1")
+    if not 1 <= jobs <= MAX_JOBS:
+        raise UsageError(f"--jobs must be from 1 to {MAX_JOBS}, got {jobs}")
     if limit is not None and limit < 0:
         raise UsageError("--limit must be 0 or more")
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", author):
@@ -1364,6 +1478,7 @@ def pull_author(
     total = len(listed)
     if progress:
         progress(0, total, None)
+    from conceptlib._inputs import concerns_the_library
 
     def one(repo_id: str, listed_sha: str | None) -> AuthorItem:
         try:
@@ -1378,8 +1493,13 @@ def pull_author(
         except DuplicateConceptError as exc:
             # Organisations hold re-uploads of the same vectors; the library keeps one copy.
             return AuthorItem(repo_id, "skipped", exc.existing, reason=exc.message)
-        except Exception as exc:  # one broken repository must not stop the others
-            return AuthorItem(repo_id, "failed", reason=describe_error(exc).removeprefix(f"{repo_id}: "))
+        except Exception as exc:  # one broken repository must not stop the others...
+            if concerns_the_library(exc, library.home):
+                raise  # ...but a damaged library or a full disk stops every one of them
+            from conceptlib.errors import BadInputError
+
+            code = 2 if isinstance(exc, BadInputError) else 1
+            return AuthorItem(repo_id, "failed", reason=describe_error(exc).removeprefix(f"{repo_id}: "), exit_code=code)
         if result.status == "unchanged":
             return AuthorItem(repo_id, "skipped", result.name, result.commit, f"unchanged at {result.commit[:7]}")
         return AuthorItem(repo_id, result.status, result.name, result.commit)
@@ -1452,11 +1572,33 @@ class PushResult:
         }
 
 
-def _concept_parts(library: Library, name: str) -> tuple[Concept, Embedding, list[Path]]:
-    """The concept record, its vectors (with its current token) and its image files."""
+def _concept_parts(library: Library, name: str) -> tuple[Concept, Embedding, list[tuple[str, bytes]]]:
+    """The concept record, its vectors (with its current token) and its images' names and bytes.
+
+    Images are read from the concept's folder without following any link (the library writes
+    regular files only) and must match the sha256 its manifest records: whatever else sits
+    there was put in by hand, and is never pushed.
+
+    Raises:
+        ConceptDamagedError: an image is a link, missing, or not the recorded bytes.
+    """
+    from conceptlib._inputs import Folder
+    from conceptlib.errors import ConceptDamagedError
+
     concept = library.show(name)
     emb = library.embedding(concept.name)
-    images = [Path(record) for record in concept.images]
+    images: list[tuple[str, bytes]] = []
+    folder = library.folder(concept.name)
+    with Folder(folder, links=False) as own:
+        for record in concept.images:
+            try:
+                data = own.read_bytes(record.path, limit=1 << 30)
+            except (ConceptlibError, OSError) as exc:
+                reason = exc.message if isinstance(exc, ConceptlibError) else (exc.strerror or str(exc))
+                raise ConceptDamagedError(f"{record.path}: {reason}", path=folder) from None
+            if hashlib.sha256(data).hexdigest() != record.sha256:
+                raise ConceptDamagedError(f"{record.path} does not match its recorded sha256 (damaged or changed)", path=folder)
+            images.append((record.name, data))
     return concept, emb, images
 
 
@@ -1546,7 +1688,7 @@ def model_card(
 
 
 def _push_files(
-    emb: Embedding, concept: Concept, images: list[Path], *, include_bin: bool, license: str | None, repo_id: str
+    emb: Embedding, concept: Concept, images: list[tuple[str, bytes]], *, include_bin: bool, license: str | None, repo_id: str
 ) -> list[tuple[str, bytes]]:
     """(repository path, bytes) of everything a concept repository holds, README last."""
     from conceptlib.formats import plan
@@ -1569,10 +1711,11 @@ def _push_files(
     files.append(("token_identifier.txt", token.encode("utf-8")))
     files.append(("type_of_concept.txt", concept_type.encode("utf-8")))
     image_paths: list[str] = []
-    for i, image in enumerate(images):
-        suffix = image.suffix.lower() if image.suffix.lower() in IMAGE_SUFFIXES else ".png"
+    for i, (image_name, data) in enumerate(images):
+        suffix = PurePosixPath(image_name).suffix.lower()
+        suffix = suffix if suffix in IMAGE_SUFFIXES else ".png"
         repo_path = f"concept_images/{i}{suffix}"
-        files.append((repo_path, image.read_bytes()))
+        files.append((repo_path, data))
         image_paths.append(repo_path)
     source = _source_of(concept) or {}
     card_meta = source.get("card") or {}

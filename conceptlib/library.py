@@ -28,6 +28,13 @@ files swaps whole folders, with a marker that lets ``reindex`` finish an interru
 Concurrency. Several processes may add at once: each check that must be unique (name, token
 within a family, content hash) is made inside the ``BEGIN IMMEDIATE`` transaction that also
 moves the folder into place, so two writers can never both pass it.
+
+Files from the wild. Every input is first copied into ``.staging`` without following a link
+out of the folder it is read from (:mod:`conceptlib._inputs` states the rule), its images are
+checked as what they claim (:mod:`conceptlib._images`), and only that copy is decoded, hashed
+and kept; a concept folder therefore only ever holds regular files. In a batch, each input's
+problem is that input's (reported as rejected or skipped, and the others go on); a problem of
+the library or the machine (a damaged index, a full disk) stops the batch.
 """
 
 from __future__ import annotations
@@ -49,6 +56,13 @@ from typing import TYPE_CHECKING, Any
 
 from conceptlib import config
 from conceptlib._atomic import atomic_write_bytes, fsync_dir
+from conceptlib._inputs import (
+    Folder,
+    concerns_the_library,
+    copy_images,
+    naming,
+)
+from conceptlib._terminal import invisible_characters, printable
 from conceptlib.concept import (
     CONCEPT_TYPES,
     EMBEDDING_NAME,
@@ -81,9 +95,10 @@ from conceptlib.errors import (
 )
 from conceptlib.families import FAMILIES
 from conceptlib.registry.store import IndexReader, SqliteReader, default_url, sqlite_path
-from conceptlib.slug import is_slug, numbered, safe_stem, slugify
+from conceptlib.slug import MAX_STEM_BYTES, is_slug, numbered, portable_stem, safe_stem, slugify
 
 if TYPE_CHECKING:
+    from conceptlib._snapshots import Snapshot
     from conceptlib.embedding import Embedding
     from conceptlib.registry.store import Registry, Writer
 
@@ -125,16 +140,61 @@ MAX_TOKEN_CHARS = 1000
 MAX_TAG_CHARS = 64
 #: Formats whose loaders (AUTOMATIC1111, ComfyUI) take the prompt word from the file name.
 STEM_IS_PROMPT_WORD = {"a1111", "png", "sdxl", "sdxl-pt", "emb-params", "emb-params-pt"}
-#: ``--for`` targets: format for single-encoder and for SDXL concepts. Both UIs read these
-#: safetensors layouts (no pickle), and both use the file stem as the word to type.
-UI_FORMATS: dict[str, tuple[str, str]] = {"a1111": ("emb-params", "sdxl"), "comfyui": ("emb-params", "sdxl")}
+#: ``--for`` targets: format for single-encoder and for SDXL concepts. Every target reads these
+#: safetensors layouts (no pickle) at every width and vector count, SDXL included: AUTOMATIC1111
+#: (``emb_params``, ``clip_l``/``clip_g`` since 1.6), ComfyUI (its SDXL tokenizer picks
+#: ``clip_l``/``clip_g`` by key), InvokeAI (``emb_params``; ``clip_g``/``clip_l`` in 3.x and
+#: later; a diffusers ``{token: [n, w]}`` file only with one 1-D vector, so never that). All
+#: three take the prompt word from the file stem.
+UI_FORMATS: dict[str, tuple[str, str]] = {
+    "a1111": ("emb-params", "sdxl"),
+    "comfyui": ("emb-params", "sdxl"),
+    "invokeai": ("emb-params", "sdxl"),
+}
+#: How a prompt names an exported file's stem in each target (``{}`` is the stem).
+UI_PROMPTS: dict[str, str] = {"a1111": "{}", "comfyui": "embedding:{}", "invokeai": "<{}>"}
+# What a prompt word may not hold, per target, on top of what no file name may hold
+# (:func:`conceptlib.slug.portable_stem`). AUTOMATIC1111 matches the stem by CLIP tokens
+# (case-insensitive), but ( ) [ ] { } : \ | are its prompt syntax (emphasis, weights, escapes,
+# alternation, wildcards). ComfyUI cuts `embedding:NAME` at the first space, reads ( ) as
+# weights and strips commas around NAME. InvokeAI finds triggers with <[a-zA-Z0-9., _-]+>.
+# None of them is helped by a space.
+_NOT_IN_WORD = re.compile(r"[\s()\[\]{}<>:\"/\\|?*,]")
+_NOT_IN_INVOKEAI_WORD = re.compile(r"[^A-Za-z0-9._-]")
+_DASH_RUNS = re.compile(r"-{2,}")
+
+
+def ui_word(text: str, target: str, *, max_bytes: int = MAX_STEM_BYTES) -> str:
+    """The file stem (and prompt word) for ``text`` in a ``--for`` target, or ``""``.
+
+    The stem is the word a user types, so it must survive the target's prompt parser and be a
+    portable file name on Windows, macOS and Linux: :func:`conceptlib.slug.portable_stem`
+    (NFC, no invisible characters, no leading or trailing dot, dash or space, not a Windows
+    device name, at most ``max_bytes`` UTF-8 bytes; the suffix comes on top: < 255), refusing
+    also what the target's prompt parser reads as syntax (:data:`_NOT_IN_WORD`; InvokeAI: ASCII
+    letters, digits, ``.``, ``_``, ``-`` only). Runs of refused characters become one ``-``.
+
+    Args:
+        text: the concept's prompt word (its token without ``<>``).
+        target: a key of :data:`UI_FORMATS`.
+        max_bytes: the longest stem.
+
+    Example:
+        >>> ui_word("cat toy (v2)", "comfyui")
+        'cat-toy-v2'
+        >>> ui_word("铃兰", "invokeai")
+        ''
+    """
+    word = portable_stem(text, refuse=_NOT_IN_INVOKEAI_WORD if target == "invokeai" else _NOT_IN_WORD, max_bytes=max_bytes)
+    # A typed "-(" next to a refused character would read as "--": one dash per break.
+    return _DASH_RUNS.sub("-", word)
+
 
 _FAMILY_ALIASES = {
     "sd1": "sd1", "sd1.x": "sd1", "sd15": "sd1", "sd1.5": "sd1", "sd 1.x": "sd1", "1": "sd1",
     "sd2": "sd2", "sd2.x": "sd2", "sd21": "sd2", "sd2.1": "sd2", "sd 2.x": "sd2", "2": "sd2",
     "sdxl": "sdxl", "xl": "sdxl", "sd xl": "sdxl",
 }
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Progress = Callable[[int, int, Path], None]
 
@@ -232,7 +292,8 @@ class Problem:
 
     Attributes:
         kind: ``staging``, ``manifest``, ``name``, ``embedding``, ``original``, ``image``,
-            ``unindexed``, ``missing``, ``stale``, ``search``, ``token``, ``duplicate``, ``stray``.
+            ``unindexed``, ``missing``, ``stale``, ``search``, ``token``, ``duplicate``, ``stray``,
+            ``link``.
         where: the concept name or the path concerned.
         message: one line.
         repairable: whether ``verify --repair`` fixes it.
@@ -304,17 +365,26 @@ class ExportedConcept:
         name: the concept.
         format: the format written.
         files: the files written.
-        prompt_word: what to type in a prompt to use it from there (the token for diffusers
-            formats, the file stem for AUTOMATIC1111 and ComfyUI).
+        prompt_word: the word that names it there (the token for diffusers formats, the file
+            stem for AUTOMATIC1111, ComfyUI and InvokeAI).
+        prompt: what to type in a prompt, in the target's own syntax (``cat-toy``,
+            ``embedding:cat-toy``, ``<cat-toy>``).
+        note: why ``prompt_word`` is not the concept's own word (characters the target cannot
+            read, or a word another concept of the export already has), else None.
     """
 
     name: str
     format: str
     files: list[Path]
     prompt_word: str
+    prompt: str = ""
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "format": self.format, "files": [str(p) for p in self.files], "prompt_word": self.prompt_word}
+        return {
+            "name": self.name, "format": self.format, "files": [str(p) for p in self.files],
+            "prompt_word": self.prompt_word, "prompt": self.prompt or self.prompt_word, "note": self.note,
+        }  # fmt: skip
 
 
 def _summary_dict(concept: Concept) -> dict[str, Any]:
@@ -332,27 +402,43 @@ def _summary_dict(concept: Concept) -> dict[str, Any]:
 # --- validation helpers ------------------------------------------------------------------------
 
 
-def check_token(token: str) -> str:
+def check_token(token: str, *, path: str | os.PathLike[str] | None = None) -> str:
     """Return ``token`` stripped, or raise :class:`InvalidNameError` if it cannot be stored.
 
-    Tokens are stored as text only, never used as paths, so any printable text is accepted;
-    control characters (NUL, newlines) are not, because no prompt can contain them.
+    Tokens are stored as text only, never used as paths, so any visible text is accepted.
+    Invisible characters are not (see :func:`conceptlib._terminal.invisible_characters`):
+    controls and escape sequences (no prompt can contain them, and they rewrite a terminal),
+    bidi overrides, zero-width characters and byte order marks (a token that looks like
+    ``<cat>`` but is another string no one could type). Concepts that already hold such a
+    token stay readable; only new tokens are checked.
+
+    Args:
+        token: the token.
+        path: the file it was read from, named in the error (None for ``--token``).
     """
     value = token.strip()
     if not value:
-        raise InvalidNameError("the token is empty", hint="pass --token WORD")
-    if _CONTROL.search(value):
-        raise InvalidNameError(f"the token {value!r} contains control characters", hint="pass --token with printable text")
+        raise InvalidNameError("the token is empty", path=path, hint="pass --token WORD")
+    hidden = invisible_characters(value)
+    if hidden:
+        raise InvalidNameError(
+            f"the token '{printable(value)}' holds control or invisible characters ({', '.join(hidden)}) that no one can type",
+            path=path,
+            hint="pass --token with printable text",
+        )
     if len(value) > MAX_TOKEN_CHARS:
-        raise InvalidNameError(f"the token is {len(value)} characters long (at most {MAX_TOKEN_CHARS})", hint="pass a shorter --token")
+        raise InvalidNameError(f"the token is {len(value)} characters long (at most {MAX_TOKEN_CHARS})", path=path, hint="pass a shorter --token")
     return value
 
 
 def check_tag(tag: str) -> str:
-    """Normalise a tag (stripped, lowercase) or raise :class:`InvalidNameError`."""
+    """Normalise a tag (stripped, lowercase) or raise :class:`InvalidNameError`.
+
+    Like tokens, tags may hold any visible text but no control or invisible characters.
+    """
     value = tag.strip().lower()
-    if not value or _CONTROL.search(value) or len(value) > MAX_TAG_CHARS:
-        raise InvalidNameError(f"invalid tag {tag!r}", hint=f"tags are 1 to {MAX_TAG_CHARS} printable characters")
+    if not value or invisible_characters(value) or len(value) > MAX_TAG_CHARS:
+        raise InvalidNameError(f"invalid tag '{printable(tag)}'", hint=f"tags are 1 to {MAX_TAG_CHARS} printable characters")
     return value
 
 
@@ -395,7 +481,7 @@ def _copy(src: Path, dst: Path) -> FileRecord:
     digest = hashlib.sha256()
     size = 0
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, "rb") as fin, open(dst, "xb") as fout:
+    with open(src, "rb") as fin, naming(dst), open(dst, "xb") as fout:
         for block in iter(lambda: fin.read(1 << 20), b""):
             digest.update(block)
             fout.write(block)
@@ -405,10 +491,21 @@ def _copy(src: Path, dst: Path) -> FileRecord:
     return FileRecord("", digest.hexdigest(), size)
 
 
+def _copy_own(folder: Path, rel: str, dst: Path) -> FileRecord:
+    """Copy a concept's own file ``rel`` (a manifest path) to ``dst``, never through a link.
+
+    The library writes only regular files; a link found there was put in by hand, and
+    following it could carry a file from anywhere into a new version (and then to the Hub).
+    """
+    with Folder(folder, links=False) as own:
+        data = own.read_bytes(rel, limit=1 << 30)
+    return _write_new(dst, data)
+
+
 def _write_new(dst: Path, data: bytes) -> FileRecord:
     """Write a new file, fsynced (inside a staging folder, where atomicity comes from the rename)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(dst, "xb") as handle:
+    with naming(dst), open(dst, "xb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -436,9 +533,9 @@ def _sha256(path: Path) -> str:
 
 def _concept_folder_files(folder: Path) -> frozenset[str]:
     """The embedding files a concept folder is read from (diffusers / sd-concepts-library layout)."""
-    from conceptlib.formats import FOLDER_FILES, SDXL_PAIR_SUFFIX
+    from conceptlib.formats import FOLDER_FILES, sdxl_pair
 
-    names = {*FOLDER_FILES, f"learned_embeds{SDXL_PAIR_SUFFIX}.safetensors"}
+    names = {*FOLDER_FILES, *(sdxl_pair(FOLDER_FILES[0]) or ())}
     return frozenset(n for n in names if (folder / n).is_file())
 
 
@@ -467,7 +564,7 @@ class _AddOptions:
     name: str | None
     token: str | None
     type: str | None
-    images: list[Path]
+    images: list[tuple[Path, Path | None]]
     tags: list[str]
     license: str | None
     description: str | None
@@ -848,59 +945,88 @@ class Library:
         return emb
 
     # --- add ----------------------------------------------------------------------------------
-    def _candidates(self, paths: Sequence[Path], report: AddReport, scanned_images: set[Path]) -> builtins.list[Path]:
-        """The inputs to read: files given, and what folders hold (their images into ``scanned_images``)."""
-        from conceptlib.formats import FOLDER_FILES, SDXL_PAIR_SUFFIX
+    def _candidates(
+        self, paths: Sequence[Path], report: AddReport, scanned_images: set[Path]
+    ) -> builtins.list[tuple[Path, Path | None]]:
+        """The inputs to read, each with the folder it was found in (None: the user named it).
 
-        def is_concept_folder(folder: Path) -> bool:
-            return any((folder / n).is_file() for n in FOLDER_FILES)
+        Folders are searched without following a link out of them (see
+        :mod:`conceptlib._inputs`); such links, and links to nothing, go to ``report.skipped``.
+        Pictures met on the way go into ``scanned_images``.
+        """
+        from conceptlib.formats import FOLDER_FILES, sdxl_pair
 
-        found: builtins.list[Path] = []
+        own_names = (*FOLDER_FILES, *(sdxl_pair(FOLDER_FILES[0]) or ()))
 
-        def visit(folder: Path) -> None:
-            if is_concept_folder(folder):
-                found.append(folder)
+        def own_files(folder: Path) -> frozenset[str]:
+            # lexists: a learned_embeds that is a link out still makes a concept folder, whose
+            # add then says why it is refused (the link is never followed).
+            return frozenset(n for n in own_names if os.path.lexists(folder / n))
+
+        found: builtins.list[tuple[Path, Path | None]] = []
+
+        def visit(root: Folder, rel: str) -> None:
+            here = root.path / rel if rel else root.path
+            own = own_files(here)
+            if own & set(FOLDER_FILES):
+                found.append((here, root.path))
                 # Other embeddings beside a learned_embeds file are concepts of their own (a
                 # folder of downloads often has one learned_embeds.bin among many .pt files).
-                walk(folder, skip=_concept_folder_files(folder), suffixes=_PICKLE_OR_SAFETENSORS)
+                walk(root, rel, skip=own, suffixes=_PICKLE_OR_SAFETENSORS)
             else:
-                walk(folder)
+                walk(root, rel)
 
-        def walk(folder: Path, skip: frozenset[str] = frozenset(), suffixes: tuple[str, ...] = EMBEDDING_SUFFIXES) -> None:
+        def walk(root: Folder, rel: str, skip: frozenset[str] = frozenset(), suffixes: tuple[str, ...] = EMBEDDING_SUFFIXES) -> None:
+            here = root.path / rel if rel else root.path
             try:
-                entries = sorted(folder.iterdir(), key=lambda p: p.name)
-            except OSError as exc:
-                report.rejected.append(Rejected(str(folder), f"cannot list the folder: {exc.strerror or exc}", exc))
+                entries, refused = root.entries(rel)
+            except (BadInputError, OSError) as exc:
+                report.rejected.append(Rejected(str(here), f"cannot list the folder: {_reason(exc)}", exc))
                 return
-            names = {p.name for p in entries}
+            # In a concept folder only what would have been an input of its own is reported
+            # here; its own files are the snapshot's to report.
+            report.skipped += [
+                Rejected(r.path, r.reason, r.error) for r in refused
+                if not Path(r.path).name.startswith(".") and (not skip or Path(r.path).suffix.lower() in suffixes and Path(r.path).name not in skip)
+            ]  # fmt: skip
+            names = {e.name for e in entries}
             for entry in entries:
                 if entry.name.startswith(".") or entry.name in skip:
                     continue
-                if entry.is_dir():
-                    if is_concept_folder(entry) or entry.name not in _SKIP_DIRS:
-                        visit(entry)
-                elif entry.suffix.lower() in suffixes:
+                path = root.path / entry.rel
+                suffix = path.suffix.lower()
+                if entry.kind == "dir":
+                    # A link to a folder inside is not followed: its target is searched where it is.
+                    if not entry.linked and (own_files(path) & set(FOLDER_FILES) or entry.name not in _SKIP_DIRS):
+                        visit(root, entry.rel)
+                elif suffix in suffixes:
                     # The second file of a diffusers SDXL pair is read with the first one.
-                    stem = entry.stem
-                    if entry.suffix == ".safetensors" and stem.endswith(SDXL_PAIR_SUFFIX) and (
-                        stem[: -len(SDXL_PAIR_SUFFIX)] + ".safetensors" in names
-                    ):
+                    pair = sdxl_pair(entry.name)
+                    if pair is not None and entry.name == pair[1] and pair[0] in names:
                         continue
                     if entry.name.lower().endswith(_PREVIEW_SUFFIX):
-                        report.skipped.append(Rejected(str(entry), SKIP_THUMBNAIL))
+                        report.skipped.append(Rejected(str(path), SKIP_THUMBNAIL))
                         continue
-                    if entry.suffix.lower() in (".png", ".webp"):
-                        scanned_images.add(entry)
-                    found.append(entry)
+                    if suffix in (".png", ".webp"):
+                        scanned_images.add(path)
+                    found.append((path, root.path))
 
         for path in paths:
-            if path.is_dir():
+            if path.is_dir():  # a link the user named is followed
                 before = len(found) + len(report.rejected)
-                visit(path)
+                try:
+                    root = Folder(path)
+                except OSError as exc:
+                    report.rejected.append(Rejected(str(path), f"cannot open the folder: {_reason(exc)}", exc))
+                    continue
+                with root:
+                    visit(root, "")
                 if len(found) + len(report.rejected) == before:
                     report.rejected.append(Rejected(str(path), "the folder holds no embedding files (.pt, .bin, .safetensors, .png)"))
             elif path.exists():
-                found.append(path)
+                found.append((path, None))
+            elif path.is_symlink():
+                report.rejected.append(Rejected(str(path), f"is a symbolic link to nothing (to {printable(os.readlink(path))})"))
             else:
                 report.rejected.append(
                     Rejected(str(path), "no such file or folder", FileNotFoundError(2, "No such file or directory", str(path)))
@@ -908,19 +1034,26 @@ class Library:
         return found
 
     @staticmethod
-    def _image_files(images: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None) -> builtins.list[Path]:
+    def _image_files(
+        images: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None, skipped: builtins.list[Rejected]
+    ) -> builtins.list[tuple[Path, Path | None]]:
+        """The images named with ``--images``: files, and the images in folders (not following
+        a link out of them; those go to ``skipped``), each with the folder it was found in."""
         if images is None:
             return []
         items = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-        files: builtins.list[Path] = []
+        files: builtins.list[tuple[Path, Path | None]] = []
         for item in items:
             path = Path(item)
             if path.is_dir():
-                files += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                with Folder(path) as folder:
+                    entries, refused = folder.entries()
+                skipped += [Rejected(r.path, r.reason, r.error) for r in refused if Path(r.path).suffix.lower() in IMAGE_SUFFIXES]
+                files += [(path / e.rel, path) for e in entries if e.kind == "file" and not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES]
             elif path.is_file():
                 if path.suffix.lower() not in IMAGE_SUFFIXES:
                     raise UsageError(f"not an image ({', '.join(IMAGE_SUFFIXES)})", path=path)
-                files.append(path)
+                files.append((path, None))
             else:
                 raise UsageError("no such image file or folder", path=path, hint="check the --images path")
         return files
@@ -989,31 +1122,39 @@ class Library:
             name=check_name(name) if name is not None else None,
             token=check_token(token) if token is not None else None,
             type=check_type(type) if type is not None else None,
-            images=self._image_files(images),
+            images=self._image_files(images, report.skipped),
             tags=sorted({check_tag(t) for t in tags}),
             license=(license.strip() or None) if license is not None else None,
             description=(description.strip() or None) if description is not None else None,
             source=source,
             metadata=dict(metadata or {}),
         )
-        for done, path in enumerate(candidates, start=1):
+        for done, (path, within) in enumerate(candidates, start=1):
+            # One input's problem, whatever it is, is that input's: recorded, and the batch goes
+            # on. What concerns the library or the machine (a damaged index, a full disk, no
+            # memory) stops it, since every later input would meet it too; so do Ctrl-C and
+            # exits (BaseException). An exception no reader foresaw arrives as InputReadError.
             try:
-                report.added.append(self._add_one(path, options))
+                report.added.append(self._add_one(path, within, options, report.skipped))
             except DuplicateConceptError as exc:
                 report.duplicates.append(Duplicate(str(path), exc.existing, exc.content_hash, exc))
             except NoEmbeddingInImageError as exc:
                 if path in scanned_images:
                     report.skipped.append(Rejected(str(path), SKIP_PLAIN_IMAGE, exc))
                 else:
-                    report.rejected.append(Rejected(str(path), _reason(exc), exc))
-            except (BadInputError, OSError) as exc:
-                report.rejected.append(Rejected(str(path), _reason(exc), exc))
+                    report.rejected.append(Rejected(str(path), _reason(exc, path), exc))
+            except BadInputError as exc:
+                report.rejected.append(Rejected(str(path), _reason(exc, path), exc))
+            except OSError as exc:
+                if concerns_the_library(exc, self.home):
+                    raise
+                report.rejected.append(Rejected(str(path), _reason(exc, path), exc))
             if progress is not None:
                 progress(done, len(candidates), path)
         # What each input folder gave: its inputs but the skipped pictures, and its rejections
         # (a folder that cannot be listed is one too).
         skipped = {r.path for r in report.skipped}
-        gave = [p for p in candidates if str(p) not in skipped] + [Path(r.path) for r in report.rejected]
+        gave = [p for p, _within in candidates if str(p) not in skipped] + [Path(r.path) for r in report.rejected]
         for item in items:
             folder = Path(item)
             if folder.is_dir() and not any(p.is_relative_to(folder) for p in gave):
@@ -1021,10 +1162,12 @@ class Library:
                 report.rejected.append(Rejected(str(folder), "the folder holds no embeddings, only images without one"))
         return report
 
-    def _read_input(self, path: Path) -> Embedding:
-        from conceptlib.formats import read
+    def _read_input(self, snap: Snapshot) -> Embedding:
+        """Decode an input's snapshot and check it is a whole concept of a known family."""
+        from conceptlib._snapshots import read_snapshot
 
-        emb = read(path, strict=True)
+        emb = read_snapshot(snap, strict=True)
+        path = snap.source
         family = emb.family
         if family is None:
             raise EmbeddingStructureError(f"its vectors ({emb.width_label} wide) fit no base-model family", path=path)
@@ -1037,51 +1180,67 @@ class Library:
         return emb
 
     @staticmethod
-    def _original_files(path: Path, emb: Embedding) -> tuple[builtins.list[Path], Path]:
-        """The files to keep byte for byte, and the one whose sha256 is the file hash."""
-        from conceptlib.formats import FOLDER_FILES, SDXL_PAIR_SUFFIX
+    def _original_files(snap: Snapshot, emb: Embedding) -> tuple[builtins.list[Path], Path]:
+        """The files of a snapshot to keep byte for byte, and the one whose sha256 is the file hash."""
+        from conceptlib.formats import FOLDER_FILES, sdxl_pair
 
+        path = snap.copy
         if path.is_dir():
-            # The folder's own files (its learned_embeds, token_identifier.txt, README ...),
-            # not the other embeddings beside them: those are added as concepts of their own.
-            own = _concept_folder_files(path)
-            files = sorted(
-                p for p in path.iterdir()
-                if p.is_file() and not p.name.startswith(".") and (p.name in own or p.suffix.lower() not in _PICKLE_OR_SAFETENSORS)
-            )
+            # The folder's own files (its learned_embeds, token_identifier.txt, README ...);
+            # the snapshot left out the other embeddings beside them (concepts of their own).
+            files = sorted(p for p in path.iterdir() if p.is_file())
             primary = next((path / n for n in ("learned_embeds.safetensors", *FOLDER_FILES) if (path / n).is_file()), files[0])
             return files, primary
-        files = [path]
-        if emb.source_format == "diffusers-sdxl" and emb.source_path:
-            first = Path(emb.source_path)
-            second = first.with_name(first.stem + SDXL_PAIR_SUFFIX + first.suffix)
-            files = [first, second]
-            path = first
-        return files, path
+        pair = sdxl_pair(path.name)
+        if emb.source_format == "diffusers-sdxl" and pair is not None:
+            first, second = (path.with_name(n) for n in pair)
+            return [first, second], first
+        return [path], path
 
-    def _add_one(self, path: Path, options: _AddOptions) -> Concept:
-        name, token, images, tags, metadata = options.name, options.token, options.images, options.tags, options.metadata
-        emb = self._read_input(path)
-        family = emb.family
-        assert family is not None
-        word = token or check_token(emb.prompt_word() or path.stem)
-        content_hash = emb.content_hash()
-        base_name = name or slugify(_strip_brackets(word)) or slugify(path.stem) or "concept"
-        concept_type = options.type
-        if concept_type is None:
-            guess = (metadata.get("concept_type") or emb.metadata.get("concept_type") or "").strip().lower()
-            concept_type = guess if guess in CONCEPT_TYPES else "object"
-        # Cheap checks before writing anything; repeated under the write lock below.
-        self._check_unique(self.index, content_hash, family.key, word, path=path)
+    def _snapshot(self, path: Path, within: Path | None) -> tuple[Snapshot, Path]:
+        """Copy an input into a private folder in ``.staging`` (call with the library lock held).
 
-        extra_images = [path / "concept_images"] if path.is_dir() and (path / "concept_images").is_dir() else []
-        image_files = images + self._image_files(extra_images)
+        Returns:
+            The snapshot, and the folder to delete afterwards.
+        """
+        from conceptlib._snapshots import snapshot
+
+        scratch = self._stage("read-")
+        try:
+            return snapshot(path, scratch / "input", within=within), scratch
+        except BaseException:
+            _rmtree(scratch)
+            raise
+
+    def _add_one(self, path: Path, within: Path | None, options: _AddOptions, skipped: builtins.list[Rejected]) -> Concept:
+        """Add one input; what was left out of it (links out, non-images) goes to ``skipped``."""
+        name, token, tags, metadata = options.name, options.token, options.tags, options.metadata
         timestamp = now()
+        # Shared lock from the first read: the input is copied into .staging, which reindex
+        # and verify (exclusive) clean up.
         with self._lock(exclusive=False):
-            staging = self._stage("add-")
+            snap, scratch = self._snapshot(path, within)
+            staging: Path | None = None
             try:
-                records = self._copy_originals(path, emb, staging)
-                image_records = self._copy_images(image_files, staging)
+                skipped += [Rejected(s.path, s.reason, s.error) for s in snap.skipped]
+                emb = self._read_input(snap)
+                family = emb.family
+                assert family is not None
+                word = token or check_token(emb.prompt_word() or path.stem, path=path)
+                content_hash = emb.content_hash()
+                base_name = name or slugify(_strip_brackets(word)) or slugify(path.stem) or "concept"
+                concept_type = options.type
+                if concept_type is None:
+                    guess = (metadata.get("concept_type") or emb.metadata.get("concept_type") or "").strip().lower()
+                    concept_type = guess if guess in CONCEPT_TYPES else "object"
+                # Cheap checks before writing anything; repeated in the write transaction.
+                self._check_unique(self.index, content_hash, family.key, word, path=path)
+                images, refused = copy_images(options.images, scratch / "images")
+                skipped += [Rejected(r.path, r.reason, r.error) for r in refused]
+
+                staging = self._stage("add-")
+                records = self._copy_originals(snap, emb, staging)
+                image_records = self._store_images([*images, *snap.images], staging)
                 canonical = self._canonical_bytes(emb)
                 embedding_record = _write_new(staging / EMBEDDING_NAME, canonical)
                 concept = Concept(
@@ -1106,12 +1265,13 @@ class Library:
                 self._fsync_tree(staging)
                 return self._commit_new(staging, concept, explicit_name=name is not None, path=path)
             finally:
-                if staging.exists():
+                _rmtree(scratch)
+                if staging is not None and staging.exists():
                     _rmtree(staging)
 
-    def _copy_originals(self, path: Path, emb: Embedding, staging: Path) -> builtins.list[FileRecord]:
+    def _copy_originals(self, snap: Snapshot, emb: Embedding, staging: Path) -> builtins.list[FileRecord]:
         """Copy the input's files into ``staging/original/``; the primary file's record first."""
-        originals, primary = self._original_files(path, emb)
+        originals, primary = self._original_files(snap, emb)
         records: builtins.list[FileRecord] = []
         taken: set[str] = set()
         for src in sorted(originals, key=lambda p: p != primary):
@@ -1122,7 +1282,8 @@ class Library:
         return records
 
     @staticmethod
-    def _copy_images(files: builtins.list[Path], staging: Path) -> builtins.list[FileRecord]:
+    def _store_images(files: builtins.list[Path], staging: Path) -> builtins.list[FileRecord]:
+        """Copy checked images (in a snapshot) into ``staging/images/``."""
         records: builtins.list[FileRecord] = []
         taken: set[str] = set()
         for src in files:
@@ -1236,15 +1397,28 @@ class Library:
         """
         current = self.show(name)
         src = Path(path)
-        emb = self._read_input(src)
-        family = emb.family
-        assert family is not None
         word = check_token(token) if token is not None else current.token
         concept_type = check_type(type) if type is not None else current.type
         meta = dict(metadata or {})
+        left_out: builtins.list[Rejected] = []
         # None keeps the current images; a list (even empty) replaces them.
-        image_files = None if images is None else self._image_files(images)
+        image_files = None if images is None else self._image_files(images, left_out)
         with self._lock(exclusive=False):
+            snap, scratch = self._snapshot(src, None)
+            try:
+                emb = self._read_input(snap)
+                checked: builtins.list[Path] = []
+                if image_files is not None:
+                    checked, refused = copy_images(image_files, scratch / "images")
+                    left_out += [Rejected(r.path, r.reason, r.error) for r in refused]
+            except BaseException:
+                _rmtree(scratch)
+                raise
+            left_out += [Rejected(s.path, s.reason, s.error) for s in snap.skipped]
+            for item in left_out:
+                _log.warning("%s: %s", printable(item.path, None), item.reason)
+            family = emb.family
+            assert family is not None
             staging = self._stage("update-")
             parked = self.staging_dir / ("old-" + staging.name.removeprefix("update-"))
             folder = self.folder(current.name)
@@ -1253,13 +1427,13 @@ class Library:
                 with self.registry.transaction() as tx:
                     before, _text = self._read_manifest(folder)
                     self._check_unique(tx, emb.content_hash(), family.key, word, path=src, exclude=before.name)
-                    records = self._copy_originals(src, emb, staging)
+                    records = self._copy_originals(snap, emb, staging)
                     if image_files is None:
                         image_records = [FileRecord(i.path, i.sha256, i.size) for i in before.images]
                         for record in image_records:
-                            _copy(folder / record.path, staging / record.path)
+                            _copy_own(folder, record.path, staging / record.path)
                     else:
-                        image_records = self._copy_images(image_files, staging)
+                        image_records = self._store_images(checked, staging)
                     embedding_record = _write_new(staging / EMBEDDING_NAME, self._canonical_bytes(emb))
                     history = list(before.history)
                     if emb.content_hash() != before.content_hash:
@@ -1314,6 +1488,7 @@ class Library:
                 if folder.exists() and not swapped:
                     _rmtree(parked)
                     _rmtree(staging)
+                _rmtree(scratch)
         return concept.attach(folder)
 
     # --- changes to the record ----------------------------------------------------------------
@@ -1446,22 +1621,26 @@ class Library:
     ) -> builtins.list[ExportedConcept]:
         """Write concepts to a folder in a given format, or ready for a UI's ``embeddings/``.
 
-        With ``target="a1111"`` or ``"comfyui"`` each concept becomes one safetensors file that
-        AUTOMATIC1111 and ComfyUI load (``emb_params`` for SD 1.x/2.x, ``clip_l``/``clip_g``
-        for SDXL), named so that its stem, the word those UIs expect in prompts, is the
-        concept's token without angle brackets. Formats whose loaders use the file name
-        (``a1111``, ``png``, ``sdxl``, ``emb-params``) are named the same way; the others after
-        the concept's name. Nothing is written when any destination exists (unless ``force``).
+        With ``target`` (``"a1111"``, ``"comfyui"`` or ``"invokeai"``) each concept becomes one
+        safetensors file that the UI loads (``emb_params`` for SD 1.x/2.x, ``clip_l``/``clip_g``
+        for SDXL). Those UIs take the word to type from the file stem, so the stem is the
+        concept's token without angle brackets, made into one word the target's prompt parser
+        reads and a file name every platform accepts (see :func:`ui_word`: ``cat toy`` becomes
+        ``cat-toy``). Formats whose loaders use the file name (``a1111``, ``png``, ``sdxl``,
+        ``emb-params``) are named the same way, by AUTOMATIC1111's rules; the others after the
+        concept's name. Two concepts never share a file: words equal but for case get the
+        family (``cat-toy-sdxl``), then a number. Nothing is written when any destination
+        exists (unless ``force``).
 
         Args:
             names: concepts to export.
             format: a writable format of ``conceptlib formats``.
             out_dir: the destination folder (created if missing).
-            target: ``a1111`` or ``comfyui`` instead of ``format``.
+            target: ``a1111``, ``comfyui`` or ``invokeai`` instead of ``format``.
             force: overwrite existing files.
 
         Returns:
-            One :class:`ExportedConcept` per concept.
+            One :class:`ExportedConcept` per concept, with the word to type in ``prompt``.
 
         Raises:
             UsageError: neither or both of ``format`` and ``target``; unknown format.
@@ -1469,15 +1648,19 @@ class Library:
             DestinationExistsError: a destination exists and ``force`` is False.
 
         Example:
-            >>> lib.export(["easynegative"], target="a1111", out_dir="webui/embeddings")[0].prompt_word
-            'EasyNegative'
+            >>> lib.export(["easynegative"], target="comfyui", out_dir="ComfyUI/models/embeddings")[0].prompt
+            'embedding:EasyNegative'
         """
+        import itertools
+
         from conceptlib.errors import DestinationExistsError
         from conceptlib.formats import FORMATS, WRITABLE, plan
 
+        targets = ", ".join(f"--for {t}" for t in UI_FORMATS)
         if (format is None) == (target is None):
-            raise UsageError("choose one of --format and --for", hint=f"--for a1111, --for comfyui, or --format {{{','.join(WRITABLE)}}}")
-        if target is not None and target.lower() not in UI_FORMATS:
+            raise UsageError("choose one of --format and --for", hint=f"{targets}, or --format {{{','.join(WRITABLE)}}}")
+        ui = target.lower() if target is not None else None
+        if ui is not None and ui not in UI_FORMATS:
             raise UsageError(f"unknown --for target {target!r}", hint=f"use one of: {', '.join(UI_FORMATS)}")
         if format is not None and (format not in FORMATS or FORMATS[format].writer is None):
             raise UsageError(f"unknown or read-only format {format!r}", hint=f"choose one of: {', '.join(WRITABLE)}")
@@ -1486,45 +1669,53 @@ class Library:
         if not items:
             raise UsageError("name at least one concept to export")
         concepts = [self.show(n) for n in dict.fromkeys(items)]
-        planned: builtins.list[tuple[Concept, str, str, builtins.list[tuple[Path, bytes]]]] = []
-        stems: set[str] = set()
+        planned: builtins.list[tuple[ExportedConcept, builtins.list[tuple[Path, bytes]]]] = []
+        # Case-folded: Windows and macOS file systems, and AUTOMATIC1111's tokenizer, do not
+        # tell Cat-Toy from cat-toy.
+        taken: set[str] = set()
         for concept in concepts:
             emb = self.embedding(concept.name)
-            if target is not None:
-                single, sdxl = UI_FORMATS[target.lower()]
+            if ui is not None:
+                single, sdxl = UI_FORMATS[ui]
                 fmt = sdxl if emb.is_sdxl else single
             else:
                 assert format is not None
                 fmt = format
-            by_word = target is not None or fmt in STEM_IS_PROMPT_WORD
-            stem = (safe_stem(concept.prompt_word) if by_word else "") or concept.name
-            # Two concepts with one word (an SD 1.x and an SDXL "cat-toy") cannot share a file.
-            for candidate in (stem, f"{stem}-{concept.family}", f"{stem}-{concept.name}"):
-                if candidate.lower() not in stems:
-                    stem = candidate
-                    break
-            stems.add(stem.lower())
+            by_word = ui is not None or fmt in STEM_IS_PROMPT_WORD
+            rules = ui or "a1111"  # the --format layouts named by their stem are AUTOMATIC1111's
+            wanted = concept.prompt_word if by_word else concept.name
+            word = (ui_word(wanted, rules) or ui_word(concept.name, rules) or f"concept-{concept.content_hash[:12]}") if by_word else wanted
+            readable = word
+            candidates = itertools.chain([word, f"{word}-{concept.family}"], (f"{word}-{i}" for i in itertools.count(2)))
+            word = next(c for c in candidates if c.casefold() not in taken)
+            taken.add(word.casefold())
+            note = None
+            if word != readable:
+                note = f"{readable!r} is already the word of another concept in this export; the file is named {word!r}"
+            elif word != wanted:
+                where = {"a1111": "AUTOMATIC1111", "comfyui": "ComfyUI", "invokeai": "InvokeAI"}[rules]
+                note = f"{wanted!r} cannot be both one word {where} reads in a prompt and a file name on every system; the file is named {word!r}"
             if by_word:
-                emb.name = stem
+                emb.name = word
             spec = FORMATS[fmt]
-            dest = out / stem if not spec.suffix or fmt == "diffusers-sdxl" else out / f"{stem}{spec.suffix}"
+            dest = out / word if not spec.suffix or fmt == "diffusers-sdxl" else out / f"{word}{spec.suffix}"
             try:
                 fmt, files = plan(emb, dest, format=fmt)
             except FormatCapabilityError as exc:
                 # Several concepts in one export: say which one the format cannot hold.
                 raise FormatCapabilityError(f"{concept.name}: {exc.message}", path=exc.path, hint=exc.hint) from exc
-            planned.append((concept, fmt, stem if by_word else concept.token, files))
+            prompt_word = word if by_word else concept.token
+            prompt = UI_PROMPTS[ui].format(word) if ui is not None else prompt_word
+            planned.append((ExportedConcept(concept.name, fmt, [p for p, _ in files], prompt_word, prompt, note if by_word else None), files))
         if not force:
-            for _concept, _fmt, _word, files in planned:
+            for _result, files in planned:
                 for path, _data in files:
                     if path.exists():
                         raise DestinationExistsError("already exists", path=path)
-        results: builtins.list[ExportedConcept] = []
-        for concept, fmt, word, files in planned:
+        for _result, files in planned:
             for path, data in files:
                 atomic_write_bytes(path, data)
-            results.append(ExportedConcept(concept.name, fmt, [p for p, _ in files], word))
-        return results
+        return [result for result, _files in planned]
 
     # --- maintenance --------------------------------------------------------------------------
     def _clean_staging(self) -> builtins.list[str]:
@@ -1632,6 +1823,13 @@ class Library:
         folder = concept.path
         assert folder is not None
         canonical = folder / EMBEDDING_NAME
+        # conceptlib writes regular files only; a link was put there by hand, and reading
+        # through it would hash, export or push a file from anywhere as the concept's own.
+        linked = [rel for rel in (".", EMBEDDING_NAME, *(r.path for r in (*concept.files, *concept.images))) if (folder / rel).is_symlink()]
+        for rel in linked:
+            problems.append(Problem("link", concept.name, f"{'the concept folder' if rel == '.' else rel} is a symbolic link; a library holds only regular files"))
+        if linked:
+            return problems
         if not canonical.is_file():
             problems.append(Problem("embedding", concept.name, f"{EMBEDDING_NAME} is missing", bool(concept.files)))
         elif _sha256(canonical) != concept.embedding_sha256:
@@ -1745,13 +1943,24 @@ class Library:
             return VerifyReport(len(items), problems, repaired)
 
 
-def _reason(exc: BaseException) -> str:
-    """One line for a rejected input: the message and the next step."""
+def _reason(exc: BaseException, input_path: Path | None = None) -> str:
+    """One line for a rejected input: the message and the next step.
+
+    When the error is about another file than the input itself (a concept folder's
+    ``token_identifier.txt``), that file is named, relative to the input when inside it.
+    """
+    where: str | None = None
     if isinstance(exc, ConceptlibError):
         text = exc.message
         if exc.hint:
             text += f" (hint: {exc.hint})"
-        return text
-    if isinstance(exc, OSError):
-        return f"{exc.strerror or exc}"
-    return str(exc)
+        where = exc.path
+    elif isinstance(exc, OSError):
+        text = f"{exc.strerror or exc}"
+        where = os.fspath(exc.filename) if isinstance(exc.filename, (str, os.PathLike)) else None
+    else:
+        text = str(exc)
+    if where is not None and input_path is not None and Path(where) != input_path:
+        inside = Path(where).is_relative_to(input_path)
+        text = f"{Path(where).relative_to(input_path).as_posix() if inside else where}: {text}"
+    return text

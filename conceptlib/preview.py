@@ -3,7 +3,7 @@
 >>> from conceptlib.preview import preview
 >>> result = preview(changed="origin/main...HEAD", model="sd15", out="preview")  # doctest: +SKIP
 >>> print(result.markdown.read_text())  # doctest: +SKIP
->>> raise SystemExit(result.exit_code)  # 1 when a concept failed validation  # doctest: +SKIP
+>>> raise SystemExit(result.exit_code)  # 2: an input refused, 1: a concept failed  # doctest: +SKIP
 
 Concepts come from three places, in any mix:
 
@@ -40,9 +40,11 @@ from typing import TYPE_CHECKING, Any
 from conceptlib._atomic import atomic_write_bytes
 from conceptlib._parallel import rank_and_world
 from conceptlib._text import read_utf8
-from conceptlib.errors import BadInputError, ConceptDamagedError, UsageError
+from conceptlib.errors import BadInputError, ConceptDamagedError, ConceptlibError, UsageError
 
 if TYPE_CHECKING:
+    from conceptlib.concept import Concept
+    from conceptlib.embedding import Embedding
     from conceptlib.library import AddReport
     from conceptlib.models import ModelInfo
     from conceptlib.render import ProgressCallback
@@ -110,6 +112,8 @@ class Skipped:
 SKIP_NO_CONCEPT = "holds no concept"
 SKIP_DELETED = "deleted by the change"
 SKIP_MISSING = "not in the working tree (check out the range's last commit)"
+#: A pull request can add a link to any file of the CI machine; it is never read.
+SKIP_LINK_OUT = "a symbolic link leading out of the repository: not read"
 
 
 @dataclass
@@ -124,6 +128,9 @@ class PreviewItem:
         family: its base-model family label (``SD 1.x``).
         findings: validation findings against the model.
         error: why it was not rendered (unreadable file, validation error), or None.
+        rejected: the input itself was refused as bad input (a file that is missing, unreadable
+            or holds no concept, an unknown or damaged library concept), as ``add`` and
+            ``validate`` refuse it; False for a validation error or a failed render.
         grid: the grid written, when rendered.
         thumbnail: a small copy of the grid for the summary.
         images: the individual images.
@@ -136,6 +143,7 @@ class PreviewItem:
     family: str | None = None
     findings: list[Finding] = field(default_factory=list)
     error: str | None = None
+    rejected: bool = False
     grid: Path | None = None
     thumbnail: Path | None = None
     images: list[Path] = field(default_factory=list)
@@ -167,6 +175,7 @@ class PreviewItem:
             "verdict": self.verdict(strict),
             "findings": [f.to_dict() for f in self.findings],
             "error": self.error,
+            "rejected": self.rejected,
             "grid": str(self.grid) if self.grid else None,
             "images": [str(p) for p in self.images],
         }
@@ -201,7 +210,13 @@ class PreviewResult:
 
     @property
     def exit_code(self) -> int:
-        """1 when any concept failed (unreadable, or a validation error; warnings too if strict), else 0."""
+        """The CLI's exit code, the one of ``add`` and ``validate`` for the same inputs.
+
+        2 when an input was refused as bad input (:attr:`PreviewItem.rejected`), else 1 when a
+        concept failed (a validation error or a failed render; a warning too if strict), else 0.
+        """
+        if any(i.rejected for i in self.items):
+            return 2
         return 1 if self.failed else 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -294,10 +309,20 @@ def _changed(git_range: str, repo: str | os.PathLike[str]) -> tuple[Path, list[P
             i += 2
     inputs: list[Path] = []
     skipped: list[Skipped] = []
+    real_root = Path(os.path.realpath(root))
+
+    def inside(p: Path) -> bool:
+        return Path(os.path.realpath(p)).is_relative_to(real_root)
+
     for status, name in changes:
         path = root / name
         if status == "D":
             skipped.append(Skipped(name, SKIP_DELETED))
+            continue
+        if not inside(path):
+            # Checked before anything looks at it: even an error quoting its first bytes would
+            # put a file of the CI machine into the summary posted on the pull request.
+            skipped.append(Skipped(name, SKIP_LINK_OUT))
             continue
         if not path.exists():
             skipped.append(Skipped(name, SKIP_MISSING))
@@ -305,7 +330,7 @@ def _changed(git_range: str, repo: str | os.PathLike[str]) -> tuple[Path, list[P
         concept: Path | None = None
         # A file inside an sd-concepts-library folder (its images included) means the folder.
         for folder in (path.parent, path.parent.parent):
-            if folder != root and folder.is_dir() and any((folder / m).is_file() for m in _FOLDER_MARKERS):
+            if folder != root and inside(folder) and folder.is_dir() and any(os.path.lexists(folder / m) for m in _FOLDER_MARKERS):
                 concept = folder
                 break
         if path.suffix.lower() in _EMBEDDING_SUFFIXES and not (
@@ -417,6 +442,15 @@ def _outcomes(report: AddReport, what: Path) -> list[tuple[str, str | None, str 
     found += [(sub(d.path), d.existing, None) for d in report.duplicates]
     found += [(sub(r.path), None, r.reason) for r in report.rejected]
     return found or [("", None, "holds no concept")]
+
+
+def _relative(path: Path, label: str, what: Path) -> str:
+    """``path`` (inside the input ``what``) as the summary names it: from the input's label."""
+    try:
+        rest = path.relative_to(what).as_posix()
+    except ValueError:
+        return str(path)
+    return label if rest == "." else f"{label}/{rest}"
 
 
 def _markdown(result: PreviewResult, model: ModelInfo, settings: dict[str, Any], image_base_url: str | None) -> str:
@@ -533,11 +567,14 @@ def preview(
             with its configs (see :mod:`conceptlib.single_file`).
 
     Returns:
-        The result; ``result.exit_code`` is 1 when any concept failed.
+        The result; ``result.exit_code`` is 2 when an input was refused as bad input, else 1
+        when any concept failed (see :attr:`PreviewResult.exit_code`).
 
     Raises:
-        UsageError: nothing asked for, a bad git range, an unreadable ``from_file``, ``out``
-            is a file, or ``model`` is a family name (no weights).
+        UsageError: a setting out of range (:func:`conceptlib.render.check_settings`, sizes as
+            :func:`conceptlib.render.parse_size` takes them), nothing asked for, a bad git range,
+            an unreadable ``from_file``, ``out`` is a file, or ``model`` is a family name (no
+            weights).
         ModelNotFoundError: ``model`` names nothing.
         ModelWeightsMissingError: ``model`` is a diffusers folder of configs alone.
 
@@ -548,14 +585,18 @@ def preview(
     from PIL import Image
 
     from conceptlib._deps import quiet_loading
+    from conceptlib._inputs import concerns_the_library, unexpected_reason
     from conceptlib._parallel import process_device
-    from conceptlib.library import Library
+    from conceptlib.library import SKIP_PLAIN_IMAGE, SKIP_THUMBNAIL, Library
     from conceptlib.models import require_weights, resolve_model
-    from conceptlib.render import RenderConfig, load_pipeline, render
+    from conceptlib.render import RenderConfig, check_settings, load_pipeline, parse_size, render
     from conceptlib.single_file import native_size, resolve_configs
     from conceptlib.slug import numbered
     from conceptlib.validate import validate
 
+    # Before git, the model or any file: these reach render only per concept, after all that.
+    check_settings(seed=seed, steps=steps, guidance=guidance, batch_size=batch_size)
+    size = parse_size(size) if size is not None else None
     if not concepts and changed is None and from_file is None:
         raise UsageError("nothing to preview: give concept names, --changed RANGE or --from FILE")
     out_dir = Path(out)
@@ -592,6 +633,47 @@ def preview(
     items: list[PreviewItem] = []
     folders: set[str] = set()  # output folder names taken in this preview
     pipe = pipeline
+
+    def _validate_and_render(item: PreviewItem, concept: Concept, embedding: Embedding, lib_home: str | os.PathLike[str] | None) -> None:
+        """Validate one concept against the model and, when it fits, render its grid into ``item``."""
+        nonlocal pipe
+        # 3. Validation decides whether it is rendered at all.
+        item.findings = validate(embedding, info, token=concept.token, home=home)
+        errors = [f for f in item.findings if f.severity == "error"]
+        if errors:
+            item.error = errors[0].message
+            return
+
+        # 4. The fixed prompt set, rendered with the same seeds as every other concept,
+        # into a folder of its own (two concepts may share a name: a library concept
+        # and a changed file).
+        folder, n = concept.name, 2
+        while folder in folders:
+            folder, n = numbered(concept.name, n), n + 1
+        folders.add(folder)
+        if pipe is None:
+            pipe = load_pipeline(info, device=device, dtype=dtype, configs=configs)
+        prompts, negative = preview_prompts(concept.token, concept.type, vectors=embedding.num_vectors, context=context)
+        # transformers and diffusers log each too-long prompt ("Token indices sequence
+        # length is longer ..."); the prompts fit, and their logs would bury ours.
+        with quiet_loading():
+            rendered = render(RenderConfig(
+                model=info, prompts=prompts, negative=negative, seed=seed,
+                steps=steps, guidance=guidance, scheduler=scheduler, size=(width, height),
+                batch_size=batch_size, out=out_dir / folder, grid=True, device=device,
+                dtype=dtype, home=lib_home,
+            ), pipeline=pipe)  # fmt: skip
+        item.images = [i.path for i in rendered.images]
+        item.grid = rendered.grid
+        if rendered.grid is not None:
+            with Image.open(rendered.grid) as grid:
+                thumb = grid.convert("RGB")
+            thumb.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
+            item.thumbnail = rendered.grid.with_name("thumb.png")
+            buffer = io.BytesIO()
+            thumb.save(buffer, format="PNG")
+            atomic_write_bytes(item.thumbnail, buffer.getvalue())
+
     with tempfile.TemporaryDirectory(prefix="conceptlib-preview-") as scratch, Library.open(home) as user_lib:
         # Files go through a scratch library: the same reading and token rules as `add`.
         scratch_lib = Library.open(Path(scratch) / "library")
@@ -602,19 +684,26 @@ def preview(
             for label, what in wanted:
                 if isinstance(what, Path):
                     if not what.exists():
-                        targets.append((PreviewItem(source=label, error=f"{what}: no such file or folder"), None, None))
+                        targets.append((PreviewItem(source=label, error=f"{what}: no such file or folder", rejected=True), None, None))
                         continue
-                    for sub, name, error in _outcomes(scratch_lib.add(what), what):
+                    report = scratch_lib.add(what)
+                    # What the add left out of a concept (a link out of its folder, an image
+                    # that is not one) is listed with the skipped files; pictures are not news.
+                    skipped += [
+                        Skipped(_relative(Path(r.path), label, what), r.reason)
+                        for r in report.skipped if r.reason not in (SKIP_THUMBNAIL, SKIP_PLAIN_IMAGE)
+                    ]
+                    for sub, name, error in _outcomes(report, what):
                         if name is not None and name in from_scratch:
                             continue
                         if name is not None:
                             from_scratch.add(name)
-                        targets.append((PreviewItem(source=label + sub, error=error), scratch_lib, name))
+                        targets.append((PreviewItem(source=label + sub, error=error, rejected=error is not None), scratch_lib, name))
                 else:
                     try:
                         targets.append((PreviewItem(source=label), user_lib, user_lib.resolve(what)))
                     except BadInputError as exc:
-                        targets.append((PreviewItem(source=label, error=_message(exc)), None, None))
+                        targets.append((PreviewItem(source=label, error=_message(exc), rejected=True), None, None))
 
             for done, (item, lib, name) in enumerate(targets):
                 items.append(item)
@@ -628,47 +717,21 @@ def preview(
                     embedding = lib.embedding(name)
                 except (BadInputError, ConceptDamagedError) as exc:
                     # One damaged concept is its own row; the others still get their grids.
-                    item.error = _message(exc)
+                    item.error, item.rejected = _message(exc), True
                     continue
                 item.name, item.token, item.type = concept.name, concept.token, concept.type
                 item.family = concept.family_label
+                try:
+                    _validate_and_render(item, concept, embedding, lib_home)
+                except ConceptlibError:
+                    raise  # deliberate errors are about the run (a bad scheduler, a missing extra)
+                except Exception as exc:
+                    # An unforeseen failure with one concept is its row; the others still get
+                    # their grids. A damaged library or an exhausted machine stops the preview.
+                    if concerns_the_library(exc, lib_home):
+                        raise
+                    item.error = f"{unexpected_reason(exc)} (rerun with CONCEPTLIB_DEBUG=1 and report it)"
 
-                # 3. Validation decides whether it is rendered at all.
-                item.findings = validate(embedding, info, token=concept.token, home=home)
-                errors = [f for f in item.findings if f.severity == "error"]
-                if errors:
-                    item.error = errors[0].message
-                    continue
-
-                # 4. The fixed prompt set, rendered with the same seeds as every other concept,
-                # into a folder of its own (two concepts may share a name: a library concept
-                # and a changed file).
-                folder, n = concept.name, 2
-                while folder in folders:
-                    folder, n = numbered(concept.name, n), n + 1
-                folders.add(folder)
-                if pipe is None:
-                    pipe = load_pipeline(info, device=device, dtype=dtype, configs=configs)
-                prompts, negative = preview_prompts(concept.token, concept.type, vectors=embedding.num_vectors, context=context)
-                # transformers and diffusers log each too-long prompt ("Token indices sequence
-                # length is longer ..."); the prompts fit, and their logs would bury ours.
-                with quiet_loading():
-                    rendered = render(RenderConfig(
-                        model=info, prompts=prompts, negative=negative, seed=seed,
-                        steps=steps, guidance=guidance, scheduler=scheduler, size=(width, height),
-                        batch_size=batch_size, out=out_dir / folder, grid=True, device=device,
-                        dtype=dtype, home=lib_home,
-                    ), pipeline=pipe)  # fmt: skip
-                item.images = [i.path for i in rendered.images]
-                item.grid = rendered.grid
-                if rendered.grid is not None:
-                    with Image.open(rendered.grid) as grid:
-                        thumb = grid.convert("RGB")
-                    thumb.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
-                    item.thumbnail = rendered.grid.with_name("thumb.png")
-                    buffer = io.BytesIO()
-                    thumb.save(buffer, format="PNG")
-                    atomic_write_bytes(item.thumbnail, buffer.getvalue())
         finally:
             scratch_lib.close()
 

@@ -58,6 +58,7 @@ import hashlib
 import io
 import json
 import math
+import operator
 import os
 import re
 import time
@@ -93,6 +94,8 @@ __all__ = [
     "RenderResult",
     "RenderedImage",
     "UsedConcept",
+    "check_range",
+    "check_settings",
     "encoder_components",
     "infotext",
     "load_concepts",
@@ -127,7 +130,6 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any], str]] = {
 }
 _SAMPLER_BY_CLASS = {cls: a1111 for cls, extra, a1111 in SCHEDULERS.values() if not extra}
 
-#: Per-line keys a JSONL prompts file may set.
 #: Seeds are 0 to 2**63-1: torch's generators take that much, and a run's images count up from
 #: the base seed, which must stay inside it.
 MAX_SEED = 2**63 - 1
@@ -135,9 +137,94 @@ MAX_SEED = 2**63 - 1
 MAX_STEPS = 1000
 #: Images from one prompt line (a typo like 1e6 would fill the disk, not render a batch).
 MAX_IMAGES = 10_000
+#: Classifier-free guidance (CFG scale): ComfyUI's range (AUTOMATIC1111's slider stops at 30).
+#: Far past it the image is noise, and 1e308 overflows torch's float32 arithmetic.
+MAX_GUIDANCE = 100.0
+#: Pixels per side, width and height alike (ComfyUI's MAX_RESOLUTION): a typo like 51200 would
+#: ask for gigabytes of latents.
+MAX_SIZE = 16384
+#: Images per pipeline call.
+MAX_BATCH = 1024
+#: Per-line keys a JSONL prompts file may set.
 PROMPT_KEYS = ("prompt", "negative", "seed", "n", "steps", "guidance", "size")
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 _EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
+
+
+def _shown(value: float | int) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    # str() refuses integers past 4,300 digits (and a 30-digit one says enough).
+    return str(value) if abs(value) < 10**30 else f"a {value.bit_length()}-bit number"
+
+
+def check_range(
+    option: str,
+    value: float | int | None,
+    low: float | int,
+    high: float | int,
+    *,
+    above: bool = False,
+    below: bool = False,
+    hint: str | None = None,
+) -> None:
+    """Refuse a number outside ``[low, high]``, NaN and ±Infinity included; None passes.
+
+    The one check behind every numeric option of ``render``, ``preview`` and ``train``, so
+    they all say the same: ``--lr: must be a number greater than 0 and at most 1, got 1e+38``.
+
+    Args:
+        option: the option's name as typed (``--steps``).
+        value: the value given.
+        low: the smallest value allowed (with ``above``, the value must be greater).
+        high: the largest value allowed (with ``below``, the value must be smaller).
+        above: exclude ``low`` itself.
+        below: exclude ``high`` itself.
+        hint: the next step, if a useful one exists.
+
+    Raises:
+        UsageError: the value is out of range or not a finite number.
+
+    Example:
+        >>> check_range("--steps", 0, 1, MAX_STEPS)
+        Traceback (most recent call last):
+        conceptlib.errors.UsageError: --steps: must be a whole number from 1 to 1000, got 0
+    """
+    if value is None:
+        return
+    finite = not isinstance(value, float) or math.isfinite(value)
+    if finite and (low < value if above else low <= value) and (value < high if below else value <= high):
+        return
+    kind = "a whole number" if isinstance(low, int) and isinstance(high, int) else "a number"
+    if above:
+        span = f"greater than {_shown(low)} and " + (f"below {_shown(high)}" if below else f"at most {_shown(high)}")
+    else:
+        span = f"from {_shown(low)} " + (f"up to (not including) {_shown(high)}" if below else f"to {_shown(high)}")
+    raise UsageError(f"{option}: must be {kind} {span}, got {_shown(value)}", hint=hint)
+
+
+def check_settings(
+    *,
+    seed: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    images: int | None = None,
+    batch_size: int | None = None,
+) -> None:
+    """Check the numeric settings ``render`` and ``preview`` share, before any work.
+
+    Ranges: ``--seed`` 0 to :data:`MAX_SEED`, ``--steps`` 1 to :data:`MAX_STEPS`,
+    ``--guidance`` 0 to :data:`MAX_GUIDANCE`, ``-n`` 1 to :data:`MAX_IMAGES`, ``--batch-size``
+    1 to :data:`MAX_BATCH`; sizes are checked by :func:`parse_size`. None skips a setting.
+
+    Raises:
+        UsageError: the first setting out of range, named as its option.
+    """
+    check_range("--seed", seed, 0, MAX_SEED)
+    check_range("--steps", steps, 1, MAX_STEPS)
+    check_range("--guidance", guidance, 0.0, MAX_GUIDANCE, hint="7.5 is usual; 1 turns guidance off")
+    check_range("-n", images, 1, MAX_IMAGES)
+    check_range("--batch-size", batch_size, 1, MAX_BATCH)
 
 #: ``(done, total, message)``: images finished so far, images in the run, what is happening.
 ProgressCallback = Callable[[int, int, str], None]
@@ -380,6 +467,9 @@ def parse_size(value: str | Sequence[int] | int) -> tuple[int, int]:
         (768, 512)
     """
     try:
+        # Whole numbers only: a JSON 512.5, 1e400 (infinity) or true is not a size.
+        if isinstance(value, (bool, float)):
+            raise TypeError(value)
         if isinstance(value, int):
             width = height = value
         elif isinstance(value, str):
@@ -388,11 +478,14 @@ def parse_size(value: str | Sequence[int] | int) -> tuple[int, int]:
                 raise ValueError(value)
             width, height = int(parts[0]), int(parts[-1])
         else:
-            width, height = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise UsageError(f"size {value!r} is not WIDTHxHEIGHT", hint="e.g. --size 512x768") from None
-    if width <= 0 or height <= 0 or width % 8 or height % 8:
-        raise UsageError(f"size {width}x{height}: width and height must be positive multiples of 8")
+            items = list(value)
+            if len(items) != 2 or any(isinstance(v, bool) for v in items):
+                raise ValueError(value)
+            width, height = (operator.index(v) for v in items)
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"size {str(value)[:40]!r} is not WIDTHxHEIGHT", hint="e.g. --size 512x768") from None
+    if not (8 <= width <= MAX_SIZE and 8 <= height <= MAX_SIZE) or width % 8 or height % 8:
+        raise UsageError(f"size {_shown(width)[:20]}x{_shown(height)[:20]}: width and height must be multiples of 8 from 8 to {MAX_SIZE}")
     return width, height
 
 
@@ -440,8 +533,9 @@ def read_prompts(path: str | os.PathLike[str]) -> list[PromptSpec]:
         if negative is not None and not isinstance(negative, str):
             raise UsageError(f"{where}: \"negative\" must be a string, got {json.dumps(negative)}")
         guidance = data.get("guidance")
-        if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance)):
-            raise UsageError(f"{where}: \"guidance\" must be a number, got {json.dumps(guidance)}")
+        # json.loads reads NaN, Infinity and 1e400 (as infinity): a number, but not a CFG scale.
+        if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= MAX_GUIDANCE):
+            raise UsageError(f"{where}: \"guidance\" must be a number from 0 to {MAX_GUIDANCE:g}, got {json.dumps(guidance)}")
         try:
             size = parse_size(data["size"]) if data.get("size") is not None else None
         except (TypeError, ValueError) as exc:
@@ -1191,12 +1285,12 @@ def render(
     started = time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(config.out)
-    if config.batch_size < 1 or config.images_per_prompt < 1 or config.steps < 1:
-        raise UsageError("--batch-size, -n and --steps must be 1 or more")
-    if config.steps > MAX_STEPS or config.images_per_prompt > MAX_IMAGES:
-        raise UsageError(f"--steps goes up to {MAX_STEPS} and -n up to {MAX_IMAGES}")
-    if not 0 <= config.seed <= MAX_SEED:
-        raise UsageError(f"--seed must be from 0 to {MAX_SEED}, got {config.seed}")
+    check_settings(
+        seed=config.seed, steps=config.steps, guidance=config.guidance,
+        images=config.images_per_prompt, batch_size=config.batch_size,
+    )  # fmt: skip
+    if config.size is not None:
+        parse_size(config.size)
 
     # 1. Prompts -> jobs. A job is one image; its seed depends only on its place in the run.
     specs = [p if isinstance(p, PromptSpec) else PromptSpec(str(p)) for p in config.prompts]

@@ -4,25 +4,41 @@ A concept's name becomes a folder under ``<home>/concepts/``, so it must be one 
 component on every platform: no separators, no ``..``, no control characters, not a Windows
 device name, short enough for any file system. Letters of every script are kept (``铃兰`` is a
 fine name); everything else collapses to ``-``.
+
+:func:`portable_stem` is the one rule for a file name every platform accepts; :func:`safe_stem`
+and the ``--for`` export words (:func:`conceptlib.library.ui_word`) are built on it. This module
+imports only the leaf :mod:`conceptlib._terminal`.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
+
+from conceptlib._terminal import is_invisible
 
 #: Longest slug, in UTF-8 bytes. File systems allow 255 bytes per component; staying far below
 #: leaves room for suffixes (``-2``) and for the staging prefix, and keeps tables readable.
 MAX_SLUG_BYTES = 96
-#: Longest exported file stem, in UTF-8 bytes (the suffix, at most ``.safetensors``, comes on top).
+#: Longest exported file stem, in UTF-8 bytes: with the longest suffix (``.safetensors``) and a
+#: ``-sdxl``/``-2`` to tell two files apart, far below the 255 bytes every file system allows.
 MAX_STEM_BYTES = 120
 
-# Names Windows reserves in every folder, with or without an extension.
-_WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
+#: Device names Windows reserves in every folder, whatever follows the first dot (``CON.txt``
+#: and ``con.v2`` are the console too). The superscript digits count: Windows maps ``COM¹`` to
+#: ``COM1``.
+WINDOWS_DEVICES = frozenset(
+    {"con", "prn", "aux", "nul", "conin$", "conout$"}
+    | {f"{p}{d}" for p in ("com", "lpt") for d in ("0123456789" + "\u00b9\u00b2\u00b3")}
+)
 _NOT_SLUG = re.compile(r"[^\w-]+")
 _DASHES = re.compile(r"[-_]*-[-_]*")
-# Characters no file name may hold on Windows, macOS or Linux, plus the control characters.
-_NOT_FILENAME = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
+# Characters no file name may hold on Windows, macOS or Linux (controls are invisible, below).
+_NOT_FILENAME = re.compile(r'[/\\:*?"<>|]')
+# Windows drops trailing dots and spaces (the name would change); a leading dot hides a file
+# and ``..`` is a parent reference; a leading dash reads as an option in shells.
+_STRIPPED = " .-"
 
 
 def _truncate(text: str, max_bytes: int) -> str:
@@ -56,7 +72,7 @@ def slugify(text: str, *, max_bytes: int = MAX_SLUG_BYTES) -> str:
     text = _NOT_SLUG.sub("-", text)
     text = _DASHES.sub("-", text).strip("-_")
     text = _truncate(text, max_bytes).strip("-_")
-    if text in _WINDOWS_RESERVED:
+    if text in WINDOWS_DEVICES:
         text += "-1"
     return text
 
@@ -77,11 +93,52 @@ def is_slug(name: str) -> bool:
     return bool(name) and slugify(name) == name
 
 
+def portable_stem(text: str, *, refuse: re.Pattern[str] | None = None, max_bytes: int = MAX_STEM_BYTES) -> str:
+    """``text`` made a file stem that Windows, macOS and Linux all store and show as it is.
+
+    The rule: NFC (macOS would store another spelling of ``é``); every run of characters that
+    no file system accepts (``/ \\ : * ? " < > |``), of invisible characters (controls, bidi
+    overrides, zero-width characters, see :func:`conceptlib._terminal.is_invisible`) and of
+    characters ``refuse`` matches becomes one ``-``; no leading or trailing dot, dash or space;
+    at most ``max_bytes`` UTF-8 bytes, no character cut in half; and a Windows device name
+    (:data:`WINDOWS_DEVICES`, before the first dot) gets ``-1`` after it, so ``con.v2`` becomes
+    ``con-1.v2``. Everything else, case and spaces included, is kept.
+
+    Args:
+        text: the wanted stem, e.g. a prompt word.
+        refuse: a pattern matching one more character the caller's use refuses (a prompt
+            parser's syntax, say); it is tried on single characters.
+        max_bytes: the longest result, in UTF-8 bytes.
+
+    Returns:
+        The stem, or ``""`` when nothing usable is left.
+
+    Example:
+        >>> portable_stem("con.v2")
+        'con-1.v2'
+        >>> portable_stem("cat toy (v2)", refuse=re.compile(r"[\\s()]"))
+        'cat-toy-v2'
+    """
+
+    def refused(char: str) -> bool:
+        return is_invisible(char) or bool(_NOT_FILENAME.match(char)) or bool(refuse is not None and refuse.fullmatch(char))
+
+    text = unicodedata.normalize("NFC", text)
+    text = "".join("-" if bad else "".join(run) for bad, run in itertools.groupby(text, key=refused))
+    text = _truncate(text.strip(_STRIPPED), max_bytes).rstrip(_STRIPPED)
+    head, dot, rest = text.partition(".")
+    # Windows also ignores spaces between the device name and its dot (``NUL .txt``).
+    if head.rstrip(" ").lower() in WINDOWS_DEVICES:
+        marked = f"{head}-1"
+        text = marked + _truncate(dot + rest, max_bytes - len(marked.encode("utf-8"))).rstrip(_STRIPPED)
+    return text
+
+
 def safe_stem(text: str, *, max_bytes: int = MAX_STEM_BYTES) -> str:
     """A file stem that keeps ``text`` as readable as possible (case, dots, spaces).
 
     Used for exported files, whose stem is the word AUTOMATIC1111 and ComfyUI users type, so
-    it should stay close to the token: only characters no file system accepts are replaced.
+    it should stay close to the token: :func:`portable_stem` with no further rule.
 
     Args:
         text: the prompt word, e.g. ``cat-toy``.
@@ -94,12 +151,4 @@ def safe_stem(text: str, *, max_bytes: int = MAX_STEM_BYTES) -> str:
         >>> safe_stem("bad/prompt:v2")
         'bad-prompt-v2'
     """
-    text = unicodedata.normalize("NFC", text)
-    text = _NOT_FILENAME.sub("-", text)
-    # Leading dots hide files and ``..`` is a parent reference, a leading dash reads as an
-    # option in shells; trailing dots and spaces are silently dropped by Windows, which would
-    # change the prompt word.
-    text = _truncate(text, max_bytes).strip(" .-")
-    if not text or text.lower().split(".")[0] in _WINDOWS_RESERVED:
-        return "" if not text else text + "-1"
-    return text
+    return portable_stem(text, max_bytes=max_bytes)

@@ -267,6 +267,10 @@ def _scheduler(prediction_type: str) -> Any:
     )
 
 
+#: The largest seed torch's generators take (a signed 64-bit integer).
+MAX_TINY_SEED = 2**63 - 1
+
+
 def create_tiny(
     out_dir: str | os.PathLike[str],
     family: str = "sd1",
@@ -287,7 +291,7 @@ def create_tiny(
         The folder written (absolute).
 
     Raises:
-        UsageError: unknown family or negative seed.
+        UsageError: unknown family, or a seed outside 0..2**63-1.
         DestinationExistsError: ``out_dir`` exists, is not empty and ``force`` is False.
         MissingDependencyError: torch, diffusers or transformers is not installed.
 
@@ -305,8 +309,9 @@ def create_tiny(
             f"unknown family {family!r} for a tiny model",
             hint=f"choose one of {', '.join(TINY_FAMILIES)}",
         )
-    if seed < 0:
-        raise UsageError(f"seed must be 0 or more, got {seed}")
+    # torch.manual_seed takes a signed 64-bit value; past it the seed fails deep inside torch.
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_TINY_SEED:
+        raise UsageError(f"--seed: must be a whole number from 0 to {MAX_TINY_SEED}, got {seed}")
     target = Path(out_dir).expanduser().resolve()
     if target.exists() and not target.is_dir():
         # --force replaces a folder's contents, never a file: the hint must not promise otherwise.

@@ -353,6 +353,21 @@ Progress = Callable[[int, int, "float | None"], None]
 _LR_USAGE = 'e.g. "0.005:100, 1e-3:1000, 1e-5" (5e-3 until step 100, 1e-3 until 1000, then 1e-5)'
 
 
+#: Optimizer steps of one run: textual inversion converges in thousands; a million is days on a GPU.
+MAX_TRAIN_STEPS = 1_000_000
+#: Learning rates (AdamW step size per element, for vectors whose elements are about 0.01):
+#: 0.005 is usual, 1 already throws the concept away; past float32's range torch fails outright.
+MAX_LR = 1.0
+#: Vectors per token: they share CLIP's 75-token prompt with the rest of it.
+MAX_VECTORS = 75
+#: Images per forward pass, and forward passes per optimizer step.
+MAX_BATCH_SIZE = 1024
+MAX_GRAD_ACCUM = 1024
+#: Gradient clipping bounds (norm, or per element): far above any gradient of token vectors,
+#: and inside float32 (torch cannot clamp to 1e308).
+MAX_CLIP = 1e6
+
+
 def parse_lr_schedule(text: str, max_steps: int) -> list[tuple[float, int]]:
     """Parse AUTOMATIC1111's piecewise learning-rate syntax.
 
@@ -388,8 +403,8 @@ def parse_lr_schedule(text: str, max_steps: int) -> list[tuple[float, int]]:
             step = int(step_text) if sep else -1
         except ValueError:
             raise UsageError(f"cannot read {part!r} in the learning-rate schedule {text!r}", hint=_LR_USAGE) from None
-        if not math.isfinite(rate) or rate <= 0:
-            raise UsageError(f"learning rate {rate_text.strip()!r} must be a positive number", hint=_LR_USAGE)
+        if not (math.isfinite(rate) and 0 < rate <= MAX_LR):
+            raise UsageError(f"--lr-schedule: learning rate {rate_text.strip()!r} must be a number greater than 0 and at most {MAX_LR:g}", hint=_LR_USAGE)
         last = step == -1 or step >= max_steps
         step = max_steps if last else step
         if step <= (pairs[-1][1] if pairs else 0):
@@ -435,6 +450,41 @@ def _image_files(source: Path) -> list[Path]:
             hint="put 3 to 20 pictures of the concept in the folder",
         )
     return files
+
+
+def _check_image_file(path: Path) -> str | None:
+    """Check a training image by the library's image rules; why the library would not keep it.
+
+    The concept keeps its training images, and the library keeps only images that are what
+    their name says (:func:`conceptlib._images.check_image`). A file whose bytes are no image
+    at all (a script or web page named ``.png``) is refused now, before anything loads:
+    Pillow would guess at it, and EPS bytes would start Ghostscript. Other images the library
+    would not keep (a ``.tif``, a JPEG named ``.png``, one too large to store) still train.
+
+    Returns:
+        None when the library keeps it, else the reason, for a warning.
+
+    Raises:
+        TrainingImageError: the file's bytes are no image; the message names it.
+    """
+    from conceptlib._images import IMAGE_SUFFIXES as KEPT_SUFFIXES
+    from conceptlib._images import MAX_IMAGE_BYTES, check_image, sniff_image
+    from conceptlib._inputs import read_named
+    from conceptlib.errors import ImageFileError
+
+    if path.suffix.lower() not in KEPT_SUFFIXES:
+        return f"the library keeps only {', '.join(KEPT_SUFFIXES)} images"
+    try:
+        data = read_named(path, limit=MAX_IMAGE_BYTES, what="image", error=ImageFileError)
+    except ImageFileError as exc:
+        return exc.message
+    try:
+        check_image(data, path)
+    except ImageFileError as exc:
+        if sniff_image(data) is None:
+            raise TrainingImageError(exc.message, path=path, hint="remove it from the training images") from None
+        return exc.message
+    return None
 
 
 def _caption(path: Path, mode: str | None) -> str:
@@ -911,19 +961,19 @@ def _loss_plot(losses: list[float], path: Path, *, title: str) -> Path:
 
 
 def _check_config(config: TrainConfig) -> None:
+    """Refuse settings that cannot train, before anything loads (ranges: see the constants)."""
+    from conceptlib.render import MAX_GUIDANCE, MAX_SEED, MAX_SIZE, MAX_STEPS, check_range
+
     if config.type not in ("object", "style"):
         raise UsageError(f"unknown --type {config.type!r}", hint="use object or style")
-    for label, value, low in (("--vectors", config.vectors, 1), ("--steps", config.steps, 1), ("--batch-size", config.batch_size, 1), ("--grad-accum", config.grad_accum, 1)):
-        if value < low:
-            raise UsageError(f"{label} must be at least {low}, got {value}")
-    if config.vectors > 75:
-        raise UsageError(f"--vectors {config.vectors} leaves no room in CLIP's 75-token prompt", hint="use at most 16 or so")
-    if config.save_every < 0 or config.preview_every < 0 or config.warmup_steps < 0:
-        raise UsageError("--save-every, --preview-every and --warmup-steps must be 0 or more")
-    if config.preview_steps < 1:
-        raise UsageError(f"--preview-steps must be at least 1, got {config.preview_steps}")
-    if not math.isfinite(config.preview_guidance):
-        raise UsageError(f"the preview guidance scale must be a number, got {config.preview_guidance}")
+    check_range("--vectors", config.vectors, 1, MAX_VECTORS, hint="1 to 8 is usual: every vector takes a place in the 75-token prompt")
+    check_range("--steps", config.steps, 1, MAX_TRAIN_STEPS)
+    check_range("--batch-size", config.batch_size, 1, MAX_BATCH_SIZE)
+    check_range("--grad-accum", config.grad_accum, 1, MAX_GRAD_ACCUM)
+    for label, every in (("--warmup-steps", config.warmup_steps), ("--save-every", config.save_every), ("--preview-every", config.preview_every)):
+        check_range(label, every, 0, MAX_TRAIN_STEPS)
+    check_range("--preview-steps", config.preview_steps, 1, MAX_STEPS)
+    check_range("preview guidance", config.preview_guidance, 0.0, MAX_GUIDANCE)
     if config.scheduler not in SCHEDULERS:
         raise UsageError(f"unknown --scheduler {config.scheduler!r}", hint=f"use one of: {', '.join(SCHEDULERS)}")
     if config.warmup_steps and config.lr_schedule is not None:
@@ -932,27 +982,28 @@ def _check_config(config: TrainConfig) -> None:
         raise UsageError("--warmup-steps needs a scheduler that warms up; constant does not", hint="pass --scheduler constant_with_warmup (or cosine, linear, ...)")
     if config.lr_schedule is not None and config.scheduler != "constant":
         raise UsageError("--lr-schedule already is a schedule: it cannot be combined with --scheduler", hint="drop one of them")
-    if not (math.isfinite(config.lr) and config.lr > 0):
-        raise UsageError(f"--lr must be a positive number, got {config.lr}")
+    check_range("--lr", config.lr, 0.0, MAX_LR, above=True, hint="0.005 is usual for textual inversion")
+    if config.lr_schedule is not None:
+        parse_lr_schedule(config.lr_schedule, config.steps)  # its errors now, not after loading
+    check_range("adam_beta1", config.adam_beta1, 0.0, 1.0, below=True)
+    check_range("adam_beta2", config.adam_beta2, 0.0, 1.0, below=True)
+    check_range("adam_epsilon", config.adam_epsilon, 0.0, 1.0, above=True)
+    check_range("weight_decay", config.weight_decay, 0.0, 1.0)
     if config.mixed_precision not in MIXED_PRECISION:
         raise UsageError(f"unknown --mixed-precision {config.mixed_precision!r}", hint="use no, fp16 or bf16")
     if config.captions is not None and config.captions not in CAPTIONS:
         raise UsageError(f"unknown --captions {config.captions!r}", hint="use filewords or sidecar")
     if config.latent_sampling not in LATENT_SAMPLING:
         raise UsageError(f"unknown latent sampling {config.latent_sampling!r}", hint="use random or deterministic")
-    if config.resolution is not None and (config.resolution < 8 or config.resolution % 8):
-        raise UsageError(f"--resolution must be a multiple of 8 (at least 8), got {config.resolution}")
-    from conceptlib.render import MAX_SEED
-
-    if not 0 <= config.seed <= MAX_SEED:
-        raise UsageError(f"--seed must be from 0 to {MAX_SEED}, got {config.seed}")
+    check_range("--resolution", config.resolution, 8, MAX_SIZE)
+    if config.resolution is not None and config.resolution % 8:
+        raise UsageError(f"--resolution: must be a multiple of 8, got {config.resolution}", hint="the latent grid of every SD model is 1/8 of the pixels")
+    check_range("--seed", config.seed, 0, MAX_SEED)
     for label, clip in (("--clip-grad-norm", config.clip_grad_norm), ("--clip-grad-value", config.clip_grad_value)):
-        if not (math.isfinite(clip) and clip >= 0):
-            raise UsageError(f"{label} must be a positive number (0 = off), got {clip}")
+        check_range(label, clip, 0.0, MAX_CLIP, hint="0 turns clipping off")
     if config.clip_grad_norm and config.clip_grad_value:
         raise UsageError("--clip-grad-norm and --clip-grad-value both clip the gradient", hint="pass one of them")
-    if not 0 <= config.tag_dropout < 1:
-        raise UsageError(f"--tag-dropout is a probability from 0 up to (not including) 1, got {config.tag_dropout}")
+    check_range("--tag-dropout", config.tag_dropout, 0.0, 1.0, below=True, hint="it is the chance to leave out each tag, e.g. 0.1")
 
 
 #: Settings that name files or folders: compared by where they lead, not by how they are spelt.
@@ -1048,7 +1099,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         UsageError: contradictory or impossible settings, a model without weights, a run
             folder that already holds a checkpoint (pass ``resume``) or none to resume.
         ModelWeightsMissingError: a diffusers folder of configs without weight files.
-        TrainingImageError: no images, or an unreadable or too small one (the file is named).
+        TrainingImageError: no images, or an unreadable or too small one, or a file whose
+            bytes are no image at all (a script named ``.png``); the file is named. Images
+            that train but that the library does not keep with the concept (a ``.tif``, a
+            JPEG named ``.png``) are named in the result's warnings instead.
         TokenInUseError: the token collides with the tokenizer's vocabulary or with a
             concept in the library, found before any step runs.
         TrainingDivergedError: the loss became NaN/Inf; the last good checkpoint is kept.
@@ -1126,7 +1180,13 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     image_files = _image_files(Path(config.images).expanduser())
     images_digest = _images_digest(image_files, Path(config.images).expanduser())
     images = []
+    kept_images: list[Path] = []  # the ones the library keeps with the concept
     for path in image_files:
+        refused = _check_image_file(path)
+        if refused is None:
+            kept_images.append(path)
+        else:
+            notes.append(f"{path.name} is trained on but not kept with the concept: {refused}")
         pixels, original_size, crop = _load_image(path, resolution)
         images.append(_TrainImage(path, _caption(path, config.captions), pixels, original_size, crop))
         if min(original_size) < resolution:
@@ -1702,18 +1762,21 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
             try:
                 if ours is not None:
                     action = "updated"
-                    concept = library.update(ours, embedding_path, token=token, type=config.type, images=image_files, metadata=metadata)
+                    concept = library.update(ours, embedding_path, token=token, type=config.type, images=kept_images, metadata=metadata)
                 else:
                     action = "added"
                     try:
-                        concept = library.add(
+                        report = library.add(
                             embedding_path,
                             name=config.name,
                             token=token,
                             type=config.type,
-                            images=image_files,
+                            images=kept_images,
                             metadata=metadata,
-                        ).one()
+                        )
+                        concept = report.one()
+                        # Checked above, so only a file changed since then lands here.
+                        notes += [f"{Path(s.path).name} is not kept with the concept: {s.reason}" for s in report.skipped]
                     except DuplicateConceptError as exc:
                         # The same seed, images and settings learn the same vectors.
                         exc.hint = (

@@ -56,7 +56,8 @@ def test_preview_workflow_runs_on_every_file_preview_reads() -> None:
     assert step(data, "Upload grids")["if"] == "always()"
 
 
-@pytest.mark.parametrize(("code", "writes_summary"), [(0, True), (1, True), (2, False)])
+# 2 with a summary: a changed file was refused; 2 without: the preview could not start.
+@pytest.mark.parametrize(("code", "writes_summary"), [(0, True), (1, True), (2, True), (2, False)])
 def test_preview_workflow_step_always_leaves_a_summary(tmp_path: Path, code: int, writes_summary: bool) -> None:
     import os
     import shutil

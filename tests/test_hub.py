@@ -462,6 +462,24 @@ def test_cli_pull_and_push_leave_out_the_clients_bars_and_logs(hub: HubServer, h
     assert pushed_again.stderr == "big is already up to date on alice/big@main (nothing pushed)\n"
 
 
+def test_pull_progress_shows_names_as_typed_not_as_markup(hub: HubServer, cli: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    import conceptlib.cli.hub as cli_hub
+
+    screen = io.StringIO()
+    monkeypatch.setattr(cli_hub, "err", Console(file=screen, force_terminal=True, width=100, color_system=None))
+
+    # Read as markup, "[/bold]" closes a tag never opened: rich raised MarkupError mid-bar.
+    author = cli("pull", "--author", "[/bold]x", "--home", str(home))
+    repo = cli("pull", "acme/[bold]cat", "--home", str(home))
+
+    assert author.exit_code == 2 and author.stderr == "Error: '[/bold]x' is not a Hub user or organisation name\n"
+    assert "Pulling [/bold]x" in screen.getvalue()
+    assert repo.exit_code == 2 and "Traceback" not in repo.stderr
+    assert "Pulling acme/[bold]cat" in screen.getvalue()
+
+
 def test_wrong_bytes_once_are_downloaded_again(hub: HubServer, library: Any) -> None:
     emb = make_concept(hub, f"{ORG}/cat-toy")
     fault = hub.inject("GET", r"/resolve/.*learned_embeds", corrupt=True, times=1)
@@ -842,7 +860,7 @@ def test_org_sync_cli_summary(hub: HubServer, cli: Any, home: Path) -> None:
     result = cli("pull", "--author", ORG, "--jobs", "2", "--home", str(home))
     again = cli("pull", "--author", ORG, "--json", "--home", str(home))
 
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # the broken repository's content was refused: bad input
     assert f"failed    {ORG}/broken: " in result.stdout
     assert f"{ORG}: 3 added, 0 updated, 1 skipped, 1 failed" in result.stdout
     data = json.loads(again.stdout)

@@ -542,6 +542,18 @@ def test_reindex_finishes_an_interrupted_rename(filled: Library) -> None:
     assert filled.verify().ok
 
 
+@pytest.mark.parametrize(("steps", "kept"), [(2**64, None), (-1, None), (True, None), ("12", 12), (1.5, None), (2**63 - 1, 2**63 - 1)])
+def test_reindex_reads_a_hand_edited_step_count_as_the_readers_do(filled: Library, steps: object, kept: int | None) -> None:
+    # 2**64 does not fit the index's INTEGER column: it overflowed SQLite on reindex.
+    folder = filled.home / "concepts" / "cat-toy"
+    manifest = json.loads((folder / "concept.json").read_text())
+    manifest["steps"] = steps
+    (folder / "concept.json").write_text(json.dumps(manifest))
+    filled.reindex()
+    assert filled.show("cat-toy").steps == kept
+    assert [c.name for c in filled.list()] == ["cat-toy", "easynegative", "watercolor"]
+
+
 # --- export ------------------------------------------------------------------------------------
 
 
@@ -568,7 +580,7 @@ def test_export_in_a_format(filled: Library, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="unknown or read-only"):
         filled.export(["cat-toy"], "ldm", out)
     with pytest.raises(UsageError, match="unknown --for"):
-        filled.export(["cat-toy"], None, out, target="invokeai")
+        filled.export(["cat-toy"], None, out, target="fooocus")
 
 
 def test_export_for_a1111_and_comfyui(filled: Library, src: Path, tmp_path: Path) -> None:
@@ -833,6 +845,41 @@ def test_safe_stem() -> None:
     assert safe_stem("EasyNegative") == "EasyNegative"
     assert safe_stem("../x") == "x" and safe_stem("..") == "" and safe_stem("nul") == "nul-1"
     assert len(safe_stem("é" * 300).encode()) <= 120
+
+
+@pytest.mark.parametrize(
+    ("text", "stem"),
+    [
+        # Windows reserves a device name whatever follows the first dot: con-1.v2 is a file.
+        ("con.v2", "con-1.v2"),
+        ("CON.tar.gz", "CON-1.tar.gz"),
+        ("NUL .txt", "NUL -1.txt"),  # Windows ignores the spaces before the dot
+        ("CONOUT$", "CONOUT$-1"),
+        ("conin$.x", "conin$-1.x"),
+        ("COM\u00b2.pt", "COM\u00b2-1.pt"),  # Windows reads COM² as COM2
+        ("lpt\u00b9", "lpt\u00b9-1"),
+        ("console.v2", "console.v2"),
+        ("com10", "com10"),
+        # Invisible format characters would make a file whose name no one can type.
+        ("cat\u200btoy", "cat-toy"),
+        ("evil\u202egnp.pt", "evil-gnp.pt"),
+        ("\ufeffbom", "bom"),
+        ("soft\u00adhyphen", "soft-hyphen"),
+        ("a\x1b[2Jb", "a-[2Jb"),
+        ("e\u0301t\u00e9", "\u00e9t\u00e9"),
+        ("con." + "y" * 200, "con-1." + "y" * 114),  # the -1 still fits in 120 bytes
+    ],
+)
+def test_safe_stem_is_portable(text: str, stem: str) -> None:
+    assert safe_stem(text) == stem
+    assert len(stem.encode()) <= 120 and safe_stem(stem) == stem
+
+
+def test_export_words_and_stems_share_the_device_rule() -> None:
+    from conceptlib.library import ui_word
+
+    for text in ("con.v2", "CONOUT$", "COM\u00b3.x", "cat\u2066toy"):
+        assert ui_word(text, "a1111") == safe_stem(text)
 
 
 # --- real files --------------------------------------------------------------------------------

@@ -288,7 +288,10 @@ def test_hostile_token_file_in_a_concept_folder(lib: Library, tmp_path: Path) ->
     write(sd1(1, seed=9, token="x"), nul, format="concepts-library")
     (nul / "token_identifier.txt").write_bytes(b"bad\x00token")
     [rejected] = lib.add(nul).rejected
-    assert "control characters" in rejected.reason
+    assert rejected.reason == (
+        "token_identifier.txt: holds control or invisible characters (\\x00) that no prompt can contain: "
+        "'bad\\x00token' (hint: write the word alone, in printable characters)"
+    )
 
 
 def test_hostile_original_file_names(lib: Library, tmp_path: Path) -> None:

@@ -380,7 +380,7 @@ def test_bad_prompt_files_and_options(world: dict[str, Any], tmp_path: Path) -> 
     with pytest.raises(UsageError, match="nothing to render"):
         run(world, tmp_path, [])
     # A NaN guidance would render without guidance and write NaN (not JSON) into render.json.
-    with pytest.raises(UsageError, match=r"the guidance scale must be a number, got nan \(prompt line 1\)"):
+    with pytest.raises(UsageError, match=r"^--guidance: must be a number from 0 to 100, got nan$"):
         run(world, tmp_path, ["a cat"], guidance=float("nan"))
     (tmp_path / "afile").write_text("")
     with pytest.raises(UsageError, match="is a file; renders go into a folder"):
@@ -399,7 +399,18 @@ def test_bad_prompt_files_and_options(world: dict[str, Any], tmp_path: Path) -> 
         ('{"prompt": "x", "seed": 1e30}', '"seed" must be a whole number from 0 to 9223372036854775807, got 1e+30'),
         ('{"prompt": "x", "n": 1e400}', '"n" must be a whole number from 0 to 10000, got Infinity'),
         ('{"prompt": "x", "negative": ["a", "b"]}', '"negative" must be a string, got ["a", "b"]'),
-        ('{"prompt": "x", "guidance": "7"}', '"guidance" must be a number, got "7"'),
+        ('{"prompt": "x", "guidance": "7"}', '"guidance" must be a number from 0 to 100, got "7"'),
+        # json.loads reads NaN, Infinity and 1e400: numbers to Python, never a CFG scale.
+        ('{"prompt": "x", "guidance": NaN}', '"guidance" must be a number from 0 to 100, got NaN'),
+        ('{"prompt": "x", "guidance": 1e400}', '"guidance" must be a number from 0 to 100, got Infinity'),
+        ('{"prompt": "x", "guidance": 1e308}', '"guidance" must be a number from 0 to 100, got 1e+308'),
+        ('{"prompt": "x", "guidance": -1}', '"guidance" must be a number from 0 to 100, got -1'),
+        # Sizes are whole numbers in range: int(1e400) raised OverflowError, 512.5 became 512.
+        ('{"prompt": "x", "size": [1e400, 8]}', "size '[inf, 8]' is not WIDTHxHEIGHT"),
+        ('{"prompt": "x", "size": [512.5, 512]}', "size '[512.5, 512]' is not WIDTHxHEIGHT"),
+        ('{"prompt": "x", "size": [true, 8]}', "size '[True, 8]' is not WIDTHxHEIGHT"),
+        ('{"prompt": "x", "size": [16392, 512]}', "size 16392x512: width and height must be multiples of 8 from 8 to 16384"),
+        ('{"prompt": "x", "size": "99999999999999999999x8"}', "size 99999999999999999999x8: width and height must be multiples of 8 from 8 to 16384"),
     ],
 )
 def test_prompt_file_values_are_checked_like_the_options(tmp_path: Path, line: str, message: str) -> None:
@@ -500,10 +511,11 @@ def test_preview_reports_a_damaged_concept_in_its_row(world: dict[str, Any], tmp
     stored.write_bytes(bytes(data))
     result = preview(["cat-toy", "fancy-chair"], model=world["sd1"], out=tmp_path / "pv", home=home, steps=1,
                      size=SIZE, pipeline=world["sd1_pipe"])  # fmt: skip
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # as `show` exits for a damaged concept
     items = {i.source: i for i in result.items}
     assert items["cat-toy"].grid is not None
     assert items["fancy-chair"].error is not None and "verify --repair" in items["fancy-chair"].error
+    assert items["fancy-chair"].rejected and not items["cat-toy"].rejected
     assert "| fancy-chair | – | – | – | ❌ " in result.markdown.read_text(encoding="utf-8")
 
 
@@ -762,11 +774,23 @@ def test_preview_from_a_list_file(world: dict[str, Any], tmp_path: Path, cli: An
     monkeypatch.chdir(elsewhere)  # the list's paths do not depend on where the command runs
     common = ["--model", str(world["sd1"]), "--home", str(world["home"]), "--out", str(tmp_path / "pv")]
     run = cli("preview", "--from", str(lists / "list.txt"), *common, "--json")
-    assert run.exit_code == 1, run.output
-    items = {i["source"]: i for i in json.loads(run.stdout)["items"]}
+    # 2, as `add` and `validate` exit for a missing file or an unknown name (not 1: the SD 2.x
+    # concept alone would give 1), with the summary written all the same.
+    assert run.exit_code == 2, run.output
+    data = json.loads(run.stdout)
+    assert data["exit_code"] == 2 and Path(data["markdown"]).is_file()
+    items = {i["source"]: i for i in data["items"]}
     assert items["../wide-one.safetensors"]["error"].startswith("embedding width 1024 fits SD 2.x")
     assert items["missing.safetensors"]["error"] == f"{lists / 'missing.safetensors'}: no such file or folder"
     assert items["not-a-concept"]["error"].startswith("no concept named 'not-a-concept' in the library")
+    assert {s: i["rejected"] for s, i in items.items()} == {
+        "../wide-one.safetensors": False, "missing.safetensors": True, "not-a-concept": True,
+    }
+
+    # The concept that does not fit, alone: 1.
+    (lists / "wide.txt").write_text("../wide-one.safetensors\n")
+    run = cli("preview", "--from", str(lists / "wide.txt"), *common)
+    assert run.exit_code == 1, run.output
 
     # An empty list (a CI job found nothing to list) is like a range that changes nothing.
     (lists / "empty.txt").write_text("# no concepts this time\n\n")

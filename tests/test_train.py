@@ -275,7 +275,7 @@ def test_images_and_token_checked_first(models: dict[str, Path], tmp_path: Path)
     (tmp_path / "afile").write_text("")
     with pytest.raises(UsageError, match="afile: is a file; the run folder must be a folder"):
         _train(_config(models["sd1"], broken, tmp_path / "afile"))
-    with pytest.raises(UsageError, match="--preview-steps must be at least 1, got -1"):
+    with pytest.raises(UsageError, match="--preview-steps: must be a whole number from 1 to 1000, got -1"):
         _train(_config(models["sd1"], broken, tmp_path / "o9", preview_every=1, preview_steps=-1))
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9 [name]\n".encode("latin-1"))
@@ -287,6 +287,57 @@ def test_images_and_token_checked_first(models: dict[str, Path], tmp_path: Path)
     with pytest.raises(UsageError, match="no template uses \\[name\\] and no caption holds the token '<toy>'"):
         _train(_config(models["sd1"], broken / "000-red striped toy.png", tmp_path / "o11", templates=str(filewords)))
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 12))
+
+
+def test_a_training_image_that_is_no_image_is_refused_before_anything_loads(models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = _make_images(tmp_path / "imgs", 1)
+    (images / "zz-evil.png").write_bytes(b"#!/bin/sh\nrm -rf ~\n")
+    run = tmp_path / "run"
+    args = ["train", "-m", str(models["sd1"]), "-i", str(images), "--token", "<x>", "--resolution", "32", "--out", str(run)]
+    assert _cli(args) == 2
+    assert capsys.readouterr().err == (
+        f"Error: {images / 'zz-evil.png'}: is not an image, though named .png: it holds a script "
+        "(hint: remove it from the training images)\n"
+    )
+    assert not run.exists()
+
+
+def _images_the_library_does_not_keep(folder: Path, *, tiff: bool = True) -> Path:
+    """Two kept PNGs, a TIFF and a JPEG named .png: all four train, the library keeps two."""
+    from PIL import Image
+
+    _make_images(folder, 2)
+    picture = Image.open(folder / "000-red striped toy.png").convert("RGB")
+    if tiff:
+        picture.save(folder / "002-toy.tif")
+    picture.save(folder / "003-toy.png", format="JPEG")
+    return folder
+
+
+def test_training_images_the_library_does_not_keep_are_warnings(models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from conceptlib.library import Library
+
+    images = _images_the_library_does_not_keep(tmp_path / "imgs")
+    args = ["train", "-m", str(models["sd1"]), "-i", str(images), "--token", "<kept>", "--init-word", "toy",
+            "--steps", "1", "--resolution", "32", "--save-every", "0", "--name", "kept", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert _cli(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "Warning: 002-toy.tif is trained on but not kept with the concept: the library keeps only .png, .jpg, .jpeg, .webp, .gif, .bmp images" in err
+    assert "Warning: 003-toy.png is trained on but not kept with the concept: is named .png but holds a JPEG image" in err
+    with Library.open() as lib:
+        assert [i.name for i in lib.show("kept").images] == ["000-red striped toy.png", "001-red striped toy.png"]
+
+
+def test_images_the_library_leaves_out_are_in_the_warnings(models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import conceptlib.train as train_module
+
+    # Whatever passes the check above and is still refused by the library (a file changed
+    # while training ran) is reported from the add's skipped list, not dropped.
+    monkeypatch.setattr(train_module, "_check_image_file", lambda path: None)
+    images = _images_the_library_does_not_keep(tmp_path / "imgs", tiff=False)
+    result = _train(_config(models["sd1"], images, tmp_path / "run", steps=1, add_to_library=True, name="left-out"))
+    assert "003-toy.png is not kept with the concept: is named .png but holds a JPEG image (hint: give it the suffix of the format it holds, if you trust it)" in result.warnings
+    assert result.concept is not None and len(result.concept.images) == 2
 
 
 def test_tokens_with_backslashes_and_path_settings(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
@@ -695,9 +746,29 @@ def test_gradient_clipping(models: dict[str, Path], images: Path, tmp_path: Path
 
 
 def test_nan_guard_keeps_last_good_checkpoint(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
-    with pytest.raises(TrainingDivergedError) as info:
-        _train(_config(models["sd1"], images, tmp_path / "run", steps=6, save_every=1, lr=1e30))
+    # A rate that diverges (1e30) is refused by --lr's range now, so the 4th step's update is
+    # poisoned instead: what the guard sees is the same, vectors that stopped being numbers.
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    calls = []
+
+    def poison(optimizer: Any, args: Any, kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 4:
+            with torch.no_grad():
+                for group in optimizer.param_groups:
+                    for p in group["params"]:
+                        p.fill_(float("inf"))
+
+    handle = register_optimizer_step_post_hook(poison)
+    try:
+        with pytest.raises(TrainingDivergedError) as info:
+            _train(_config(models["sd1"], images, tmp_path / "run", steps=6, save_every=1))
+    finally:
+        handle.remove()
     error = info.value
+    assert error.step == 4
     assert "lower the learning rate" in (error.hint or "")
     assert error.checkpoint is not None
     state = load_checkpoint(error.checkpoint)
@@ -788,7 +859,7 @@ def test_cli_templates_and_sidecar_captions(models: dict[str, Path], tmp_path: P
     assert any("loses the token" in w for w in data["warnings"])
     code = _cli([*args[:-3], "--out", str(tmp_path / "run3"), "--tag-dropout", "1"])
     err = capsys.readouterr().err
-    assert code == 2 and "--tag-dropout is a probability" in err and "Traceback" not in err
+    assert code == 2 and "--tag-dropout: must be a number from 0 up to (not including) 1, got 1" in err and "Traceback" not in err
     (images / "001-red striped toy.txt").unlink()
     code = _cli([*args[:-3], "--out", str(tmp_path / "run2"), "--no-add"])
     assert code == 2 and "001-red striped toy.txt" in capsys.readouterr().err
@@ -946,5 +1017,5 @@ def test_random_streams_use_the_whole_seed() -> None:
     assert draw(5, 2) == torch.rand(3, generator=old).tolist()
     # ...and seeds that differ only above bit 32 are different runs.
     assert draw(5 + 2**32, 2) != draw(5, 2)
-    with pytest.raises(UsageError, match="--seed must be from 0 to"):
+    with pytest.raises(UsageError, match="--seed: must be a whole number from 0 to"):
         _check_config(TrainConfig(model="m", images="i", token="<t>", seed=2**63))
