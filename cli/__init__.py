@@ -12,13 +12,23 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
-    from conceptlib.cli._readonly import fast_main, parse_fast
+    from conceptlib.cli._readonly import parse_fast
 
     args = sys.argv[1:] if argv is None else list(argv)
     if parse_fast(args) is None:
         from conceptlib.cli.app import main as app_main
 
         return app_main(args)
+    from conceptlib.cli._errors import library_warnings
+
+    # Stray library warnings become one line each here too (see library_warnings).
+    with library_warnings():
+        return _fast(args)
+
+
+def _fast(args: list[str]) -> int:
+    from conceptlib.cli._readonly import fast_main
+
     try:
         code = fast_main(args)
     except KeyboardInterrupt:

@@ -8,10 +8,13 @@ before Typer is even imported (see ``conceptlib.cli.main``), which keeps them un
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from conceptlib._terminal import is_invisible, printable
 
 if TYPE_CHECKING:
     from conceptlib.concept import Concept, ConceptRow, ConceptSummary
@@ -19,17 +22,83 @@ if TYPE_CHECKING:
 
 #: Longest cell in human tables; the full value is in --json and `show`.
 _MAX_CELL = 40
+#: Longest value `show` prints per field (a token may be 1,000 characters; a pickle's name, 6 MB).
+_MAX_SHOWN = 1000
+
+
+def finite_json(data: Any) -> Any:
+    """``data`` with every NaN and ±Infinity float replaced by None.
+
+    JSON has no spelling for them: Python writes bare ``NaN``/``Infinity``, which ``jq``, browsers
+    and most parsers refuse. None (``null``) is what JavaScript's ``JSON.stringify`` writes, and
+    the fields that can hold such values come with a count of them (``non_finite`` in inspect).
+    """
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    return data
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def escape_invisible_json(text: str) -> str:
+    """JSON text with invisible characters written as ``\\uXXXX`` escapes.
+
+    The values stay exactly the same (that is what the escape means to every JSON parser),
+    but a bidi override, DEL or C1 control in a token no longer acts on the terminal showing
+    the output, and a lone surrogate no longer breaks writing it as UTF-8. Everything else
+    stays readable (``ensure_ascii=False``).
+    """
+    if text.isascii():  # json escapes C0 itself; DEL is the one ASCII character left
+        return text.replace("\x7f", "\\u007f") if "\x7f" in text else text
+    # Distinct characters only, then one C-speed translate: a 10,000-row list stays fast.
+    table = {ord(c): _json_escape(c) for c in set(text) if (c == "\x7f" or c > "\x7f") and is_invisible(c)}
+    return text.translate(table) if table else text
+
+
+def _dumps(data: Any, **options: Any) -> str:
+    # The strict encoder is the fast path; only data that really holds NaN/Inf is walked.
+    try:
+        text = json.dumps(data, ensure_ascii=False, default=str, allow_nan=False, **options)
+    except ValueError:
+        text = json.dumps(finite_json(data), ensure_ascii=False, default=str, allow_nan=False, **options)
+    return escape_invisible_json(text)
 
 
 def print_json(data: Any) -> None:
-    """Write ``data`` as indented JSON to stdout (no colour codes, stable key order)."""
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    """Write ``data`` as indented JSON to stdout (no colour codes, stable key order).
+
+    Values are exact (control, bidi and other invisible characters are written as ``\\u``
+    escapes, see :func:`escape_invisible_json`); NaN and ±Infinity become null, so the output
+    is always valid JSON (see :func:`finite_json`).
+    """
+    sys.stdout.write(_dumps(data, indent=2) + "\n")
     sys.stdout.flush()
 
 
+def safe_lines(lines: list[str]) -> list[str]:
+    """``lines`` with control, bidi and other invisible characters escaped (see ``printable``).
+
+    The backstop for every plain write: fields should already be escaped where they are put
+    into a line, but a line that still holds an escape sequence must not reach the terminal.
+    """
+    if "".join(lines).isprintable():  # C speed; nearly every line of every table
+        return lines
+    return [line if line.isprintable() else printable(line, None) for line in lines]
+
+
 def info(message: str) -> None:
-    """A one-line message on stderr."""
-    sys.stderr.write(message + "\n")
+    """A one-line message on stderr (invisible characters escaped)."""
+    sys.stderr.write(safe_lines([message])[0] + "\n")
     sys.stderr.flush()
 
 
@@ -42,13 +111,15 @@ def _library(home: Path | None) -> Library:
 def _write(lines: list[str]) -> None:
     # Plain writes, not rich: printing 10,000 rows through rich costs more than the query.
     if lines:
-        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.write("\n".join(safe_lines(lines)) + "\n")
         sys.stdout.flush()
 
 
 def _cell(value: str) -> str:
     if len(value) > _MAX_CELL or not value.isprintable():
-        value = " ".join(value.split())
+        # Whitespace runs (newlines, tabs) read as one space; what stays invisible is escaped
+        # before the cut, so an escape sequence cannot survive half-cut either.
+        value = printable(" ".join(value.split()), _MAX_CELL * 2)
         value = value if len(value) <= _MAX_CELL else value[: _MAX_CELL - 1] + "…"
     return value
 
@@ -93,11 +164,12 @@ def _print_rows_json(rows: list[dict[str, Any]]) -> None:
     ``json.dumps(indent=...)`` runs in pure Python (3× the whole query at 10,000 concepts);
     encoding each row compactly uses the C encoder and still reads and diffs line by line.
     """
-    import json
-
-    encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per row
-    body = ",\n".join(map(encode, rows))
-    sys.stdout.write(f"[\n{body}\n]\n" if rows else "[]\n")
+    encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode  # one encoder, not one per row
+    try:
+        body = ",\n".join(map(encode, rows))
+    except ValueError:  # a NaN or Infinity somewhere: null, as in print_json
+        body = ",\n".join(encode(finite_json(row)) for row in rows)
+    sys.stdout.write(escape_invisible_json(f"[\n{body}\n]\n") if rows else "[]\n")
     sys.stdout.flush()
 
 
@@ -143,7 +215,8 @@ def describe(concept: Concept) -> list[str]:
     if concept.history:
         rows.append(("history", ", ".join(str(h.get("content_hash", "?"))[:12] for h in concept.history)))
     rows += [("created", concept.created), ("updated", concept.updated), ("folder", str(concept.path) if concept.path else None)]
-    return [concept.name] + [f"  {label:<13} {value}" for label, value in rows if value is not None]
+    # Tokens, descriptions, checkpoint names and file names come from strangers' files.
+    return [printable(concept.name)] + [f"  {label:<13} {printable(value, _MAX_SHOWN)}" for label, value in rows if value is not None]
 
 
 def list_concepts(
@@ -179,7 +252,7 @@ def search_concepts(*, query: str, json_: bool = False, home: Path | None = None
         _print_rows_json([c.to_dict() for c in concepts])
         return
     if not concepts:
-        info(f"No concept matches {query!r}.")
+        info(f"No concept matches {printable(repr(query))}.")
         return
     _write(_summary_rows(concepts))
 

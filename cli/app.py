@@ -48,8 +48,38 @@ for _module in (_formats, _library, _models, _hub, _train, _render, _demo):
     _module.register(app)
 
 
+def _usage_line(exc: Exception) -> str:
+    """Typer's usage error (bad value, unknown option, missing argument) as the one-line form."""
+    from conceptlib.cli._errors import one_line
+
+    format_message = getattr(exc, "format_message", None)
+    message = format_message() if callable(format_message) else str(exc)
+    param = getattr(exc, "param", None)
+    opts = [o for o in getattr(param, "opts", None) or [] if o.startswith("--")] or list(getattr(param, "opts", None) or [])
+    prefix = "Invalid value for "
+    if opts and message.startswith(prefix) and ": " in message:
+        # "Invalid value for '--steps': Input should be ..." -> "--steps: input should be ..."
+        reason = message.split(": ", 1)[1]
+        message = f"{opts[0]}: {reason[:1].lower()}{reason[1:]}"
+    # The root's name is however Python was started (`python -m conceptlib`, a test runner).
+    ctx = getattr(exc, "ctx", None)
+    subcommands = (getattr(ctx, "command_path", None) or "").split(" ")[1:]
+    return one_line("Error:", message, f"see `{' '.join(['conceptlib', *subcommands])} --help`")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point: run the app, turning errors into one line and an exit code."""
+    """Console-script entry point: run the app, turning errors into one line and an exit code.
+
+    Warnings that libraries raise on the way (numpy on huge values, Pillow on huge images)
+    become one ``Warning:`` line each, or nothing (see ``cli._errors.library_warnings``).
+    """
+    from conceptlib.cli._errors import library_warnings
+
+    with library_warnings():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     from conceptlib.cli._errors import render_error
     from conceptlib.cli._output import err
 
@@ -71,11 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         err.print("Interrupted.", markup=False)
         return 130
     except Exception as exc:
-        # Typer's private Click raises its own usage/abort exceptions: let them print themselves.
+        # Typer's private Click raises its own usage/abort exceptions. A usage error (a value
+        # out of range, an unknown option) gets the same one line as conceptlib's own errors;
+        # bare `conceptlib` (help as an error) and other Click exceptions print themselves.
         show = getattr(exc, "show", None)
         exit_code = getattr(exc, "exit_code", None)
         if callable(show) and isinstance(exit_code, int):
-            show()
+            if hasattr(exc, "ctx") and type(exc).__name__ != "NoArgsIsHelpError":
+                err.print(_usage_line(exc), markup=False)
+            else:
+                show()
             return exit_code
         if type(exc).__name__ == "Abort":
             err.print("Aborted.", markup=False)

@@ -12,7 +12,8 @@ from conceptlib.cli._output import out
 
 
 def _step(title: str) -> None:
-    out.print(f"\n== {title}", markup=False)
+    out.print()  # one line per print: the console escapes a newline inside a string
+    out.print(f"== {title}", markup=False)
 
 
 def demo(
@@ -119,7 +120,8 @@ def demo(
     out.print("  clean: every hash matches, index and manifests agree" if checked.ok else
               f"  {len(checked.problems)} problems", markup=False)
     library.close()
-    out.print(f"\nTry: conceptlib list --home {root / 'library'}", markup=False)
+    out.print()
+    out.print(f"Try: conceptlib list --home {root / 'library'}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

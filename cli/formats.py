@@ -7,8 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
+from conceptlib._terminal import printable
 from conceptlib.cli._options import ForceOpt, JsonOpt, StrictOpt, TokenOpt
 from conceptlib.cli._output import err, out, print_json, warn
+
+#: Longest metadata value `inspect` shows (the full text is in --json).
+_MAX_META = 120
 
 
 def _file_facts(path: Path) -> dict[str, Any]:
@@ -38,12 +42,14 @@ def inspect_path(path: Path, strict: bool) -> dict[str, Any]:
 
 
 def _show(info: dict[str, Any]) -> None:
+    # Tokens, names, metadata and checkpoint names come from the file: each is escaped and
+    # bounded where it goes into a line (the console escapes whole lines as a backstop).
     enc = ", ".join(f"{k} {v['width']}" for k, v in info["encoders"].items())
     family = info["family_label"] or "unknown"
     if info["family"] == "sdxl" and not info["complete"]:
         family += " (incomplete: only " + ", ".join(info["encoders"]) + ")"
     token = info["token"]
-    token_line = token if token else f"{info['prompt_word']} (no token stored: the prompt word is the name or file name)"
+    token_line = printable(token) if token else f"{printable(info['prompt_word'])} (no token stored: the prompt word is the name or file name)"
     rows = [
         ("format", f"{info['format']}: {info['format_description']}"),
         ("token", token_line),
@@ -53,9 +59,9 @@ def _show(info: dict[str, Any]) -> None:
     ]
     for key, label in (("name", "name"), ("step", "step"), ("checkpoint_hash", "trained on"), ("checkpoint_name", "checkpoint")):
         if info.get(key) is not None:
-            rows.append((label, str(info[key])))
+            rows.append((label, printable(info[key])))
     for key, value in sorted(info["metadata"].items()):
-        rows.append((f"meta {key}", value if len(value) < 120 else value[:117] + "..."))
+        rows.append((f"meta {printable(key, 60)}", printable(value, _MAX_META)))
     rows.append(("content hash", info["content_hash"]))
     f = info["file"]
     if f.get("sha256"):
@@ -63,7 +69,7 @@ def _show(info: dict[str, Any]) -> None:
         if "addnet" in f:
             rows.append(("addnet hash", f["addnet"]))
     rows.append(("checksum", ", ".join(f"[{v}]" for v in info["a1111_checksum"].values()) + " (AUTOMATIC1111)"))
-    out.print(f["path"], markup=False)
+    out.print(printable(f["path"], None), markup=False)
     for label, value in rows:
         out.print(f"  {label:<13} {value}", markup=False)
 
@@ -93,7 +99,7 @@ def inspect(
             continue
         results.append(info)
         for key, count in info["non_finite"].items():
-            warn(f"{path}: {count} NaN/Inf values in {key} (the concept is damaged; --strict makes this an error)")
+            warn(f"{printable(str(path), None)}: {count} NaN/Inf values in {key} (the concept is damaged; --strict makes this an error)")
         if not json_:
             if i:
                 out.print()
@@ -126,7 +132,7 @@ def convert(
     emb = result.embedding
     if json_ and token is not None and not result.token_stored:
         err.print(
-            f"Note: the {result.format} format stores no token; tools use the file name, {result.token!r}, "
+            f"Note: the {result.format} format stores no token; tools use the file name, {printable(repr(result.token))}, "
             "as the prompt word (rename the file to change it)",
             markup=False,
         )
@@ -145,7 +151,8 @@ def convert(
         return
     for path in result.files:
         out.print(str(path), markup=False)
-    word = f"token {result.token!r}" if result.token_stored else f"no token stored (the file name {result.token!r} is the prompt word)"
+    shown = printable(repr(result.token))
+    word = f"token {shown}" if result.token_stored else f"no token stored (the file name {shown} is the prompt word)"
     err.print(
         f"Converted {src} ({result.source_format}) to {result.format}: {emb.num_vectors} × {emb.width_label}, {emb.dtype}, {word}",
         markup=False,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from conceptlib._terminal import printable
 from conceptlib.cli._options import ConceptArg, HomeOpt, JsonOpt, TokenOpt
 from conceptlib.cli._output import err, out, print_json
 
@@ -34,14 +35,22 @@ def _short(commit: str | None) -> str:
 @contextlib.contextmanager
 def _working(message: str, *, show: bool) -> Iterator[None]:
     """A spinner on stderr (terminals only) in place of huggingface_hub's bars and retry logs."""
+    from rich.text import Text
+
     from conceptlib.hub import quiet_client_output
 
-    with quiet_client_output(), err.status(message) if show and err.is_terminal else contextlib.nullcontext():
+    # A Text, not a str: rich reads a str status as markup, and ``message`` holds a repository
+    # name as typed ("[bold]" would be styled, a stray "[/x]" would crash the spinner).
+    status = Text(printable(message))
+    with quiet_client_output(), err.status(status) if show and err.is_terminal else contextlib.nullcontext():
         yield
 
 
 def _show_pull(result: PullResult) -> None:
     out.print(f"{result.status:<9} {result.name:<24} {result.repo_id}@{_short(result.commit)}", markup=False)
+    for path, reason in result.skipped.items():
+        # The repository's owner chose these names: escaped.
+        err.print(f"  skipped {printable(path, None)}: {printable(reason, None)}", markup=False)
     if result.status == "updated" and result.previous_content_hash and result.previous_content_hash != result.content_hash:
         err.print(
             f"  {result.name}: vectors changed ({result.previous_content_hash[:12]} → {(result.content_hash or '')[:12]}); "
@@ -55,9 +64,9 @@ def _show_summary(summary: AuthorSummary, items: list[AuthorItem]) -> None:
         if item.status in ("added", "updated"):
             out.print(f"{item.status:<9} {item.name or '':<24} {item.repo_id}@{_short(item.commit)}", markup=False)
         elif item.status == "failed":
-            out.print(f"failed    {item.repo_id}: {item.reason}", markup=False)
+            out.print(f"failed    {item.repo_id}: {printable(item.reason or '', None)}", markup=False)
         elif item.reason and not item.reason.startswith("unchanged"):
-            out.print(f"skipped   {item.repo_id}: {item.reason}", markup=False)
+            out.print(f"skipped   {item.repo_id}: {printable(item.reason, None)}", markup=False)
     counts = {s: sum(1 for i in items if i.status == s) for s in ("added", "updated", "skipped", "failed")}
     out.print(
         f"{summary.author}: {counts['added']} added, {counts['updated']} updated, "
@@ -72,18 +81,19 @@ def _pull_author(library: Any, author: str, limit: int | None, jobs: int, json_:
     from conceptlib.hub import AuthorSummary, pull_author, quiet_client_output
 
     seen: list[AuthorItem] = []
+    # markup=False: the description holds the --author value as typed, checked only later.
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=err, transient=True,
     )
-    task = bar.add_task(f"Pulling {author}", total=None)
+    task = bar.add_task(f"Pulling {printable(author)}", total=None)
 
     def progress(done: int, total: int, item: AuthorItem | None) -> None:
         bar.update(task, completed=done, total=total)
         if item is not None:
             seen.append(item)
             if item.status == "failed":
-                bar.console.print(f"failed: {item.repo_id}: {item.reason}", markup=False, highlight=False)
+                bar.console.print(f"failed: {item.repo_id}: {printable(item.reason or '', None)}", markup=False, highlight=False)
 
     try:
         with bar, quiet_client_output():
@@ -100,8 +110,9 @@ def _pull_author(library: Any, author: str, limit: int | None, jobs: int, json_:
         print_json(summary.to_dict())
     else:
         _show_summary(summary, summary.items)
-    if summary.of("failed"):
-        raise typer.Exit(1)
+    if summary.exit_code:
+        # 2 when a repository's content was refused (bad input), 1 when only the Hub failed.
+        raise typer.Exit(summary.exit_code)
 
 
 def pull(
@@ -112,7 +123,11 @@ def pull(
     as_: Annotated[str | None, typer.Option("--as", help="Name of the concept in the library (one repository only).")] = None,
     author: Annotated[str | None, typer.Option("--author", help="Pull every concept repository of this user or organisation.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=0, help="With --author: at most this many repositories.")] = None,
-    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="With --author: repositories pulled at once [default: 4].")] = None,
+    # max is conceptlib.hub.MAX_JOBS, written out: importing conceptlib.hub here would slow every
+    # command's start-up (tests/test_cli_options.py keeps the two equal).
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", min=1, max=64, help="With --author: repositories pulled at once, 1 to 64 [default: 4].")
+    ] = None,
     file: Annotated[str | None, typer.Option("--file", help="The embedding file to take when a repository holds several.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Download and re-import even when the revision is unchanged.")] = False,
     token: TokenOpt = None,

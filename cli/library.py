@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from conceptlib._terminal import printable
 from conceptlib.cli._options import (
     BaseOpt,
     ConceptArg,
@@ -26,7 +27,7 @@ from conceptlib.cli._options import (
     TypeOpt,
     YesOpt,
 )
-from conceptlib.cli._output import StatusBar, info, print_json
+from conceptlib.cli._output import StatusBar, info, print_json, warn
 from conceptlib.cli._readonly import (  # noqa: F401  (table, describe, fast_main, parse_fast: public here too)
     _library,
     _plural,
@@ -83,18 +84,22 @@ def add(
         )
     finally:
         bar.close()
+    # Paths, tokens and reasons come from strangers' files: escaped, so an escape sequence or
+    # a bidi override in a file name cannot rewrite or disguise the report.
+    skipped_lines = [f"skipped    {printable(r.path, None)}: {printable(r.reason, None)}" for r in report.skipped]
     if report.total == 1 and report.rejected and report.rejected[0].error is not None and not json_:
         # One input: its error is the command's error (one line, exit 2). Scripts asking
         # for --json get the report instead, with the same exit code.
+        _write(skipped_lines)
         raise report.rejected[0].error
     if json_:
         print_json(report.to_dict())
     else:
         lines = [
-            *(f"added      {c.name}  ({c.token}, {c.family_label}, {_plural(c.vectors, 'vector')})" for c in report.added),
-            *(f"duplicate  {d.path}  (same vectors as {d.existing})" for d in report.duplicates),
-            *(f"rejected   {r.path}: {r.reason}" for r in report.rejected),
-            *(f"skipped    {r.path}: {r.reason}" for r in report.skipped),
+            *(f"added      {c.name}  ({printable(c.token)}, {c.family_label}, {_plural(c.vectors, 'vector')})" for c in report.added),
+            *(f"duplicate  {printable(d.path, None)}  (same vectors as {d.existing})" for d in report.duplicates),
+            *(f"rejected   {printable(r.path, None)}: {printable(r.reason, None)}" for r in report.rejected),
+            *skipped_lines,
         ]
         _write(lines)
         skipped = f", {len(report.skipped)} skipped" if report.skipped else ""
@@ -201,7 +206,7 @@ def tag(
     if json_:
         print_json({"name": concept.name, "tags": concept.tags})
         return
-    _write([f"{concept.name}: {', '.join(concept.tags) if concept.tags else '(no tags)'}"])
+    _write([f"{concept.name}: {printable(', '.join(concept.tags)) if concept.tags else '(no tags)'}"])
 
 
 def rename(
@@ -224,22 +229,26 @@ def rename(
         print_json({"name": concept.name, "token": concept.token})
         return
     _write([concept.name])
-    info(f"{name} is now {concept.name} (token {concept.token}).")
+    info(f"{printable(name)} is now {concept.name} (token {printable(concept.token)}).")
 
 
 def export(
     names: ConceptsArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Destination folder (created if missing).", show_default=False)],
     format_: Annotated[str | None, typer.Option("--format", help="Format to write (see `conceptlib formats`).", show_default=False)] = None,
-    for_: Annotated[str | None, typer.Option("--for", help="Write files ready for a UI's embeddings/ folder: a1111 or comfyui.", show_default=False)] = None,
+    for_: Annotated[
+        str | None,
+        typer.Option("--for", help="Write files ready for a UI's embeddings folder: a1111, comfyui or invokeai.", show_default=False),
+    ] = None,
     force: ForceOpt = False,
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
-    """Write concepts out in a format, or as a folder ready for AUTOMATIC1111 or ComfyUI.
+    """Write concepts out in a format, or as files ready for AUTOMATIC1111, ComfyUI or InvokeAI.
 
-    With --for a1111 (or comfyui) every file is named after the concept's token without
-    angle brackets: that file name is the word to type in prompts there.
+    With --for, each file is named after the concept's token without angle brackets, made
+    into one word the UI reads (spaces and brackets become '-'): that name is what you type,
+    as printed: cat-toy (a1111), embedding:cat-toy (comfyui), <cat-toy> (invokeai).
 
     Example: conceptlib export cat-toy easynegative --for a1111 --out ~/webui/embeddings
     """
@@ -247,9 +256,12 @@ def export(
     if json_:
         print_json([r.to_dict() for r in results])
         return
-    _write([str(p) for r in results for p in r.files])
+    # One line per concept: the files, then the word to type (printed exactly as written in a
+    # prompt: the word is made of characters that need no quoting there).
+    _write([f"{printable(r.name)} -> {', '.join(printable(str(p), None) for p in r.files)} (type: {printable(r.prompt)})" for r in results])
     for r in results:
-        info(f"{r.name}: {r.format}, prompt word {r.prompt_word!r}")
+        if r.note:
+            warn(f"{r.name}: {r.note}")
 
 
 # --- maintenance -------------------------------------------------------------------------------

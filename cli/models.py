@@ -14,10 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from conceptlib._terminal import printable
 from conceptlib.cli._options import ForceOpt, HomeOpt, JsonOpt, ModelOpt, StrictOpt
 from conceptlib.cli._output import err, info, out, print_json
+from conceptlib.errors import ConceptlibError
 
 if TYPE_CHECKING:
+    from conceptlib._inputs import Skipped
     from conceptlib.embedding import Embedding
     from conceptlib.models import ModelInfo
     from conceptlib.validate import Finding
@@ -213,25 +216,47 @@ class Target:
     findings: list[Finding] = field(default_factory=list)
 
 
-def collect_files(folder: Path) -> list[Path]:
+def collect_files(folder: Path, skipped: list[Skipped] | None = None) -> list[Path]:
     """Embedding files and concept folders under ``folder``, sorted, hidden entries skipped.
 
     A folder holding ``learned_embeds.*`` or ``embeddings.pt`` is one concept; the second file
     of a diffusers SDXL pair (``x_2.safetensors`` beside ``x.safetensors``) is read with the first.
+    Links are not followed out of ``folder`` (see :mod:`conceptlib._inputs`): those, and links to
+    nothing, go to ``skipped``; a link to a folder inside is not descended into.
     """
-    if any((folder / name).is_file() for name in CONCEPT_FOLDER_FILES):
+    from conceptlib._inputs import Folder
+
+    def is_concept(path: Path) -> bool:
+        return any(os.path.lexists(path / name) for name in CONCEPT_FOLDER_FILES)
+
+    if is_concept(folder):
         return [folder]
     found: list[Path] = []
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            found.extend(collect_files(entry))
-        elif entry.is_file() and entry.suffix.lower() in EMBEDDING_SUFFIXES:
-            partner = entry.with_name(entry.stem[:-2] + ".safetensors")
-            if entry.suffix == ".safetensors" and entry.stem.endswith("_2") and partner.is_file():
-                continue
-            found.append(entry)
+    with Folder(folder) as root:
+
+        def walk(rel: str) -> None:
+            entries, refused = root.entries(rel)
+            if skipped is not None:
+                skipped.extend(r for r in refused if not Path(r.path).name.startswith("."))
+            names = {e.name for e in entries}
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                path = folder / entry.rel
+                if entry.kind == "dir":
+                    if entry.linked:
+                        continue  # its target is inside, and read where it is
+                    if is_concept(path):
+                        found.append(path)
+                    else:
+                        walk(entry.rel)
+                elif path.suffix.lower() in EMBEDDING_SUFFIXES:
+                    partner = entry.name[:-len("_2.safetensors")] + ".safetensors"
+                    if entry.name.endswith("_2.safetensors") and partner in names:
+                        continue
+                    found.append(path)
+
+        walk("")
     return found
 
 
@@ -260,51 +285,79 @@ def _concept_target(name: str, home: Path | None) -> Target:
 def _read_error(exc: BaseException) -> str:
     """The reason a file could not be read, without repeating its path."""
     from conceptlib.cli._errors import render_error
-    from conceptlib.errors import ConceptlibError
 
     if isinstance(exc, ConceptlibError):
         return exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
-    return render_error(exc)[0].removeprefix("Error: ")
+    line = render_error(exc)[0].removeprefix("Error: ")
+    filename = getattr(exc, "filename", None)
+    return line.removeprefix(f"{filename}: ") if filename else line
 
 
-def resolve_targets(specs: list[str], home: Path | None = None) -> list[Target]:
+def resolve_targets(specs: list[str], home: Path | None = None, skipped: list[Skipped] | None = None) -> list[Target]:
     """Turn TARGET arguments into concepts to validate.
 
+    One bad target never stops the others: each file that cannot be read, each missing path
+    or unknown name becomes a target carrying ``error``. With a single TARGET, its error is
+    raised instead (the command's one-line error). A damaged library, a full disk or no
+    memory stop everything, whatever the number of targets.
+
     Args:
-        specs: concept names, embedding files or folders (scanned recursively).
+        specs: concept names, embedding files or folders (scanned recursively, without
+            following links out of them).
         home: the library folder for concept names.
+        skipped: collects links and special files left alone while scanning folders.
 
     Returns:
         One target per concept; files that cannot be read carry ``error`` instead of vectors.
 
     Raises:
-        FileNotFoundError: a path-like target does not exist.
-        ConceptNotFoundError: a name is neither a path nor a concept.
-        UsageError: a folder holds no embedding file.
+        FileNotFoundError: a path-like target does not exist (single target).
+        ConceptNotFoundError: a name is neither a path nor a concept (single target).
+        UsageError: a folder holds no embedding file (single target).
     """
-    from conceptlib.errors import ConceptlibError, UsageError
-    from conceptlib.formats import read
+    from conceptlib._inputs import concerns_the_library
 
     targets: list[Target] = []
     for spec in specs:
-        path = Path(spec).expanduser()
-        if not path.exists():
-            if _looks_like_path(spec):
-                raise FileNotFoundError(2, "No such file or directory", spec)
-            targets.append(_concept_target(spec, home))
-            continue
-        files = collect_files(path) if path.is_dir() else [path]
-        if not files:
-            raise UsageError(
-                f"holds no embedding files ({', '.join(EMBEDDING_SUFFIXES)})", path=path
-            )
-        for file in files:
-            target = Target(label=str(file), path=file)
-            try:
-                target.embedding = read(file)
-            except (ConceptlibError, OSError) as exc:
-                target.error = _read_error(exc)
-            targets.append(target)
+        try:
+            targets += _targets_of(spec, home, skipped)
+        except (ConceptlibError, OSError) as exc:
+            if len(specs) == 1 or concerns_the_library(exc):
+                raise
+            targets.append(Target(label=spec, error=_read_error(exc)))
+    return targets
+
+
+def _targets_of(spec: str, home: Path | None, skipped: list[Skipped] | None) -> list[Target]:
+    """The targets one TARGET argument gives; a file that cannot be read carries its error."""
+    from conceptlib._inputs import concerns_the_library
+    from conceptlib._snapshots import read_input
+    from conceptlib.errors import UsageError
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if path.is_symlink():
+            raise FileNotFoundError(2, f"No such file or directory (a symbolic link to {printable(os.readlink(path))})", spec)
+        if _looks_like_path(spec):
+            raise FileNotFoundError(2, "No such file or directory", spec)
+        return [_concept_target(spec, home)]
+    within = path if path.is_dir() else None
+    files = collect_files(path, skipped) if path.is_dir() else [path]
+    if not files:
+        raise UsageError(f"holds no embedding files ({', '.join(EMBEDDING_SUFFIXES)})", path=path)
+    targets: list[Target] = []
+    for file in files:
+        target = Target(label=str(file), path=file)
+        try:
+            # A concept folder is read under its own link rule; a file under its folder's.
+            target.embedding, left_out = read_input(file, within=None if file.is_dir() else within)
+            if skipped is not None:
+                skipped.extend(left_out)
+        except (ConceptlibError, OSError) as exc:
+            if concerns_the_library(exc):
+                raise
+            target.error = _read_error(exc)
+        targets.append(target)
     return targets
 
 
@@ -379,7 +432,8 @@ def validate_cmd(
     # Hash single files (AUTOMATIC1111 embeddings record a checkpoint's hash); a folder's file
     # hashes never match those, so skip that cost there.
     info_model = resolve_model(model, home=home, hash_files=_Path(model).expanduser().is_file())
-    resolved = resolve_targets(targets, home)
+    skipped: list[Skipped] = []
+    resolved = resolve_targets(targets, home, skipped)
     readable = [t for t in resolved if t.embedding is not None]
     results = validate_many(
         [(t.label, t.embedding, t.token) for t in readable if t.embedding is not None], info_model, home=home
@@ -401,20 +455,25 @@ def validate_cmd(
             },
             "notes": [n.to_dict() for n in notes],
             "results": [_target_dict(t) for t in resolved],
+            "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
             "summary": {**counts, "targets": len(resolved), "unreadable": unreadable},
         })  # fmt: skip
     else:
         for note in notes:
             info(f"Note: {note.message}")
+        for s in skipped:
+            info(f"Skipped {printable(s.path, None)}: {printable(s.reason, None)}")
+        # Labels and messages carry names and tokens from strangers' files: escaped.
         for t in resolved:
+            label = printable(t.label, None)
             if format_ is OutputFormat.github:
                 for f in t.findings:
-                    out.print(github_annotation(f.severity, f.message, path=t.path, code=f.code), markup=False, soft_wrap=True)
+                    out.print(github_annotation(f.severity, printable(f.message, None), path=t.path, code=f.code), markup=False, soft_wrap=True)
             elif not t.findings:
-                out.print(f"{t.label}: ok", markup=False)
+                out.print(f"{label}: ok", markup=False)
             else:
                 for f in t.findings:
-                    out.print(f"{t.label}: {f.severity} [{f.code}] {f.message}", markup=False)
+                    out.print(f"{label}: {f.severity} [{f.code}] {printable(f.message, None)}", markup=False)
     err.print(
         f"Validated {len(resolved)} concept{'s' if len(resolved) != 1 else ''} against "
         f"{info_model.display_name} ({info_model.label}): {counts['error']} error(s), "

@@ -17,9 +17,11 @@ from conceptlib.cli._output import StatusBar, info, out, print_json
 if TYPE_CHECKING:
     from conceptlib.render import RenderResult
 
-SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed: image i of the run gets seed + i.")]
-StepsOpt = Annotated[int, typer.Option("--steps", help="Sampling steps.")]
-GuidanceOpt = Annotated[float, typer.Option("--guidance", help="Classifier-free guidance (CFG scale).")]
+# Ranges are checked by conceptlib.render.check_settings (one message for render and preview);
+# the help states them.
+SeedOpt = Annotated[int, typer.Option("--seed", help="Base seed, 0 to 2**63-1: image i of the run gets seed + i.")]
+StepsOpt = Annotated[int, typer.Option("--steps", help="Sampling steps, 1 to 1000.")]
+GuidanceOpt = Annotated[float, typer.Option("--guidance", help="Classifier-free guidance (CFG scale), 0 to 100.")]
 SchedulerOpt = Annotated[
     str | None,
     typer.Option(
@@ -30,9 +32,10 @@ SchedulerOpt = Annotated[
     ),
 ]
 SizeOpt = Annotated[
-    str | None, typer.Option("--size", help="WIDTHxHEIGHT in pixels (default: the model's size).", show_default=False)
+    str | None,
+    typer.Option("--size", help="WIDTHxHEIGHT in pixels, multiples of 8 from 8 to 16384 (default: the model's size).", show_default=False)
 ]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per pipeline call (speed: seeds and noise stay the same; pixels may differ by 1/255).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per pipeline call, 1 to 1024 (speed: seeds and noise stay the same; pixels may differ by 1/255).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
 
@@ -45,7 +48,7 @@ def render_cmd(
         typer.Option("--prompts", help="File of prompts, one a line, or JSONL with per-line prompt, negative, seed, n, steps, guidance, size.", show_default=False),
     ] = None,
     negative: Annotated[str, typer.Option("--negative", help="Negative prompt (negative embeddings go here).")] = "",
-    n: Annotated[int, typer.Option("-n", "--images", help="Images per prompt.")] = 1,
+    n: Annotated[int, typer.Option("-n", "--images", help="Images per prompt, 1 to 10000.")] = 1,
     seed: SeedOpt = 0,
     steps: StepsOpt = 20,
     guidance: GuidanceOpt = 7.5,
@@ -148,14 +151,19 @@ def preview_cmd(
 ) -> None:
     """Validate concepts and render a preview grid of each, with a Markdown summary for a pull request.
 
-    Exits with 1 when a concept does not fit the model (or cannot be read); a range that
-    changes no concept exits with 0 and a summary saying so.
+    Exit status: 2 when an input was refused as bad input (a file that is missing, unreadable
+    or holds no concept, an unknown or damaged library concept), as add and validate do; else 1
+    when a concept does not fit the model or could not be rendered (--strict: a warning too);
+    else 0. The summary is written in all three cases; a range that changes no concept exits
+    with 0 and a summary saying so. A run that cannot start (a bad range, a model without
+    weights, a setting out of range) exits 2 with one error line and no summary.
 
     Example: conceptlib preview --changed origin/main...HEAD -m sd15 --out preview
     """
     from conceptlib.preview import preview
     from conceptlib.render import parse_size
 
+    # preview() checks the numeric settings itself, before git, validation or loading.
     bar = StatusBar("preview", elapsed=True)
     try:
         result = preview(

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from conceptlib._terminal import printable
 from conceptlib.cli._options import HomeOpt, JsonOpt, ModelConfigOpt
 from conceptlib.cli._output import StatusBar, info, out, print_json
 
@@ -28,30 +29,30 @@ def train(
     token: Annotated[str, typer.Option("--token", help="The new token to learn, e.g. '<my-cat>'.", show_default=False)],
     init_word: Annotated[str | None, typer.Option("--init-word", help="Word(s) the vectors start from, e.g. 'cat' (default: '*').", show_default=False)] = None,
     type_: Annotated[str, typer.Option("--type", help="object or style: picks the built-in prompt templates.")] = "object",
-    vectors: Annotated[int, typer.Option("--vectors", help="Vectors per token (tok, tok_1, ...).")] = 1,
-    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 1000,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 1,
-    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Forward passes per optimizer step.")] = 1,
-    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate [default: 0.005].", show_default=False)] = None,
-    lr_schedule: Annotated[str | None, typer.Option("--lr-schedule", help="AUTOMATIC1111 piecewise rates, e.g. '0.005:100, 1e-3:1000, 1e-5'.", show_default=False)] = None,
+    vectors: Annotated[int, typer.Option("--vectors", help="Vectors per token (tok, tok_1, ...), 1 to 75.")] = 1,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps, 1 to 1000000.")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass, 1 to 1024.")] = 1,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Forward passes per optimizer step, 1 to 1024.")] = 1,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate, greater than 0 and at most 1 [default: 0.005].", show_default=False)] = None,
+    lr_schedule: Annotated[str | None, typer.Option("--lr-schedule", help="AUTOMATIC1111 piecewise rates (each greater than 0 and at most 1), e.g. '0.005:100, 1e-3:1000, 1e-5'.", show_default=False)] = None,
     scheduler: Annotated[str, typer.Option("--scheduler", help="constant, constant_with_warmup, linear, cosine, cosine_with_restarts or polynomial.")] = "constant",
-    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Warm-up steps for schedulers that have one.")] = 0,
-    resolution: Annotated[int | None, typer.Option("--resolution", help="Image size in pixels [default: the model's].", show_default=False)] = None,
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Warm-up steps for schedulers that have one, 0 to 1000000.")] = 0,
+    resolution: Annotated[int | None, typer.Option("--resolution", help="Image size in pixels, a multiple of 8 from 8 to 16384 [default: the model's].", show_default=False)] = None,
     flip: Annotated[bool, typer.Option("--flip", help="Also train on mirrored images.")] = False,
     mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="no, fp16 or bf16: precision of the frozen models (vectors stay float32).")] = "no",
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Save GPU memory at some speed cost.")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu, auto (CUDA when available), cuda, cuda:1 ...")] = "cpu",
-    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same run.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed, 0 to 2**63-1; the same seed gives the same run.")] = 0,
     templates: Annotated[Path | None, typer.Option("--templates", help="Template file: one prompt per line with [name] and [filewords].", show_default=False)] = None,
     captions: Annotated[str | None, typer.Option("--captions", help="[filewords] from the file name (filewords) or a .txt beside each image (sidecar).", show_default=False)] = None,
-    clip_grad_norm: Annotated[float, typer.Option("--clip-grad-norm", help="Clip the gradient to this norm before each step (0: off).")] = 0.0,
-    clip_grad_value: Annotated[float, typer.Option("--clip-grad-value", help="Clip each gradient element to this value (0: off).")] = 0.0,
+    clip_grad_norm: Annotated[float, typer.Option("--clip-grad-norm", help="Clip the gradient to this norm before each step, 0 to 1e6 (0: off).")] = 0.0,
+    clip_grad_value: Annotated[float, typer.Option("--clip-grad-value", help="Clip each gradient element to this value, 0 to 1e6 (0: off).")] = 0.0,
     shuffle_tags: Annotated[bool, typer.Option("--shuffle-tags", help="Shuffle the comma-separated tags of [filewords] for every sample (AUTOMATIC1111).")] = False,
-    tag_dropout: Annotated[float, typer.Option("--tag-dropout", help="Leave each tag of [filewords] out with this probability (AUTOMATIC1111).")] = 0.0,
-    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every K steps (0: at the end only).")] = 500,
-    preview_every: Annotated[int, typer.Option("--preview-every", help="Render a preview every K steps and at the last one (0: never).")] = 0,
+    tag_dropout: Annotated[float, typer.Option("--tag-dropout", help="Leave each tag of [filewords] out with this probability, from 0 up to (not including) 1 (AUTOMATIC1111).")] = 0.0,
+    save_every: Annotated[int, typer.Option("--save-every", help="Checkpoint every K steps, 0 to 1000000 (0: at the end only).")] = 500,
+    preview_every: Annotated[int, typer.Option("--preview-every", help="Render a preview every K steps and at the last one, 0 to 1000000 (0: never).")] = 0,
     preview_prompt: Annotated[str | None, typer.Option("--preview-prompt", help="Preview prompt; [name] or the token marks the concept.", show_default=False)] = None,
-    preview_steps: Annotated[int, typer.Option("--preview-steps", help="Sampler steps per preview.")] = 20,
+    preview_steps: Annotated[int, typer.Option("--preview-steps", help="Sampler steps per preview, 1 to 1000.")] = 20,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
     name: Annotated[str | None, typer.Option("--name", help="Name in the library [default: from the token].", show_default=False)] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder [default: <home>/training/<name>].", show_default=False)] = None,
@@ -138,7 +139,7 @@ def train(
     if result.concept is not None:
         c = result.concept
         action = result.library_action or "added"
-        out.print(f"{action:<10} {c.name}  ({c.token}, {c.family_label}, {c.vectors} vector{'s' if c.vectors != 1 else ''})", markup=False)
+        out.print(f"{action:<10} {c.name}  ({printable(c.token)}, {c.family_label}, {c.vectors} vector{'s' if c.vectors != 1 else ''})", markup=False)
     else:
         out.print(f"wrote      {result.embedding_path}", markup=False)
     rate = f"{result.seconds_per_step:.3f} s/step"

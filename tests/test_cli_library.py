@@ -287,18 +287,18 @@ def test_export(capsys: pytest.CaptureFixture[str], filled: dict[str, Path], tmp
     out = tmp_path / "embeddings"
     result = runner.invoke(app, ["export", "cat-toy", "easynegative", "watercolor", "--for", "a1111", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{out / 'cat-toy.safetensors'}\n{out / 'EasyNegative.safetensors'}\n{out / 'watercolor.safetensors'}\n"
-    assert result.stderr == (
-        "cat-toy: emb-params, prompt word 'cat-toy'\n"
-        "easynegative: emb-params, prompt word 'EasyNegative'\n"
-        "watercolor: sdxl, prompt word 'watercolor'\n"
+    assert result.stdout == (
+        f"cat-toy -> {out / 'cat-toy.safetensors'} (type: cat-toy)\n"
+        f"easynegative -> {out / 'EasyNegative.safetensors'} (type: EasyNegative)\n"
+        f"watercolor -> {out / 'watercolor.safetensors'} (type: watercolor)\n"
     )
+    assert result.stderr == ""
     assert read(out / "cat-toy.safetensors").same_vectors(read(filled["cat"]))
     code, _out, err = run_main(capsys, "export", "cat-toy", "--for", "a1111", "--out", str(out))
     assert code == 2 and err == f"Error: {out / 'cat-toy.safetensors'}: already exists (hint: pass --force to overwrite it)\n"
     assert run_main(capsys, "export", "cat-toy", "--for", "a1111", "--out", str(out), "--force")[0] == 0
     data = json.loads(runner.invoke(app, ["export", "cat-toy", "--format", "diffusers", "-o", str(tmp_path / "d"), "--json"]).stdout)
-    assert data == [{"name": "cat-toy", "format": "diffusers", "files": [str(tmp_path / "d" / "cat-toy.safetensors")], "prompt_word": "<cat-toy>"}]
+    assert data == [{"name": "cat-toy", "format": "diffusers", "files": [str(tmp_path / "d" / "cat-toy.safetensors")], "prompt_word": "<cat-toy>", "prompt": "<cat-toy>", "note": None}]
     code, _out, err = run_main(capsys, "export", "cat-toy", "--out", str(out))
     assert code == 2 and err.startswith("Error: choose one of --format and --for")
     code, _out, err = run_main(capsys, "export", "watercolor", "--format", "diffusers", "--out", str(out))
