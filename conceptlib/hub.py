@@ -583,6 +583,9 @@ def _shown(paths: list[str]) -> str:
 
 
 SKIP_UNSAFE_PATH = "its path could lead out of the folder it is saved in (.., /, \\ or control characters): not downloaded"
+SKIP_LONG_PATH = "its path is longer than a local file system stores (255 bytes a name, 1,024 in all): not downloaded"
+#: Longest repository path saved locally, in UTF-8 bytes (the cache adds its own folders above it).
+MAX_REPO_PATH_BYTES = 1024
 
 
 def safe_repo_path(path: str) -> bool:
@@ -590,7 +593,8 @@ def safe_repo_path(path: str) -> bool:
 
     Paths come from the remote repository's listing, which its owner controls: ``..``, an
     absolute path, a backslash (a separator on Windows), an empty or ``.`` part or an
-    invisible character could put a file elsewhere than where it appears to go.
+    invisible character could put a file elsewhere than where it appears to go, and a name
+    longer than a file system stores would fail the whole download.
     """
     from conceptlib._terminal import invisible_characters
 
@@ -598,7 +602,15 @@ def safe_repo_path(path: str) -> bool:
     return (
         bool(path) and not path.startswith("/") and "\\" not in path
         and all(part not in ("", ".", "..") for part in parts) and not invisible_characters(path)
+        and _fits_a_file_system(path)
     )  # fmt: skip
+
+
+def _fits_a_file_system(path: str) -> bool:
+    """Whether every name of ``path`` and the whole path are short enough to be saved anywhere."""
+    return len(path.encode("utf-8", "surrogatepass")) <= MAX_REPO_PATH_BYTES and all(
+        len(part.encode("utf-8", "surrogatepass")) <= 255 for part in path.split("/")
+    )
 
 
 def detect_layout(paths: list[str] | tuple[str, ...], *, repo_id: str = "", filename: str | None = None) -> Layout:
@@ -631,7 +643,10 @@ def detect_layout(paths: list[str] | tuple[str, ...], *, repo_id: str = "", file
         from conceptlib._terminal import printable
 
         raise NotAConceptRepoError(f"{repo_id}: '{printable(filename)}' is not a plain path inside the repository", repo_id=repo_id)
-    unsafe = tuple((p, SKIP_UNSAFE_PATH) for p in sorted(set(paths)) if not safe_repo_path(p))
+    unsafe = tuple(
+        (p, SKIP_UNSAFE_PATH if _fits_a_file_system(p) else SKIP_LONG_PATH)
+        for p in sorted(set(paths)) if not safe_repo_path(p)
+    )  # fmt: skip
     layout = _layout([p for p in paths if safe_repo_path(p)], repo_id=repo_id, filename=filename)
     return replace(layout, skipped=unsafe) if unsafe else layout
 
@@ -916,7 +931,7 @@ def _fetch_online(
                 )
         sha256[path] = digest
     card_data = getattr(info, "card_data", None)
-    card = dict(card_data.to_dict()) if card_data is not None else {}
+    card = _card_fields(card_data.to_dict()) if card_data is not None else {}
     last_modified = getattr(info, "last_modified", None)
     modified = last_modified.isoformat() if last_modified is not None else None
     return _Fetched(commit, folder, layout, sha256, card, modified)
@@ -966,11 +981,43 @@ def _fetch_offline(settings: HubSettings, repo_id: str, revision: str, filename:
     return _Fetched(folder.name, folder, layout, sha256, card)
 
 
+#: The model-card fields a pull keeps, and how much of each: a card is a stranger's YAML, whose
+#: aliases can make a few hundred bytes stand for billions of values (a "billion laughs").
+CARD_FIELDS = ("license", "base_model", "tags", "instance_prompt")
+MAX_CARD_TEXT = 4096
+MAX_CARD_LIST = 64
+#: The front matter of a card is at its start; no honest one is larger.
+MAX_CARD_BYTES = 2**20
+
+
+def _card_fields(card: Any) -> dict[str, Any]:
+    """The :data:`CARD_FIELDS` of a parsed card that are text, or short lists of text.
+
+    Anything else (mappings, numbers, lists of lists, very long text) is dropped unlooked-at,
+    so no alias bomb is ever expanded, printed or stored.
+    """
+    out: dict[str, Any] = {}
+    if not isinstance(card, dict):
+        return out
+    for key in CARD_FIELDS:
+        value = card.get(key)
+        if isinstance(value, str) and len(value) <= MAX_CARD_TEXT:
+            out[key] = value
+        elif (
+            isinstance(value, list) and len(value) <= MAX_CARD_LIST
+            and all(isinstance(v, str) and len(v) <= MAX_CARD_TEXT for v in value)
+        ):  # fmt: skip
+            out[key] = list(value)
+    return out
+
+
 def _read_card(path: Path) -> dict[str, Any]:
     from huggingface_hub import ModelCard
 
     try:
-        return dict(ModelCard(path.read_text(encoding="utf-8", errors="replace"), ignore_metadata_errors=True).data.to_dict())
+        with open(path, "rb") as handle:
+            text = handle.read(MAX_CARD_BYTES).decode("utf-8", errors="replace")
+        return _card_fields(ModelCard(text, ignore_metadata_errors=True).data.to_dict())
     except Exception:
         return {}
 
@@ -1043,8 +1090,9 @@ def _read_embedding(source: Path, fetched: _Fetched, repo_id: str) -> Embedding:
     if from_file:
         prefix = PurePosixPath(fetched.layout.embedding[0]).parent.as_posix() if not source.is_dir() else ""
         origin = f"{where}/{prefix}/{TOKEN_FILE}" if prefix not in ("", ".") else f"{where}/{TOKEN_FILE}"
-    if not emb.token and fetched.card.get("instance_prompt"):
-        emb.token = str(fetched.card["instance_prompt"]).strip() or None
+    prompt = fetched.card.get("instance_prompt")
+    if not emb.token and isinstance(prompt, str) and prompt.strip():
+        emb.token = prompt.strip()
         origin = f"{where}/README.md"
     if not emb.token and fetched.layout.kind == "a1111":
         # The rule of a local `conceptlib add` (the stored name, else the file's stem), so a
@@ -1314,7 +1362,7 @@ def _provenance(settings: HubSettings, repo_id: str, revision: str, fetched: _Fe
         "files": dict(fetched.sha256),
         "sha256": fetched.sha256[embedding],
         "layout": fetched.layout.kind,
-        "card": {k: v for k, v in fetched.card.items() if k in ("license", "base_model", "tags", "instance_prompt")},
+        "card": _card_fields(fetched.card),
         "last_modified": fetched.last_modified,
         "pulled_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -1661,7 +1709,7 @@ def model_card(
         data.to_yaml().strip(),
         "---",
         f"### {name} on Stable Diffusion",
-        f"This is the `{token}` concept taught to Stable Diffusion via Textual Inversion"
+        f"This is the {_code_span(token)} concept taught to Stable Diffusion via Textual Inversion"
         + (f" ({num_vectors} vector{'s' if num_vectors != 1 else ''}, {family_label})" if family_label else "")
         + ".",
         "",
@@ -1671,20 +1719,29 @@ def model_card(
         f"from diffusers import {pipeline}",
         f"pipe = {pipeline}.from_pretrained({(base_model or 'BASE_MODEL')!r})",
         *load,
-        f"image = pipe('a photo of {token}').images[0]",
+        # repr: a token is a stranger's text, and this line is copied into Python as it reads.
+        f"image = pipe({f'a photo of {token}'!r}).images[0]",
         "```",
         "",
     ]
     if description:
         lines += [description.strip(), ""]
     if concept_type == "negative":
-        lines += [f"Use `{token}` in the negative prompt.", ""]
+        lines += [f"Use {_code_span(token)} in the negative prompt.", ""]
     if images:
         word = "a `style`" if concept_type == "style" else "an `object`" if concept_type == "object" else f"a `{concept_type}`"
         lines.append(f"Here is the new concept you will be able to use as {word}:")
-        lines += [f"![{token} {i}](./{path})" for i, path in enumerate(images)]
+        alt = re.sub(r"[\\\[\]]", "", token)  # brackets would end the alt text and start a link
+        lines += [f"![{alt} {i}](./{path})" for i, path in enumerate(images)]
         lines.append("")
     return "\n".join(lines)
+
+
+def _code_span(text: str) -> str:
+    """``text`` as Markdown inline code that no backtick inside it can close (CommonMark)."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _push_files(
