@@ -37,6 +37,34 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+#: The model kinds a family name alone can describe -> their family (SD 2.x has two).
+FAMILY_MODEL_KEYS: dict[str, str] = {"sd1": "sd1", "sd2": "sd2", "sd2-v": "sd2", "sdxl": "sdxl"}
+
+#: Every other spelling of a family a user may type, lowercase -> a key of FAMILY_MODEL_KEYS.
+#: One table, so `list --base`, `--compatible-with` and `--model` accept the same names.
+FAMILY_ALIASES: dict[str, str] = {
+    "sd1.x": "sd1", "sd 1.x": "sd1", "sd1x": "sd1", "1": "sd1", "sd15": "sd1", "sd1.5": "sd1",
+    "sd-1.5": "sd1", "sd14": "sd1", "sd1.4": "sd1",
+    "sd2.x": "sd2", "sd 2.x": "sd2", "sd2x": "sd2", "2": "sd2", "sd21": "sd2", "sd2.1": "sd2",
+    "sd2-base": "sd2", "sd21-base": "sd2",
+    "sd21-v": "sd2-v", "sd2.1-v": "sd2-v", "sd2-768": "sd2-v",
+    "xl": "sdxl", "sd xl": "sdxl", "sdxl-base": "sdxl", "sdxl1": "sdxl", "sdxl-1.0": "sdxl",
+}  # fmt: skip
+
+
+def family_model_key(name: str) -> str | None:
+    """``sd1``, ``sd2``, ``sd2-v`` or ``sdxl`` for a family name or alias (``sd15``, ``SD 1.x``), else None."""
+    key = name.strip().lower()
+    key = FAMILY_ALIASES.get(key, key)
+    return key if key in FAMILY_MODEL_KEYS else None
+
+
+def family_key_of(name: str) -> str | None:
+    """``sd1``, ``sd2`` or ``sdxl`` for a family name or alias (``sd2-v`` is SD 2.x), else None."""
+    key = family_model_key(name)
+    return FAMILY_MODEL_KEYS[key] if key is not None else None
+
+
 def family_label(key: str | None) -> str:
     """``SD 1.x``, ``SD 2.x``, ``SDXL``, or ``unknown`` for no or an unknown family key."""
     family = FAMILIES.get(key or "")

@@ -93,7 +93,7 @@ from conceptlib.errors import (
     TokenInUseError,
     UsageError,
 )
-from conceptlib.families import FAMILIES
+from conceptlib.families import FAMILIES, family_key_of
 from conceptlib.registry.store import IndexReader, SqliteReader, default_url, sqlite_path
 from conceptlib.slug import MAX_STEM_BYTES, is_slug, numbered, portable_stem, safe_stem, slugify
 
@@ -189,12 +189,6 @@ def ui_word(text: str, target: str, *, max_bytes: int = MAX_STEM_BYTES) -> str:
     # A typed "-(" next to a refused character would read as "--": one dash per break.
     return _DASH_RUNS.sub("-", word)
 
-
-_FAMILY_ALIASES = {
-    "sd1": "sd1", "sd1.x": "sd1", "sd15": "sd1", "sd1.5": "sd1", "sd 1.x": "sd1", "1": "sd1",
-    "sd2": "sd2", "sd2.x": "sd2", "sd21": "sd2", "sd2.1": "sd2", "sd 2.x": "sd2", "2": "sd2",
-    "sdxl": "sdxl", "xl": "sdxl", "sd xl": "sdxl",
-}
 
 Progress = Callable[[int, int, Path], None]
 
@@ -452,7 +446,7 @@ def check_type(concept_type: str) -> str:
 
 def family_key(base: str) -> str:
     """Normalise a base-model family (``sd15``, ``SD 1.x``, ``xl``...) to ``sd1``/``sd2``/``sdxl``."""
-    key = _FAMILY_ALIASES.get(base.strip().lower())
+    key = family_key_of(base)
     if key is None:
         raise UsageError(f"unknown base family {base!r}", hint="use sd1, sd2 or sdxl")
     return key
@@ -1054,6 +1048,8 @@ class Library:
                 if path.suffix.lower() not in IMAGE_SUFFIXES:
                     raise UsageError(f"not an image ({', '.join(IMAGE_SUFFIXES)})", path=path)
                 files.append((path, None))
+            elif path.exists():  # a FIFO, socket or device: never opened
+                raise UsageError("is not a regular file (a FIFO, socket or device): not read", path=path, hint="check the --images path")
             else:
                 raise UsageError("no such image file or folder", path=path, hint="check the --images path")
         return files

@@ -58,6 +58,7 @@ from conceptlib.families import (
     WIDTH_TO_ENCODER,
     describe_widths,
     family_for_encoders,
+    family_model_key,
     sort_encoders,
 )
 from conceptlib.tensor import Tensor
@@ -469,12 +470,6 @@ FAMILY_MODELS: dict[str, tuple[str, str, str, int]] = {
     "sd2-v": ("sd2", "SD 2.x 768-v", "v_prediction", 768),
     "sdxl": ("sdxl", "SDXL", "epsilon", 1024),
 }
-_FAMILY_ALIASES = {
-    "sd15": "sd1", "sd1.5": "sd1", "sd-1.5": "sd1", "sd14": "sd1", "sd1.4": "sd1", "sd1x": "sd1",
-    "sd21": "sd2", "sd2.1": "sd2", "sd2-base": "sd2", "sd21-base": "sd2", "sd2x": "sd2",
-    "sd21-v": "sd2-v", "sd2.1-v": "sd2-v", "sd2-768": "sd2-v",
-    "sdxl-base": "sdxl", "sdxl1": "sdxl", "sdxl-1.0": "sdxl", "xl": "sdxl",
-}  # fmt: skip
 
 
 def family_model(name: str) -> ModelInfo:
@@ -493,9 +488,8 @@ def family_model(name: str) -> ModelInfo:
         >>> family_model("sd2-v").prediction_type
         'v_prediction'
     """
-    key = name.strip().lower()
-    key = _FAMILY_ALIASES.get(key, key)
-    if key not in FAMILY_MODELS:
+    key = family_model_key(name)
+    if key is None:
         raise ModelNotFoundError(name)
     family, label, prediction, size = FAMILY_MODELS[key]
     encoders = [EncoderInfo(k, ENCODERS[k]) for k in FAMILIES[family].encoders]

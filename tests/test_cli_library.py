@@ -197,6 +197,17 @@ def test_list_bad_filter(capsys: pytest.CaptureFixture[str], home: Path) -> None
     assert (code, err) == (2, "Error: unknown base family 'flux' (hint: use sd1, sd2 or sdxl)\n")
 
 
+@pytest.mark.parametrize("alias", ["sdxl-base", "sd2-v", "sd21-v", "sd1.x", "SD 1.x", "xl", "sd15", "sd2-768"])
+def test_base_and_compatible_with_accept_the_same_family_names(filled: dict[str, Path], alias: str) -> None:
+    # One alias table: `list --base sdxl-base` was refused while `--compatible-with sdxl-base` worked.
+    by_base = runner.invoke(app, ["list", "--base", alias, "--json"])
+    by_model = runner.invoke(app, ["list", "--compatible-with", alias, "--json"])
+    assert (by_base.exit_code, by_model.exit_code) == (0, 0), by_base.output + by_model.output
+    names = [c["name"] for c in json.loads(by_base.stdout)]
+    assert names == [c["name"] for c in json.loads(by_model.stdout)]
+    assert names or "2" in alias  # the library holds SD 1.x and SDXL concepts, no SD 2.x one
+
+
 def test_search(filled: dict[str, Path]) -> None:
     result = runner.invoke(app, ["search", "plush"])
     assert result.stdout == (
