@@ -50,6 +50,7 @@ from conceptlib import config
 from conceptlib.errors import (
     ConceptlibError,
     DuplicateConceptError,
+    EmbeddingFileError,
     HubAuthError,
     HubError,
     HubIntegrityError,
@@ -863,20 +864,46 @@ def _redownload(settings: HubSettings, repo_id: str, commit: str, path: str) -> 
     )
 
 
-def _without_large_images(layout: Layout, remote: dict[str, RemoteFile]) -> Layout:
-    """``layout`` without the images the listing says are too large to take (never downloaded)."""
+def _without_large_images(layout: Layout, remote: dict[str, RemoteFile], repo_id: str = "") -> Layout:
+    """``layout`` without the files the listing says are too large to take (never downloaded).
+
+    Images and side files (README.md, ...) past their limits are skipped and reported; an
+    embedding past :data:`conceptlib.formats.MAX_FILE_SIZE` refuses the repository, before a
+    byte of it is fetched.
+    """
     from dataclasses import replace
 
     from conceptlib._images import MAX_IMAGE_BYTES
+    from conceptlib._snapshots import MAX_SIDE_FILE_BYTES
+    from conceptlib.formats import MAX_FILE_SIZE
 
-    large = [p for p in layout.images if (remote[p].size or 0) > MAX_IMAGE_BYTES]
-    if not large:
+    def size(path: str) -> int:
+        return remote[path].size or 0
+
+    for path in layout.embedding:
+        if size(path) > MAX_FILE_SIZE:
+            raise EmbeddingFileError(
+                f"is {size(path):,} bytes, more than the {MAX_FILE_SIZE:,} an embedding file may have: "
+                "not downloaded",
+                path=f"{repo_id}/{path}" if repo_id else path,
+            )
+    large_images = [p for p in layout.images if size(p) > MAX_IMAGE_BYTES]
+    large_sides = [p for p in layout.side_files if size(p) > MAX_SIDE_FILE_BYTES]
+    if not large_images and not large_sides:
         return layout
-    reason = f"more than the {MAX_IMAGE_BYTES // 2**20} MiB an image may have: not downloaded"
+    skipped = [
+        (p, f"is {size(p) / 2**20:.0f} MiB, more than the {limit // 2**20} MiB {what} may have: not downloaded")
+        for paths, limit, what in (
+            (large_images, MAX_IMAGE_BYTES, "an image"),
+            (large_sides, MAX_SIDE_FILE_BYTES, "a file beside an embedding"),
+        )
+        for p in paths
+    ]
     return replace(
         layout,
-        images=tuple(p for p in layout.images if p not in large),
-        skipped=layout.skipped + tuple((p, f"is {(remote[p].size or 0) / 2**20:.0f} MiB, {reason}") for p in large),
+        images=tuple(p for p in layout.images if p not in large_images),
+        side_files=tuple(p for p in layout.side_files if p not in large_sides),
+        skipped=layout.skipped + tuple(skipped),
     )
 
 
@@ -899,7 +926,7 @@ def _fetch_online(
     if known_commit is not None and commit == known_commit:
         return commit
     remote = _remote_files(info)
-    layout = _without_large_images(detect_layout(list(remote), repo_id=repo_id, filename=filename), remote)
+    layout = _without_large_images(detect_layout(list(remote), repo_id=repo_id, filename=filename), remote, repo_id)
 
     def download() -> Path:
         folder = _snapshot(settings, repo_id, revision, layout.files, offline=False)

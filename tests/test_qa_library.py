@@ -108,3 +108,25 @@ def test_images_naming_a_fifo_says_what_it_is(lib: Library, tmp_path: Path) -> N
     os.mkfifo(fifo)
     with pytest.raises(UsageError, match="not a regular file"):
         lib.add(emb, images=fifo)
+
+
+def test_files_past_their_limits_are_judged_from_the_listing(hub: Any, lib: Library, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 300 MiB learned_embeds.bin was downloaded whole before being refused at 256 MiB, and a
+    # README past the side-file limit was left out without a word. The limits are lowered here
+    # so the repository stays small; the listing's sizes are what is judged.
+    import conceptlib._snapshots
+    import conceptlib.formats
+    from conceptlib.errors import EmbeddingFileError
+
+    _, planned = plan(sd1(1, seed=32, token="<big>"), "folder", format="concepts-library")
+    files = {p.name: data for p, data in planned}
+    files["README.md"] = b"---\nlicense: mit\n---\n" + b"x" * 200
+    hub.create_repo("acme/big", files)
+    monkeypatch.setattr(conceptlib._snapshots, "MAX_SIDE_FILE_BYTES", 100)
+    result = hubmod.pull(lib, "acme/big")
+    assert result.status == "added"
+    assert list(result.skipped) == ["README.md"] and "not downloaded" in result.skipped["README.md"]
+    monkeypatch.setattr(conceptlib.formats, "MAX_FILE_SIZE", 1000)
+    hub.create_repo("acme/bigger", {p.name: data for p, data in plan(sd1(1, seed=33, token="<bigger>"), "folder", format="concepts-library")[1]})
+    with pytest.raises(EmbeddingFileError, match=r"acme/bigger/learned_embeds\.\w+: is \d,\d{3} bytes, more than the 1,000 an embedding file may have: not downloaded"):
+        hubmod.pull(lib, "acme/bigger")
