@@ -37,7 +37,7 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name[:80]}.", suffix=".tmp", dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{_short(target.name)}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise _naming(exc, target) from None
     tmp = Path(tmp_name)
@@ -58,6 +58,17 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             raise _naming(exc, target) from None
         raise
     fsync_dir(target.parent)
+
+
+def _short(name: str, limit: int = 80) -> str:
+    """At most ``limit`` bytes of ``name``, whole characters: a temporary name must fit where ``name`` fits.
+
+    A valid name of 255 bytes can be 63 emoji; 80 of its characters would be 320 bytes.
+    """
+    short = name[:limit]
+    while len(os.fsencode(short)) > limit:
+        short = short[:-1]
+    return short
 
 
 def _naming(exc: OSError, target: Path) -> OSError:

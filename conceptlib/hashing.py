@@ -23,6 +23,8 @@ import numpy as np
 from conceptlib.tensor import Tensor
 
 CHUNK = 1 << 20
+#: Values :func:`a1111_checksum` converts at a time.
+_CHECKSUM_CHUNK = 1 << 16
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -46,13 +48,22 @@ def addnet_hash(data: bytes) -> str | None:
 
 def a1111_checksum(tensor: Tensor) -> str:
     """AUTOMATIC1111's 4-hex checksum of a vector tensor (``Used embeddings: name [xxxx]``)."""
-    # NaN/Inf vectors get a checksum too (inspect shows them), and values near 3e38 overflow
-    # the x100 in float32 as they do in AUTOMATIC1111: no warning for what is the file's content.
-    with np.errstate(invalid="ignore", over="ignore"):
-        values = np.trunc(tensor.to_float32().astype(np.float32).reshape(-1) * np.float32(100)).astype(np.int64)
+    # The hash runs over every value in order, in Python; slices of _CHECKSUM_CHUNK values
+    # keep the float32, int64 and list copies small whatever the tensor's size (a 250 MB
+    # float16 file would otherwise cost gigabytes). (r * 281 ^ v * 997) & M equals
+    # ((r * 281) & M) ^ ((v * 997) & M), so the second term is computed by numpy.
+    flat = tensor.array.reshape(-1)
     r = 0
-    for v in values.tolist():
-        r = ((r * 281) ^ (v * 997)) & 0xFFFFFFFF
+    for start in range(0, flat.size, _CHECKSUM_CHUNK):
+        part = Tensor(flat[start : start + _CHECKSUM_CHUNK], tensor.dtype).to_float32()
+        # NaN/Inf vectors get a checksum too (inspect shows them), and values near 3e38
+        # overflow the x100 in float32 as they do in AUTOMATIC1111: no warning for what is
+        # the file's content.
+        with np.errstate(invalid="ignore", over="ignore"):
+            values = np.trunc(part * np.float32(100)).astype(np.int64)
+            terms = (values * 997) & 0xFFFFFFFF
+        for v in terms.tolist():
+            r = ((r * 281) & 0xFFFFFFFF) ^ v
     return f"{r & 0xFFFF:04x}"
 
 

@@ -48,7 +48,13 @@ from conceptlib.errors import (
     UsageError,
 )
 from conceptlib.formats import _safetensors
-from conceptlib.formats._interpret import CANONICAL_KEY, CANONICAL_VALUE, META_PREFIX, interpret
+from conceptlib.formats._interpret import (
+    CANONICAL_KEY,
+    CANONICAL_VALUE,
+    META_PREFIX,
+    interpret,
+    is_text,
+)
 from conceptlib.tensor import Tensor
 
 __all__ = ["FORMATS", "Format", "detect_container", "format_for_path", "read", "read_bytes", "sdxl_pair", "write"]
@@ -580,7 +586,8 @@ def write(
     _fmt, files = plan(embedding, path, format=format)
     if not force:
         for target, _ in files:
-            if target.exists():
+            # lexists: a link to nothing is a name in use too; replacing it is overwriting.
+            if os.path.lexists(target):
                 raise DestinationExistsError("already exists", path=target)
     for target, _ in files:
         if target.is_dir():
@@ -650,6 +657,8 @@ def convert(
     if token is not None:
         if not token.strip():
             raise UsageError("--token is empty")
+        if not is_text(token):
+            raise UsageError(f"--token {printable(token)} is not UTF-8 text (it holds a lone surrogate)")
         # An AUTOMATIC1111 name is the source's prompt word: the new token replaces it too, or
         # formats that store only a name (a1111, png) would keep the old word.
         embedding = replace(embedding, token=token, name=token if embedding.name is not None else None)

@@ -268,14 +268,29 @@ def _key_text(key: Any, path: str) -> str:
     still works in a prompt); anything else (a tuple, bytes, a 100-digit int) is no token.
     """
     if isinstance(key, str):
+        if not is_text(key):
+            raise EmbeddingStructureError(
+                f"a key is {show(key)}, which holds a lone surrogate (\\ud800-\\udfff) and is not text", path=path
+            )
         return key
     if isinstance(key, int) and not isinstance(key, bool) and key.bit_length() <= 64:
         return str(key)
     raise EmbeddingStructureError(f"a key is {show(key)}, not a token", path=path)
 
 
+def is_text(value: str) -> bool:
+    """False for a string holding a lone surrogate (JSON ``"\\ud800"``, a pickle's
+    ``surrogatepass`` text): no file format, UTF-8 output or prompt can carry it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) and value != "" else None
+    # A descriptive field that is not text is dropped, like a step conceptlib cannot store.
+    return value if isinstance(value, str) and value != "" and is_text(value) else None
 
 
 def _common_fields(state: dict[str, Any]) -> dict[str, Any]:
