@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from conceptlib.errors import DestinationExistsError
+
 # Read once at import (single-threaded then): os.umask can only be read by setting it.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -29,10 +31,18 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def atomic_open(path: str | os.PathLike[str], *, exclusive: bool = False) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for binary writing; on success rename it over ``path``.
 
     On any exception the temporary file is removed and ``path`` is untouched.
+
+    Args:
+        path: the file to write.
+        exclusive: never replace an existing ``path`` (a ``DestinationExistsError``), even
+            one another process creates while this one writes: the finished file is put in
+            place with a hard link, which the file system refuses atomically when the name is
+            taken. Where hard links are not supported, an existence check just before the
+            rename is the best left.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -50,14 +60,32 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        if exclusive:
+            _link_new(tmp, target)
+        else:
+            os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(exc, OSError) and exc.filename in (None, tmp_name, str(tmp)):
+        if isinstance(exc, OSError) and not isinstance(exc, DestinationExistsError) and exc.filename in (None, tmp_name, str(tmp)):
             raise _naming(exc, target) from None
         raise
     fsync_dir(target.parent)
+
+
+def _link_new(tmp: Path, target: Path) -> None:
+    """Put ``tmp`` in place as ``target`` only if no file (or link) of that name exists."""
+    try:
+        os.link(tmp, target, follow_symlinks=False)
+    except FileExistsError:
+        raise DestinationExistsError("already exists", path=target) from None
+    except OSError:
+        # No hard links here (FAT, some network shares): check, then rename.
+        if os.path.lexists(target):
+            raise DestinationExistsError("already exists", path=target) from None
+        os.replace(tmp, target)
+        return
+    tmp.unlink()
 
 
 def _short(name: str, limit: int = 80) -> str:
@@ -76,7 +104,7 @@ def _naming(exc: OSError, target: Path) -> OSError:
     return type(exc)(exc.errno, exc.strerror or str(exc), os.fspath(target))
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_open(path) as handle:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, exclusive: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (``exclusive``: never over an existing file)."""
+    with atomic_open(path, exclusive=exclusive) as handle:
         handle.write(data)

@@ -183,7 +183,10 @@ def _read_fd(fd: int, shown: Path, limit: int, what: str, error: type[BadInputEr
     total = 0
     while True:
         # The size may grow while reading (a file being written): the limit holds anyway.
-        block = os.read(fd, _CHUNK)
+        try:
+            block = os.read(fd, _CHUNK)
+        except OSError as exc:  # an I/O error (a bad disk, /proc/self/mem) names the file too
+            raise renamed(exc, shown) from None
         if not block:
             break
         total += len(block)

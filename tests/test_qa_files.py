@@ -95,3 +95,55 @@ def test_convert_token_that_is_not_text_is_a_usage_error(tmp_path: Path, cli: An
     assert run.exit_code == 2
     assert "unexpected" not in run.stderr and "not UTF-8 text" in run.stderr
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_read_error_names_the_file(cli: Any) -> None:
+    # An I/O error while reading (a bad disk; /proc/self/mem, which refuses plain reads) said
+    # only "Error: Input/output error".
+    import os
+
+    import pytest
+
+    if not os.path.exists("/proc/self/mem"):
+        pytest.skip("needs Linux's /proc/self/mem")
+    result = cli("inspect", "/proc/self/mem")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: /proc/self/mem: Input/output error")
+
+
+def test_an_exclusive_write_never_replaces_a_file_created_meanwhile(tmp_path: Path) -> None:
+    # convert without --force checked for the destination, then renamed over it: a file another
+    # process created in between was silently replaced. The rename is now a hard link, which
+    # the file system refuses when the name is taken.
+    import threading
+
+    import pytest
+
+    from conceptlib._atomic import atomic_write_bytes
+
+    target = tmp_path / "x.safetensors"
+    target.write_bytes(b"theirs")
+    with pytest.raises(FileExistsError):
+        atomic_write_bytes(target, b"mine", exclusive=True)
+    assert target.read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]  # no temporary file left
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileExistsError):
+        atomic_write_bytes(tmp_path / "dangling", b"mine", exclusive=True)
+    for round_ in range(20):
+        path = tmp_path / f"race{round_}"
+        won: list[bytes] = []
+
+        def write(data: bytes, path: Path = path, won: list[bytes] = won) -> None:
+            try:
+                atomic_write_bytes(path, data, exclusive=True)
+                won.append(data)
+            except FileExistsError:
+                pass
+
+        threads = [threading.Thread(target=write, args=(bytes([i]) * 100,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1 and path.read_bytes() == won[0]

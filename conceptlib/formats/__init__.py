@@ -593,7 +593,8 @@ def write(
         if target.is_dir():
             raise DestinationExistsError("is a folder", path=target, hint="choose a file name")
     for target, data in files:
-        atomic_write_bytes(target, data)
+        # Exclusive without force: a file another process creates meanwhile is kept too.
+        atomic_write_bytes(target, data, exclusive=not force)
     return [target for target, _ in files]
 
 
