@@ -60,7 +60,7 @@ def local_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     import huggingface_hub.constants
     from hubserver import HubServer
 
-    from conceptlib import hub as hubmod
+    from conceptlib import hubclient
 
     # huggingface_hub reads HF_HUB_OFFLINE once, at import; a shell that exported it would
     # block every request the test makes.
@@ -70,7 +70,7 @@ def local_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     # Our own back-off (not huggingface_hub's): keep retried tests fast.
-    monkeypatch.setattr(hubmod, "RETRY_BASE_DELAY", 0.01)
+    monkeypatch.setattr(hubclient, "RETRY_BASE_DELAY", 0.01)
     try:
         yield server
     finally:

@@ -21,6 +21,7 @@ from hubserver import HubServer, git_blob_sha1
 
 import factory
 from conceptlib import hub as hubmod
+from conceptlib import hubclient
 from conceptlib.embedding import Embedding
 from conceptlib.errors import (
     HubIntegrityError,
@@ -423,7 +424,7 @@ def test_persistent_500_fails_after_retries(hub: HubServer, cli: Any, home: Path
         f"Error: {ORG}/cat-toy: reading the repository: the Hub answered 500 after 5 attempts "
         "(hint: check your connection and pull again: finished concepts are kept, nothing is half-imported)\n"
     )
-    assert fault.hits == hubmod.RETRIES + 1
+    assert fault.hits == hubclient.RETRIES + 1
 
 
 def test_dropped_connection_mid_download_resumes(hub: HubServer, library: Any) -> None:
@@ -542,6 +543,41 @@ def test_not_found_and_auth_errors(hub: HubServer, cli: Any, home: Path, monkeyp
         f"Error: {ORG}/cat-toy: reading the repository: the Hub refused the credentials (401) (hint: check HF_TOKEN or log in "
         "again with `hf auth login`; public repositories need no token, so unsetting a bad one also works)\n"
     )
+
+
+class _Refused(Exception):
+    """A client error as huggingface_hub raises it: the HTTP response rides on the exception."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"{status} Client Error")
+        self.response = type("Response", (), {"status_code": status, "headers": {}})()
+
+
+def test_401_advice_follows_the_operation_not_the_message() -> None:
+    from conceptlib.errors import HubAuthError
+
+    # The same words for both: only ``op`` tells a read (where dropping a bad token helps) from a write.
+    read = hubclient.translate(_Refused(401), "x/y", "x/y: working", op="read")
+    write = hubclient.translate(_Refused(401), "x/y", "x/y: working", op="write")
+
+    assert isinstance(read, HubAuthError) and isinstance(write, HubAuthError)
+    assert str(read.hint).startswith("check HF_TOKEN") and "public repositories need no token" in str(read.hint)
+    assert write.hint == HubAuthError.default_hint  # log in (with write access): nothing about dropping the token
+    assert read.message == write.message == "x/y: working: the Hub refused the credentials (401)"
+
+
+def test_push_with_a_wrong_token_is_not_told_to_drop_it(
+    hub: HubServer, library: Any, cli: Any, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_concept(hub, f"{ORG}/cat-toy")
+    hubmod.pull(library, f"{ORG}/cat-toy")
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+
+    result = cli("push", "cat-toy", "--repo-id", "alice/cat-toy", "--home", str(home))
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: pushing cat-toy to alice/cat-toy: the Hub refused the credentials (401)")
+    assert "public repositories need no token" not in result.stderr
 
 
 def test_not_found_errors_carry_repo_and_revision(hub: HubServer, library: Library) -> None:
