@@ -147,3 +147,17 @@ def test_an_exclusive_write_never_replaces_a_file_created_meanwhile(tmp_path: Pa
         for t in threads:
             t.join()
         assert len(won) == 1 and path.read_bytes() == won[0]
+
+
+def test_convert_token_with_invisible_characters_is_refused(tmp_path: Path, cli: Any) -> None:
+    # convert --token wrote an escape sequence or bidi override into the file, a token `add`
+    # then refuses and no prompt box can type.
+    src = tmp_path / "cat.safetensors"
+    write(sd1(1, token="<cat>"), src)
+    run = cli("convert", str(src), str(tmp_path / "out.safetensors"), "--token", "<a\x1b[2Jb\u202e>")
+    assert run.exit_code == 2
+    assert run.stderr == (
+        "Error: --token <a\\x1b[2Jb\\u202e> holds control or invisible characters (\\x1b, \\u202e) "
+        "that no one can type (hint: pass --token with printable text)\n"
+    )
+    assert not (tmp_path / "out.safetensors").exists()

@@ -33,7 +33,7 @@ from typing import Any
 
 from conceptlib._atomic import atomic_write_bytes
 from conceptlib._inputs import Folder, read_folder_words, read_named
-from conceptlib._terminal import printable
+from conceptlib._terminal import invisible_characters, printable
 from conceptlib.embedding import Embedding
 from conceptlib.errors import (
     ConceptlibError,
@@ -660,6 +660,14 @@ def convert(
             raise UsageError("--token is empty")
         if not is_text(token):
             raise UsageError(f"--token {printable(token)} is not UTF-8 text (it holds a lone surrogate)")
+        hidden = invisible_characters(token)
+        if hidden:
+            # The library refuses such a token at add: a file written with it would be refused
+            # there, and no prompt box can type it.
+            raise UsageError(
+                f"--token {printable(token)} holds control or invisible characters ({', '.join(hidden)}) that no one can type",
+                hint="pass --token with printable text",
+            )
         # An AUTOMATIC1111 name is the source's prompt word: the new token replaces it too, or
         # formats that store only a name (a1111, png) would keep the old word.
         embedding = replace(embedding, token=token, name=token if embedding.name is not None else None)
