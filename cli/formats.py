@@ -16,12 +16,17 @@ _MAX_META = 120
 
 
 def _file_facts(path: Path) -> dict[str, Any]:
-    from conceptlib.hashing import file_hashes
+    from conceptlib._inputs import read_named
+    from conceptlib.errors import EmbeddingFileError
+    from conceptlib.formats import MAX_FILE_SIZE
+    from conceptlib.hashing import bytes_hashes
 
     if path.is_dir():
         return {"path": str(path), "size": None}
-    facts: dict[str, Any] = {"path": str(path), "size": path.stat().st_size}
-    facts.update(file_hashes(path))
+    # Read as the readers read it: bounded, and a FIFO swapped in is refused, not waited on.
+    data = read_named(path, limit=MAX_FILE_SIZE, what="embedding file", error=EmbeddingFileError)
+    facts: dict[str, Any] = {"path": str(path), "size": len(data)}
+    facts.update(bytes_hashes(data))
     return facts
 
 

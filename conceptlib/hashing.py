@@ -69,7 +69,11 @@ def a1111_checksum(tensor: Tensor) -> str:
 
 def file_hashes(path: str | os.PathLike[str]) -> dict[str, str]:
     """sha256 and its short forms for a file (``addnet`` only for safetensors)."""
-    data = Path(path).read_bytes()
+    return bytes_hashes(Path(path).read_bytes())
+
+
+def bytes_hashes(data: bytes) -> dict[str, str]:
+    """sha256 and its short forms for a file's bytes (``addnet`` only for safetensors)."""
     full = hashlib.sha256(data).hexdigest()
     out = {"sha256": full, "autov2": full[:10], "a1111": full[:12]}
     payload = addnet_hash(data)
