@@ -589,7 +589,8 @@ def preview(
     from conceptlib._parallel import process_device
     from conceptlib.library import SKIP_PLAIN_IMAGE, SKIP_THUMBNAIL, Library
     from conceptlib.models import require_weights, resolve_model
-    from conceptlib.render import RenderConfig, check_settings, load_pipeline, parse_size, render
+    from conceptlib.pipelines import load_pipeline
+    from conceptlib.render import RenderConfig, check_settings, parse_size, render
     from conceptlib.single_file import native_size, resolve_configs
     from conceptlib.slug import numbered
     from conceptlib.validate import validate

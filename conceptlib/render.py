@@ -72,6 +72,7 @@ from conceptlib._atomic import atomic_write_bytes
 from conceptlib._parallel import barrier, join, process_device
 from conceptlib._text import read_utf8
 from conceptlib.errors import ConceptDoesNotFitError, ConceptNotFoundError, UsageError
+from conceptlib.pipelines import load_pipeline
 from conceptlib.validate import expansions
 
 if TYPE_CHECKING:
@@ -81,7 +82,6 @@ if TYPE_CHECKING:
     from conceptlib.embedding import Embedding
     from conceptlib.library import Library
     from conceptlib.models import ModelInfo
-    from conceptlib.single_file import ModelConfigs
     from conceptlib.validate import Finding
 
 __all__ = [
@@ -147,7 +147,6 @@ MAX_SIZE = 16384
 MAX_BATCH = 1024
 #: Per-line keys a JSONL prompts file may set.
 PROMPT_KEYS = ("prompt", "negative", "seed", "n", "steps", "guidance", "size")
-_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 _EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
 
 
@@ -1029,71 +1028,8 @@ def unload_concepts(loaded: LoadedConcepts) -> None:
 
 
 # --- the pipeline ------------------------------------------------------------------------------
-
-
-def load_pipeline(
-    model: ModelInfo,
-    *,
-    device: str = "cpu",
-    dtype: str = "float32",
-    configs: ModelConfigs | None = None,
-) -> Any:
-    """Load the diffusers pipeline of a model (a diffusers folder or a single file).
-
-    Args:
-        model: a model with weights.
-        device: torch device.
-        dtype: ``float32``, ``float16`` or ``bfloat16``.
-        configs: for a single-file checkpoint, its diffusers configs
-            (:func:`conceptlib.single_file.resolve_configs`); the family's reference ones when
-            omitted.
-
-    Returns:
-        A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` on ``device``, progress
-        bar off.
-
-    Raises:
-        UsageError: a family name (no weights), or an unknown dtype.
-        ModelWeightsMissingError: a diffusers folder of configs without weight files.
-        ModelConfigError: a single file's configs cannot be found or do not fit it.
-        MissingDependencyError: torch or diffusers missing.
-    """
-    from conceptlib._deps import quiet_loading, require
-    from conceptlib.models import require_weights
-
-    require("torch", "diffusers", "transformers", purpose="rendering")
-    import torch
-
-    with quiet_loading():  # importing the pipelines warns about image processors
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    from conceptlib import single_file
-
-    torch_dtype = getattr(torch, _dtype_name(dtype))
-    cls = StableDiffusionXLPipeline if model.family == "sdxl" else StableDiffusionPipeline
-    if model.kind == "diffusers" and model.path:
-        require_weights(model)
-        with quiet_loading():
-            pipe = cls.from_pretrained(model.path, **single_file.dtype_kwargs(torch_dtype))
-    elif model.kind == "checkpoint" and model.path:
-        resolved = configs or single_file.resolve_configs(model)
-        with quiet_loading():
-            pipe = single_file.load_pipeline(model, resolved, torch_dtype)
-    else:
-        raise UsageError(
-            f"{model.display_name} is a family name, without weights to render with",
-            hint="pass a diffusers folder or a .safetensors checkpoint, or register one with `conceptlib models add`",
-        )
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _dtype_name(dtype: str) -> str:
-    name = _DTYPES.get(dtype.lower())
-    if name is None:
-        raise UsageError(f"unknown dtype {dtype!r}", hint="use float32, float16 or bfloat16")
-    return name
+# Loading it lives in conceptlib.pipelines (shared with preview and train); load_pipeline is
+# re-exported above, where render's callers have always imported it.
 
 
 def _scheduler(pipe: Any, name: str | None) -> tuple[Any, str]:

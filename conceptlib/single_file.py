@@ -1,4 +1,4 @@
-"""Single-file checkpoints as diffusers pipelines, for training and rendering.
+"""Single-file checkpoints: which diffusers configs describe them, decided before loading.
 
 AUTOMATIC1111, ComfyUI and InvokeAI users keep a model as one ``.safetensors``/``.ckpt`` file in
 the original LDM key layout. diffusers' ``from_single_file`` converts its weights, but it also
@@ -9,21 +9,24 @@ for a 512-base file.
 conceptlib decides instead, before anything heavy loads: the configs come from
 ``--model-config`` (a diffusers folder or Hub repository of the same model; the JSON files and
 tokenizer are enough) or else from the family's reference repository, fetched once through
-:func:`conceptlib.hub.fetch_model_configs` and read from the cache afterwards. They must
+:func:`conceptlib.hubclient.fetch_model_configs` and read from the cache afterwards. They must
 describe the checkpoint's family, and the prediction type is the one the file declares (its
 metadata or AUTOMATIC1111's ``.yaml`` beside it), else the configs'.
+
+Loading the weights with those configs is :func:`conceptlib.pipelines.load_single_file`: this
+module only decides, so it stays below the loaders (it imports nothing that loads).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from conceptlib.errors import ModelConfigError, UsageError
+from conceptlib.hubclient import fetch_model_configs, parse_repo_ref
 
 if TYPE_CHECKING:
     from conceptlib.models import ModelInfo
@@ -85,7 +88,6 @@ def resolve_configs(model: ModelInfo, model_config: str | os.PathLike[str] | Non
             prediction it uses, an inpainting or refiner file without ``model_config``), they
             cannot be fetched, or they describe another family.
     """
-    from conceptlib.hub import fetch_model_configs, parse_repo_ref
     from conceptlib.models import read_model
 
     if model_config is None:
@@ -136,52 +138,3 @@ def resolve_configs(model: ModelInfo, model_config: str | os.PathLike[str] | Non
     if prediction not in ("epsilon", "v_prediction"):
         raise ModelConfigError(f"the scheduler in {source} has prediction type {prediction!r}; expected epsilon or v_prediction", path=model.path)
     return ModelConfigs(folder=folder, source=source, prediction_type=prediction, described=described)
-
-
-def dtype_kwargs(torch_dtype: Any) -> dict[str, Any]:
-    """``from_pretrained``/``from_single_file`` keyword for a dtype, across diffusers releases.
-
-    diffusers renamed ``torch_dtype`` to ``dtype`` (the old name warns); older releases know
-    only the old one.
-    """
-    from diffusers.utils import deprecation_utils
-
-    name = "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
-    return {name: torch_dtype}
-
-
-def load_pipeline(model: ModelInfo, configs: ModelConfigs, torch_dtype: Any) -> Any:
-    """Build the Stable Diffusion (XL) pipeline of a single-file checkpoint from ``configs``.
-
-    Nothing is fetched here: the configs are local (see :func:`resolve_configs`), so diffusers
-    never guesses a repository. The scheduler carries ``configs.prediction_type``.
-
-    Args:
-        model: the checkpoint (``kind == "checkpoint"``).
-        configs: from :func:`resolve_configs`.
-        torch_dtype: the dtype of the loaded weights.
-
-    Returns:
-        A ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` on the CPU, without a
-        safety checker.
-
-    Raises:
-        ModelConfigError: the weights do not fit the configs, or a component is missing from
-            the file.
-    """
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    cls = StableDiffusionXLPipeline if model.family == "sdxl" else StableDiffusionPipeline
-    extra: dict[str, Any] = {} if model.family == "sdxl" else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    try:
-        pipe = cls.from_single_file(str(model.path), config=str(configs.folder), local_files_only=True, **extra, **dtype_kwargs(torch_dtype))
-    except (ValueError, RuntimeError, KeyError, OSError, pickle.UnpicklingError) as exc:  # diffusers' error types vary by release
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelConfigError(f"cannot be built with the configs of {configs.source}: {first}", path=model.path) from exc
-    except Exception as exc:
-        if type(exc).__name__ != "SingleFileComponentError":
-            raise
-        raise ModelConfigError(f"cannot be built with the configs of {configs.source}: {exc}", path=model.path) from exc
-    if pipe.scheduler.config.get("prediction_type") != configs.prediction_type:
-        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=configs.prediction_type)
-    return pipe

@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 
     from conceptlib.embedding import Embedding
     from conceptlib.library import Concept
+    from conceptlib.models import ModelInfo
     from conceptlib.single_file import ModelConfigs
 
 __all__ = [
@@ -1084,6 +1085,161 @@ def _effective_settings(settings: dict[str, Any], *, native: int | None, home: s
     return out
 
 
+def _check_library(
+    config: TrainConfig, home: str | os.PathLike[str] | None, info: ModelInfo, *, token: str, name: str, embedding_path: Path
+) -> str | None:
+    """The library's pre-flight: the token and the name must be free before any step runs.
+
+    Torch-free. When resuming, a token held by the concept this run added earlier (its source
+    is ``embedding_path``) is no clash.
+
+    Returns:
+        That concept's name when resuming a run the library already holds, else None.
+
+    Raises:
+        TokenInUseError: another concept of the family uses ``token``.
+        ConceptExistsError: ``--name`` is taken by another concept.
+    """
+    from conceptlib.library import Library
+
+    ours: str | None = None
+    library = Library.open(home)
+    try:
+        owner = library.index.token_owner(info.family, token)
+        if owner is not None and config.resume and library.show(owner).source.get("path") == str(embedding_path):
+            ours = owner  # continuing the run updates the concept it made
+        elif owner is not None:
+            raise TokenInUseError(token, family=info.family_label, used_by=owner)
+        if config.name and library.index.has(name) and name != ours:
+            raise ConceptExistsError(name)
+    finally:
+        library.close()
+    return ours
+
+
+def _check_resume(
+    state: dict[str, Any],
+    config: TrainConfig,
+    info: ModelInfo,
+    *,
+    checkpoint_path: Path,
+    native: int,
+    home: str | os.PathLike[str] | None,
+    frozen: str,
+    images: str,
+    prompts: str,
+    total_steps: int,
+    ours: str | None,
+) -> None:
+    """Refuse to resume from a checkpoint of another run, or one with nothing left to train.
+
+    The checkpoint's settings must be this run's (compared by their effect, see
+    :func:`_resume_differences`), and its model, frozen weights, images and prompts the same
+    (``frozen``, ``images``, ``prompts``: this run's digests). Torch-free: ``state`` is what
+    :func:`load_checkpoint` returned, and only its plain values are read.
+
+    Raises:
+        UsageError: what differs, or that the checkpoint is already at ``total_steps``.
+    """
+    changed = _resume_differences(state["config"], config, native=native, home=home)
+    if changed:
+        raise UsageError(
+            f"--resume: these settings differ from the checkpoint's: {', '.join(changed)}",
+            path=checkpoint_path,
+            hint="resume with the same settings (only --steps, --save-every, previews and output options may change)",
+        )
+    if state["model"] != info.fingerprints():
+        raise UsageError("--resume: the checkpoint was trained on another model (text-encoder fingerprints differ)", path=checkpoint_path)
+    if state.get("frozen", frozen) != frozen:
+        raise UsageError(
+            "--resume: the checkpoint was trained on another model (its UNet or VAE weights differ)",
+            path=checkpoint_path, hint="resume with the model the run started with, or start a new run without --resume",
+        )
+    if state.get("images", images) != images:
+        raise UsageError(
+            f"--resume: the images in {config.images} changed since the checkpoint (added, removed or edited)",
+            path=checkpoint_path, hint="put the images back as they were, or start a new run without --resume",
+        )
+    if state.get("prompts", prompts) != prompts:
+        raise UsageError(
+            "--resume: the training prompts changed since the checkpoint (the template file's lines or the captions)",
+            path=checkpoint_path, hint="put the templates and captions back as they were, or start a new run without --resume",
+        )
+    finishing = int(state["step"]) == total_steps and config.add_to_library and ours is None
+    if int(state["step"]) >= total_steps and not finishing:
+        # (A run that trained to the end but never got into the library, whose add failed,
+        # is finished instead: no steps, then the library step.)
+        if total_steps < config.steps:  # the schedule ends first: more --steps would not help
+            limit, hint = (
+                f"--lr-schedule ends at step {total_steps}",
+                "extend the schedule: its last rate without a step runs up to --steps",
+            )
+        else:
+            limit, hint = f"--steps {config.steps}", f"pass --steps above {int(state['step'])} to train on"
+        raise UsageError(
+            f"--resume: the checkpoint is at step {int(state['step'])}; {limit} leaves nothing to train",
+            path=checkpoint_path, hint=hint,
+        )
+
+
+def _add_to_library(
+    home: str | os.PathLike[str] | None,
+    ours: str | None,
+    embedding_path: Path,
+    *,
+    config: TrainConfig,
+    token: str,
+    images: list[Path],
+    metadata: dict[str, str],
+    notes: list[str],
+) -> tuple[Concept | None, str | None]:
+    """Land a finished run in the library: update the concept it made (``ours``) or add one.
+
+    Images the library does not keep are appended to ``notes`` (the result's warnings).
+    Torch-free: the run's vectors are already in ``embedding_path``.
+
+    Returns:
+        The concept, and ``"updated"`` or ``"added"``.
+
+    Raises:
+        DuplicateConceptError: the library holds these vectors already (its hint says where
+            the run's file is kept).
+    """
+    from conceptlib.library import Library
+
+    concept = None
+    action: str | None = None
+    library = Library.open(home)
+    try:
+        if ours is not None:
+            action = "updated"
+            concept = library.update(ours, embedding_path, token=token, type=config.type, images=images, metadata=metadata)
+        else:
+            action = "added"
+            try:
+                report = library.add(
+                    embedding_path,
+                    name=config.name,
+                    token=token,
+                    type=config.type,
+                    images=images,
+                    metadata=metadata,
+                )
+                concept = report.one()
+                # Checked before training, so only a file changed since then lands here.
+                notes += [f"{Path(s.path).name} is not kept with the concept: {s.reason}" for s in report.skipped]
+            except DuplicateConceptError as exc:
+                # The same seed, images and settings learn the same vectors.
+                exc.hint = (
+                    f"the run's vectors are kept in {embedding_path}; another --seed (or --init-word) "
+                    f"learns others, or `conceptlib show {exc.existing}` is the concept you already have"
+                )
+                raise
+    finally:
+        library.close()
+    return concept, action
+
+
 def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     """Learn a textual-inversion concept and (by default) add it to the library.
 
@@ -1121,14 +1277,15 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
 
     import torch
     import torch.nn.functional as F
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTextModelWithProjection
 
     from conceptlib import config as conceptlib_config
     from conceptlib.embedding import Embedding
     from conceptlib.formats import write
-    from conceptlib.library import Library, check_name, check_token
+    from conceptlib.library import check_name, check_token
     from conceptlib.models import require_weights, resolve_model
+    from conceptlib.pipelines import load_training_components
     from conceptlib.single_file import native_size, resolve_configs
     from conceptlib.slug import slugify
     from conceptlib.tensor import Tensor
@@ -1217,17 +1374,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     embedding_path = out / f"{name}.safetensors"
     ours: str | None = None  # the concept an earlier part of this run added, when resuming it
     if config.add_to_library and main_process:
-        library = Library.open(home)
-        try:
-            owner = library.index.token_owner(info.family, token)
-            if owner is not None and config.resume and library.show(owner).source.get("path") == str(embedding_path):
-                ours = owner  # continuing the run updates the concept it made
-            elif owner is not None:
-                raise TokenInUseError(token, family=info.family_label, used_by=owner)
-            if config.name and library.index.has(name) and name != ours:
-                raise ConceptExistsError(name)
-        finally:
-            library.close()
+        ours = _check_library(config, home, info, token=token, name=name, embedding_path=embedding_path)
     # After the library's checks: a taken --name says so, not "an earlier run's checkpoint".
     if not config.resume and checkpoint_path.exists():
         raise DestinationExistsError(
@@ -1237,29 +1384,11 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         )
 
     # ---- 5. Load the components. -----------------------------------------------------------------
-    components = ["text_encoder", "text_encoder_2"][: len(keys)]
     with quiet_loading():
-        # The VAE only encodes once (and decodes previews): fp32 always, which also avoids the
-        # SDXL VAE's fp16 overflow.
-        if configs is not None:
-            from conceptlib.single_file import load_pipeline
-
-            # Loaded at the training precision (an fp32 copy of an SDXL UNet alone is 10 GB);
-            # the VAE, a few hundred MB, is brought back to fp32.
-            pipe = load_pipeline(info, configs, weight_dtype)
-            tokenizers = [getattr(pipe, c.replace("text_encoder", "tokenizer")) for c in components]
-            encoders = [getattr(pipe, c) for c in components]
-            vae, unet, scheduler_config = pipe.vae.to(torch.float32), pipe.unet, pipe.scheduler.config
-            del pipe
-        else:
-            tokenizers = [CLIPTokenizer.from_pretrained(root / c.replace("text_encoder", "tokenizer")) for c in components]
-            encoders = []
-            for component in components:
-                cls = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
-                encoders.append(cls.from_pretrained(root / component, attn_implementation="sdpa", torch_dtype=weight_dtype))
-            vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=torch.float32)
-            unet = UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=weight_dtype)
-            scheduler_config = DDPMScheduler.load_config(root / "scheduler")
+        parts = load_training_components(info, configs, weight_dtype)
+        tokenizers, encoders, vae, unet = parts.tokenizers, parts.encoders, parts.vae, parts.unet
+        scheduler_config = parts.scheduler_config
+        del parts  # the VAE is let go below, before the first step: keep no other reference
         noise_scheduler = DDPMScheduler.from_config(scheduler_config)
     for key, enc in zip(keys, encoders, strict=True):
         if enc.config.hidden_size != info.widths[key]:
@@ -1373,45 +1502,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     saved_steps: list[int] = []  # the steps the run's checkpoint file has held
     if config.resume:
         state = load_checkpoint(checkpoint_path)
-        changed = _resume_differences(state["config"], config, native=native_size(info, configs), home=home)
-        if changed:
-            raise UsageError(
-                f"--resume: these settings differ from the checkpoint's: {', '.join(changed)}",
-                path=checkpoint_path,
-                hint="resume with the same settings (only --steps, --save-every, previews and output options may change)",
-            )
-        if state["model"] != info.fingerprints():
-            raise UsageError("--resume: the checkpoint was trained on another model (text-encoder fingerprints differ)", path=checkpoint_path)
-        if state.get("frozen", frozen_digest) != frozen_digest:
-            raise UsageError(
-                "--resume: the checkpoint was trained on another model (its UNet or VAE weights differ)",
-                path=checkpoint_path, hint="resume with the model the run started with, or start a new run without --resume",
-            )
-        if state.get("images", images_digest) != images_digest:
-            raise UsageError(
-                f"--resume: the images in {config.images} changed since the checkpoint (added, removed or edited)",
-                path=checkpoint_path, hint="put the images back as they were, or start a new run without --resume",
-            )
-        if state.get("prompts", prompts_digest) != prompts_digest:
-            raise UsageError(
-                "--resume: the training prompts changed since the checkpoint (the template file's lines or the captions)",
-                path=checkpoint_path, hint="put the templates and captions back as they were, or start a new run without --resume",
-            )
-        finishing = int(state["step"]) == total_steps and config.add_to_library and ours is None
-        if int(state["step"]) >= total_steps and not finishing:
-            # (A run that trained to the end but never got into the library, whose add failed,
-            # is finished instead: no steps, then the library step.)
-            if total_steps < config.steps:  # the schedule ends first: more --steps would not help
-                limit, hint = (
-                    f"--lr-schedule ends at step {total_steps}",
-                    "extend the schedule: its last rate without a step runs up to --steps",
-                )
-            else:
-                limit, hint = f"--steps {config.steps}", f"pass --steps above {int(state['step'])} to train on"
-            raise UsageError(
-                f"--resume: the checkpoint is at step {int(state['step'])}; {limit} leaves nothing to train",
-                path=checkpoint_path, hint=hint,
-            )
+        _check_resume(
+            state, config, info, checkpoint_path=checkpoint_path, native=native_size(info, configs), home=home,
+            frozen=frozen_digest, images=images_digest, prompts=prompts_digest, total_steps=total_steps, ours=ours,
+        )  # fmt: skip
         with torch.no_grad():
             for key, param in vectors.items():
                 param.copy_(state["vectors"][key])
@@ -1758,34 +1852,9 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
 
             grid = _grid([(f"step {s}", Image.open(p)) for s, p in previews], out / "previews" / "grid.png")
         if config.add_to_library:
-            library = Library.open(home)
-            try:
-                if ours is not None:
-                    action = "updated"
-                    concept = library.update(ours, embedding_path, token=token, type=config.type, images=kept_images, metadata=metadata)
-                else:
-                    action = "added"
-                    try:
-                        report = library.add(
-                            embedding_path,
-                            name=config.name,
-                            token=token,
-                            type=config.type,
-                            images=kept_images,
-                            metadata=metadata,
-                        )
-                        concept = report.one()
-                        # Checked above, so only a file changed since then lands here.
-                        notes += [f"{Path(s.path).name} is not kept with the concept: {s.reason}" for s in report.skipped]
-                    except DuplicateConceptError as exc:
-                        # The same seed, images and settings learn the same vectors.
-                        exc.hint = (
-                            f"the run's vectors are kept in {embedding_path}; another --seed (or --init-word) "
-                            f"learns others, or `conceptlib show {exc.existing}` is the concept you already have"
-                        )
-                        raise
-            finally:
-                library.close()
+            concept, action = _add_to_library(
+                home, ours, embedding_path, config=config, token=token, images=kept_images, metadata=metadata, notes=notes
+            )
     return TrainResult(
         embedding=embedding,
         embedding_path=embedding_path,

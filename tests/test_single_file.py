@@ -22,7 +22,8 @@ from ldm_layout import write_single_file
 from conceptlib.errors import ModelConfigError
 from conceptlib.hub import MODEL_CONFIG_PATTERNS
 from conceptlib.models import resolve_model
-from conceptlib.single_file import DEFAULT_CONFIG_REPOS, load_pipeline, resolve_configs
+from conceptlib.pipelines import load_single_file
+from conceptlib.single_file import DEFAULT_CONFIG_REPOS, resolve_configs
 
 pytestmark = pytest.mark.torch
 
@@ -79,7 +80,7 @@ def test_weights_come_from_the_file_and_configs_from_the_folder(tiny: dict[str, 
     assert configs.sample_size == 64 and configs.source == str(paths["configs"])
     # The SD 2.x file says nothing about its prediction type: the configs' scheduler decides.
     assert configs.prediction_type == ("v_prediction" if family == "sd2-v" else "epsilon")
-    pipe = load_pipeline(model, configs, torch.float32)
+    pipe = load_single_file(model, configs, torch.float32)
     reference = DiffusionPipeline.from_pretrained(paths["folder"])
     for component in COMPONENTS[family]:
         ours, theirs = getattr(pipe, component).state_dict(), getattr(reference, component).state_dict()
@@ -97,8 +98,8 @@ def test_a_ckpt_file_loads_like_the_safetensors_one(tiny: dict[str, dict[str, Pa
     torch.save({"state_dict": load_file(tiny["sd1"]["file"]), "global_step": 470000}, ckpt)
     model = resolve_model(ckpt)  # read by conceptlib's allowlist reader first
     assert model.kind == "checkpoint" and model.family == "sd1"
-    ours = load_pipeline(model, resolve_configs(model, tiny["sd1"]["configs"]), torch.float32)
-    reference = load_pipeline(resolve_model(tiny["sd1"]["file"]), resolve_configs(model, tiny["sd1"]["configs"]), torch.float32)
+    ours = load_single_file(model, resolve_configs(model, tiny["sd1"]["configs"]), torch.float32)
+    reference = load_single_file(resolve_model(tiny["sd1"]["file"]), resolve_configs(model, tiny["sd1"]["configs"]), torch.float32)
     for component in COMPONENTS["sd1"]:
         a, b = getattr(ours, component).state_dict(), getattr(reference, component).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in b), component
@@ -116,7 +117,7 @@ def test_the_file_declares_its_prediction_type(tiny: dict[str, dict[str, Path]],
     file.with_suffix(".yaml").write_text('model:\n  params:\n    parameterization: "eps"\n')
     configs = resolve_configs(resolve_model(file), tiny["sd2-v"]["configs"])
     assert configs.prediction_type == "epsilon"
-    assert load_pipeline(resolve_model(file), configs, torch.float32).scheduler.config.prediction_type == "epsilon"
+    assert load_single_file(resolve_model(file), configs, torch.float32).scheduler.config.prediction_type == "epsilon"
 
 
 def test_configs_of_another_family_are_refused(tiny: dict[str, dict[str, Path]], tmp_path: Path) -> None:
@@ -138,7 +139,7 @@ def test_weights_that_do_not_fit_the_configs_are_one_error(tiny: dict[str, dict[
     unet_config.write_text(json.dumps(json.loads(unet_config.read_text()) | {"block_out_channels": [32, 64]}))
     model = resolve_model(tiny["sd1"]["file"])
     with pytest.raises(ModelConfigError, match="cannot be built with the configs of") as caught:
-        load_pipeline(model, resolve_configs(model, configs), torch.float32)
+        load_single_file(model, resolve_configs(model, configs), torch.float32)
     assert str(tiny["sd1"]["file"]) in str(caught.value)
 
 
