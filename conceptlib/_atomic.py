@@ -6,6 +6,7 @@ A reader (or a crash) sees either the old file or the whole new one, never a par
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -73,13 +74,22 @@ def atomic_open(path: str | os.PathLike[str], *, exclusive: bool = False) -> Ite
     fsync_dir(target.parent)
 
 
+# What a file system without hard links answers to link() (FAT and exFAT: EPERM; some network
+# shares: EOPNOTSUPP/ENOTSUP or ENOSYS; a name's link count at its limit: EMLINK).
+_NO_HARD_LINKS = frozenset(
+    getattr(errno, name) for name in ("EPERM", "EOPNOTSUPP", "ENOTSUP", "ENOSYS", "EMLINK", "EXDEV") if hasattr(errno, name)
+)
+
+
 def _link_new(tmp: Path, target: Path) -> None:
     """Put ``tmp`` in place as ``target`` only if no file (or link) of that name exists."""
     try:
         os.link(tmp, target, follow_symlinks=False)
     except FileExistsError:
         raise DestinationExistsError("already exists", path=target) from None
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise  # a full disk, say: the caller names the file
         # No hard links here (FAT, some network shares): check, then rename.
         if os.path.lexists(target):
             raise DestinationExistsError("already exists", path=target) from None

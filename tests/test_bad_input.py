@@ -166,18 +166,21 @@ def test_missing_file(tmp_path: Path) -> None:
         read(tmp_path / "nope.pt")
 
 
-def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("force", "step"), [(False, "link"), (True, "replace")])
+def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool, step: str) -> None:
+    # The last step puts the finished file in place: a hard link without --force (which never
+    # replaces a file another process made meanwhile), a rename with it.
     import os
 
     calls = []
 
-    def boom(src: str, dst: str) -> None:
+    def boom(src: str, dst: str, **_: object) -> None:
         calls.append(dst)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "replace", boom)
+    monkeypatch.setattr(os, step, boom)
     with pytest.raises(OSError):
-        write(sd1(token="<x>"), tmp_path / "a.safetensors")
+        write(sd1(token="<x>"), tmp_path / "a.safetensors", force=force)
     assert calls and list(tmp_path.iterdir()) == []
 
 
@@ -191,3 +194,17 @@ def test_safetensors_header_that_starts_like_a_pickle(tmp_path: Path) -> None:
     path = tmp_path / "x.safetensors"
     path.write_bytes(data)
     assert read(path).token == "<x>"
+
+
+def test_exclusive_write_without_hard_links_still_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # FAT and some network shares refuse link(): the file is then checked for and renamed.
+    import errno
+    import os
+
+    def no_links(src: str, dst: str, **_: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    write(sd1(token="<x>"), tmp_path / "a.safetensors")
+    assert read(tmp_path / "a.safetensors").token == "<x>"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]
