@@ -25,10 +25,9 @@ if TYPE_CHECKING:
     from conceptlib.models import ModelInfo
     from conceptlib.validate import Finding
 
-#: Suffixes a folder scan picks up; anything else (READMEs, YAML, images without data) is skipped.
+#: Suffixes a path-like TARGET may end with (``conceptlib.layout.EMBEDDING_SUFFIXES``, not imported
+#: here: this module loads with the CLI).
 EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png", ".webp")
-#: Files that make a folder one concept (sd-concepts-library / diffusers output layout).
-CONCEPT_FOLDER_FILES = ("learned_embeds.safetensors", "learned_embeds.bin", "embeddings.pt")
 
 class OutputFormat(str, Enum):
     """How ``validate`` prints its findings."""
@@ -217,47 +216,17 @@ class Target:
 
 
 def collect_files(folder: Path, skipped: list[Skipped] | None = None) -> list[Path]:
-    """Embedding files and concept folders under ``folder``, sorted, hidden entries skipped.
+    """The concepts under ``folder`` (embedding files and concept folders), as ``add`` finds them.
 
-    A folder holding ``learned_embeds.*`` or ``embeddings.pt`` is one concept; the second file
-    of a diffusers SDXL pair (``x_2.safetensors`` beside ``x.safetensors``) is read with the first.
-    Links are not followed out of ``folder`` (see :mod:`conceptlib._inputs`): those, and links to
-    nothing, go to ``skipped``; a link to a folder inside is not descended into.
+    :func:`conceptlib.layout.find_inputs` decides, for ``add`` and ``validate`` alike; what it
+    left alone (links out or to nothing, thumbnails) goes to ``skipped``.
     """
-    from conceptlib._inputs import Folder
+    from conceptlib.layout import find_inputs
 
-    def is_concept(path: Path) -> bool:
-        return any(os.path.lexists(path / name) for name in CONCEPT_FOLDER_FILES)
-
-    if is_concept(folder):
-        return [folder]
-    found: list[Path] = []
-    with Folder(folder) as root:
-
-        def walk(rel: str) -> None:
-            entries, refused = root.entries(rel)
-            if skipped is not None:
-                skipped.extend(r for r in refused if not Path(r.path).name.startswith("."))
-            names = {e.name for e in entries}
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                path = folder / entry.rel
-                if entry.kind == "dir":
-                    if entry.linked:
-                        continue  # its target is inside, and read where it is
-                    if is_concept(path):
-                        found.append(path)
-                    else:
-                        walk(entry.rel)
-                elif path.suffix.lower() in EMBEDDING_SUFFIXES:
-                    partner = entry.name[:-len("_2.safetensors")] + ".safetensors"
-                    if entry.name.endswith("_2.safetensors") and partner in names:
-                        continue
-                    found.append(path)
-
-        walk("")
-    return found
+    inputs = find_inputs([folder])
+    if skipped is not None:
+        skipped.extend(inputs.skipped)
+    return [f.path for f in inputs.concepts]
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -330,9 +299,10 @@ def resolve_targets(specs: list[str], home: Path | None = None, skipped: list[Sk
 
 def _targets_of(spec: str, home: Path | None, skipped: list[Skipped] | None) -> list[Target]:
     """The targets one TARGET argument gives; a file that cannot be read carries its error."""
-    from conceptlib._inputs import concerns_the_library
+    from conceptlib._inputs import Skipped, concerns_the_library
     from conceptlib._snapshots import read_input
-    from conceptlib.errors import UsageError
+    from conceptlib.errors import NoEmbeddingInImageError, UsageError
+    from conceptlib.layout import SKIP_PLAIN_IMAGE, find_inputs
 
     path = Path(spec).expanduser()
     if not path.exists():
@@ -341,23 +311,38 @@ def _targets_of(spec: str, home: Path | None, skipped: list[Skipped] | None) -> 
         if _looks_like_path(spec):
             raise FileNotFoundError(2, "No such file or directory", spec)
         return [_concept_target(spec, home)]
-    within = path if path.is_dir() else None
-    files = collect_files(path, skipped) if path.is_dir() else [path]
-    if not files:
+    # The same walk as ``add``'s, so both find the same concepts and skip the same files.
+    inputs = find_inputs([path])
+    if skipped is not None:
+        skipped.extend(inputs.skipped)
+    refused = [(r.path, r.error) for r in inputs.rejected if r.error is not None]
+    if not inputs.concepts:
+        if refused:
+            raise refused[0][1]
         raise UsageError(f"holds no embedding files ({', '.join(EMBEDDING_SUFFIXES)})", path=path)
-    targets: list[Target] = []
-    for file in files:
-        target = Target(label=str(file), path=file)
+    # A folder inside that cannot be listed is an unreadable target; the others are still checked.
+    targets = [Target(label=where, path=Path(where), error=_read_error(exc)) for where, exc in refused]
+    for found in inputs.concepts:
+        target = Target(label=str(found.path), path=found.path)
         try:
             # A concept folder is read under its own link rule; a file under its folder's.
-            target.embedding, left_out = read_input(file, within=None if file.is_dir() else within)
+            target.embedding, left_out = read_input(found.path, within=None if found.kind == "folder" else found.within)
             if skipped is not None:
                 skipped.extend(left_out)
+        except NoEmbeddingInImageError as exc:
+            if not found.picture:
+                target.error = _read_error(exc)
+            else:  # a sample picture met in a folder: skipped, as ``add`` skips it
+                if skipped is not None:
+                    skipped.append(Skipped(str(found.path), SKIP_PLAIN_IMAGE, exc))
+                continue
         except (ConceptlibError, OSError) as exc:
             if concerns_the_library(exc):
                 raise
             target.error = _read_error(exc)
         targets.append(target)
+    if not targets:  # only pictures without an embedding: the folder gave nothing, as for add
+        raise UsageError("holds no embeddings, only images without one", path=path)
     return targets
 
 

@@ -94,6 +94,7 @@ from conceptlib.errors import (
     UsageError,
 )
 from conceptlib.families import FAMILIES, family_key_of
+from conceptlib.layout import SKIP_PLAIN_IMAGE, SKIP_THUMBNAIL  # noqa: F401 - SKIP_THUMBNAIL: named here before layout existed
 from conceptlib.registry.store import IndexReader, SqliteReader, default_url, sqlite_path
 from conceptlib.slug import MAX_STEM_BYTES, is_slug, numbered, portable_stem, safe_stem, slugify
 
@@ -118,17 +119,7 @@ __all__ = [
     "VerifyReport",
 ]
 
-#: Suffixes a bulk import looks at inside folders (the content decides the format, not this).
-EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png", ".webp")
-#: Files that are embeddings and nothing else (a .png may be a sample image).
-_PICKLE_OR_SAFETENSORS = (".pt", ".bin", ".safetensors")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
-#: Folders a bulk import never descends into: sample images, VCS and hidden folders.
-_SKIP_DIRS = {"concept_images", "images", "samples", "__pycache__"}
-#: AUTOMATIC1111's card thumbnail of ``NAME.pt``: ``NAME.preview.png`` (its loader skips these).
-_PREVIEW_SUFFIX = ".preview.png"
-SKIP_THUMBNAIL = "an AUTOMATIC1111 preview thumbnail"
-SKIP_PLAIN_IMAGE = "an image without an embedding"
 STAGING_DIR = ".staging"
 CONCEPTS_DIR = "concepts"
 LOCK_FILE = ".lock"
@@ -523,14 +514,6 @@ def _sha256(path: Path) -> str:
     from conceptlib.hashing import sha256_file
 
     return sha256_file(path)
-
-
-def _concept_folder_files(folder: Path) -> frozenset[str]:
-    """The embedding files a concept folder is read from (diffusers / sd-concepts-library layout)."""
-    from conceptlib.formats import FOLDER_FILES, sdxl_pair
-
-    names = {*FOLDER_FILES, *(sdxl_pair(FOLDER_FILES[0]) or ())}
-    return frozenset(n for n in names if (folder / n).is_file())
 
 
 def _unique_name(stem: str, suffix: str, taken: set[str]) -> str:
@@ -944,88 +927,18 @@ class Library:
     ) -> builtins.list[tuple[Path, Path | None]]:
         """The inputs to read, each with the folder it was found in (None: the user named it).
 
-        Folders are searched without following a link out of them (see
-        :mod:`conceptlib._inputs`); such links, and links to nothing, go to ``report.skipped``.
-        Pictures met on the way go into ``scanned_images``.
+        Which files make a concept is :func:`conceptlib.layout.find_inputs`'s to decide (so
+        ``validate`` finds the same ones); links left alone and thumbnails go to
+        ``report.skipped``, paths that give nothing to ``report.rejected``. Pictures met in
+        folders go into ``scanned_images`` (one without an embedding is skipped, not rejected).
         """
-        from conceptlib.formats import FOLDER_FILES, sdxl_pair
+        from conceptlib.layout import find_inputs
 
-        own_names = (*FOLDER_FILES, *(sdxl_pair(FOLDER_FILES[0]) or ()))
-
-        def own_files(folder: Path) -> frozenset[str]:
-            # lexists: a learned_embeds that is a link out still makes a concept folder, whose
-            # add then says why it is refused (the link is never followed).
-            return frozenset(n for n in own_names if os.path.lexists(folder / n))
-
-        found: builtins.list[tuple[Path, Path | None]] = []
-
-        def visit(root: Folder, rel: str) -> None:
-            here = root.path / rel if rel else root.path
-            own = own_files(here)
-            if own & set(FOLDER_FILES):
-                found.append((here, root.path))
-                # Other embeddings beside a learned_embeds file are concepts of their own (a
-                # folder of downloads often has one learned_embeds.bin among many .pt files).
-                walk(root, rel, skip=own, suffixes=_PICKLE_OR_SAFETENSORS)
-            else:
-                walk(root, rel)
-
-        def walk(root: Folder, rel: str, skip: frozenset[str] = frozenset(), suffixes: tuple[str, ...] = EMBEDDING_SUFFIXES) -> None:
-            here = root.path / rel if rel else root.path
-            try:
-                entries, refused = root.entries(rel)
-            except (BadInputError, OSError) as exc:
-                report.rejected.append(Rejected(str(here), f"cannot list the folder: {_reason(exc)}", exc))
-                return
-            # In a concept folder only what would have been an input of its own is reported
-            # here; its own files are the snapshot's to report.
-            report.skipped += [
-                Rejected(r.path, r.reason, r.error) for r in refused
-                if not Path(r.path).name.startswith(".") and (not skip or Path(r.path).suffix.lower() in suffixes and Path(r.path).name not in skip)
-            ]  # fmt: skip
-            names = {e.name for e in entries}
-            for entry in entries:
-                if entry.name.startswith(".") or entry.name in skip:
-                    continue
-                path = root.path / entry.rel
-                suffix = path.suffix.lower()
-                if entry.kind == "dir":
-                    # A link to a folder inside is not followed: its target is searched where it is.
-                    if not entry.linked and (own_files(path) & set(FOLDER_FILES) or entry.name not in _SKIP_DIRS):
-                        visit(root, entry.rel)
-                elif suffix in suffixes:
-                    # The second file of a diffusers SDXL pair is read with the first one.
-                    pair = sdxl_pair(entry.name)
-                    if pair is not None and entry.name == pair[1] and pair[0] in names:
-                        continue
-                    if entry.name.lower().endswith(_PREVIEW_SUFFIX):
-                        report.skipped.append(Rejected(str(path), SKIP_THUMBNAIL))
-                        continue
-                    if suffix in (".png", ".webp"):
-                        scanned_images.add(path)
-                    found.append((path, root.path))
-
-        for path in paths:
-            if path.is_dir():  # a link the user named is followed
-                before = len(found) + len(report.rejected)
-                try:
-                    root = Folder(path)
-                except OSError as exc:
-                    report.rejected.append(Rejected(str(path), f"cannot open the folder: {_reason(exc)}", exc))
-                    continue
-                with root:
-                    visit(root, "")
-                if len(found) + len(report.rejected) == before:
-                    report.rejected.append(Rejected(str(path), "the folder holds no embedding files (.pt, .bin, .safetensors, .png)"))
-            elif path.exists():
-                found.append((path, None))
-            elif path.is_symlink():
-                report.rejected.append(Rejected(str(path), f"is a symbolic link to nothing (to {printable(os.readlink(path))})"))
-            else:
-                report.rejected.append(
-                    Rejected(str(path), "no such file or folder", FileNotFoundError(2, "No such file or directory", str(path)))
-                )
-        return found
+        inputs = find_inputs(paths)
+        report.skipped += [Rejected(s.path, s.reason, s.error) for s in inputs.skipped]
+        report.rejected += [Rejected(r.path, r.reason, r.error) for r in inputs.rejected]
+        scanned_images.update(f.path for f in inputs.concepts if f.picture)
+        return [(f.path, f.within) for f in inputs.concepts]
 
     @staticmethod
     def _image_files(

@@ -287,7 +287,7 @@ def _git(repo: str | os.PathLike[str], *args: str) -> str:
 
 
 def _changed(git_range: str, repo: str | os.PathLike[str]) -> tuple[Path, list[Path], list[Skipped]]:
-    from conceptlib.library import _concept_folder_files
+    from conceptlib.layout import is_thumbnail, own_names
 
     # git would read `--output=FILE` as an option and write that file: a range is never one.
     if not git_range or git_range.startswith("-"):
@@ -334,12 +334,13 @@ def _changed(git_range: str, repo: str | os.PathLike[str]) -> tuple[Path, list[P
                 concept = folder
                 break
         if path.suffix.lower() in _EMBEDDING_SUFFIXES and not (
-            concept is not None and path.parent == concept and path.name in _concept_folder_files(concept)
+            concept is not None and path.parent == concept and path.name in own_names() and path.is_file()
         ):
             # An embedding that is not the folder's own learned_embeds file is a concept of
             # its own, even beside one (the library adds it as one).
             concept = path
-        elif concept is None and path.suffix.lower() in _IMAGE_SUFFIXES and _is_embedding_image(path):
+        elif concept is None and path.suffix.lower() in _IMAGE_SUFFIXES and not is_thumbnail(path.name) and _is_embedding_image(path):
+            # A thumbnail is never a concept (the folder walk of add and validate skips it too).
             concept = path  # an AUTOMATIC1111 embedding PNG
         if concept is None:
             skipped.append(Skipped(name, SKIP_NO_CONCEPT))
@@ -587,7 +588,8 @@ def preview(
     from conceptlib._deps import quiet_loading
     from conceptlib._inputs import concerns_the_library, unexpected_reason
     from conceptlib._parallel import process_device
-    from conceptlib.library import SKIP_PLAIN_IMAGE, SKIP_THUMBNAIL, Library
+    from conceptlib.layout import SKIP_PLAIN_IMAGE, SKIP_THUMBNAIL
+    from conceptlib.library import Library
     from conceptlib.models import require_weights, resolve_model
     from conceptlib.pipelines import load_pipeline
     from conceptlib.render import RenderConfig, check_settings, parse_size, render
