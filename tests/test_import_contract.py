@@ -1,0 +1,122 @@
+"""The import contract: at module scope, imports only point down the layers.
+
+A module may import, at module scope, only modules of its own layer or of the layers below
+(`LAYERS`, lowest first); `cli` is imported by nothing outside it; torch, diffusers,
+transformers and accelerate are never imported at module scope (they load inside the
+functions that need them, so the index, formats and Hub run without them and start-up stays
+fast), and sqlmodel only by the index's table module. A new module must be given a layer here:
+the test fails for a module it does not know.
+
+Imports inside functions are not checked yet: several still reach up (the library imports the
+Hub and models lazily); issue 18 ("One house") moves them to their layer.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Lowest first. Each module's layer is the first entry whose name equals it or is a package
+#: prefix of it (``conceptlib.formats`` covers ``conceptlib.formats._png``).
+LAYERS: list[tuple[str, ...]] = [
+    # leaves: no conceptlib import but each other
+    ("conceptlib", "conceptlib.errors", "conceptlib.config", "conceptlib.families", "conceptlib.tensor",
+     "conceptlib._terminal", "conceptlib._parallel", "conceptlib._deps", "conceptlib._atomic",
+     "conceptlib._text", "conceptlib.slug", "conceptlib.hashing", "conceptlib.registry.migrations",
+     "conceptlib.registry.tables"),
+    # records
+    ("conceptlib.concept", "conceptlib.embedding"),
+    # files: formats and the link-safe readers
+    ("conceptlib.formats", "conceptlib._inputs", "conceptlib._images"),
+    # which files make a concept, and reading them
+    ("conceptlib.layout", "conceptlib._snapshots", "conceptlib.samples"),
+    # models, the index, the Hub transport
+    ("conceptlib.models", "conceptlib.hubclient", "conceptlib.registry", "conceptlib.single_file",
+     "conceptlib.validate", "conceptlib.tiny"),
+    # the library, the diffusers loader
+    ("conceptlib.library", "conceptlib.pipelines"),
+    # operations on the library and on models
+    ("conceptlib.hub", "conceptlib.render", "conceptlib.preview", "conceptlib.train"),
+    # the command line
+    ("conceptlib.cli", "conceptlib.__main__"),
+]  # fmt: skip
+
+HEAVY = ("torch", "diffusers", "transformers", "accelerate")
+SQLMODEL_ALLOWED = {"conceptlib.registry.tables"}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[0] in ("cli", "registry"):  # installed as conceptlib.cli and conceptlib.registry
+        parts = ["conceptlib", *parts]
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _sources() -> dict[str, Path]:
+    files = [*(REPO / "conceptlib").rglob("*.py"), *(REPO / "cli").glob("*.py"), *(REPO / "registry").glob("*.py")]
+    return {_module_name(p): p for p in files}
+
+
+def _layer(module: str) -> int | None:
+    best: tuple[int, int] | None = None  # (length of the match, layer)
+    for index, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and (best is None or len(name) > best[0]):
+                best = (len(name), index)
+    return None if best is None else best[1]
+
+
+def _module_scope_imports(path: Path, known: set[str]) -> list[tuple[int, str]]:
+    """(line, module) of every import run when the module loads (TYPE_CHECKING blocks excluded)."""
+    found: list[tuple[int, str]] = []
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+            # `from conceptlib import config` imports the module conceptlib.config.
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names if f"{node.module}.{a.name}" in known]
+    return found
+
+
+SOURCES = _sources()
+
+
+def test_every_module_has_a_layer() -> None:
+    assert [m for m in SOURCES if _layer(m) is None] == []
+
+
+@pytest.mark.parametrize("module", sorted(SOURCES))
+def test_module_scope_imports_point_down(module: str) -> None:
+    own = _layer(module)
+    assert own is not None
+    upward = []
+    for line, imported in _module_scope_imports(SOURCES[module], set(SOURCES)):
+        top = imported.split(".")[0]
+        if top in HEAVY:
+            upward.append(f"line {line}: {imported} (heavy: import it inside the function that needs it)")
+        elif top == "sqlmodel" and module not in SQLMODEL_ALLOWED:
+            upward.append(f"line {line}: sqlmodel (only the index's tables import it at module scope)")
+        elif top == "conceptlib":
+            theirs = _layer(imported)
+            if theirs is not None and theirs > own:
+                upward.append(f"line {line}: {imported} (layer {theirs}) from layer {own}")
+            if imported.startswith("conceptlib.cli") and not module.startswith(("conceptlib.cli", "conceptlib.__main__")):
+                upward.append(f"line {line}: {imported} (nothing outside the CLI imports it)")
+    assert upward == []
+
+
+def test_the_contract_catches_an_upward_import(tmp_path: Path) -> None:
+    # The check itself: a leaf that imported the library would be reported.
+    leaf = tmp_path / "leaf.py"
+    leaf.write_text("from conceptlib.library import Library\nimport torch\n", encoding="utf-8")
+    imported = [m for _, m in _module_scope_imports(leaf, set(SOURCES))]
+    assert "conceptlib.library" in imported and "torch" in imported
+    assert _layer("conceptlib.library") > _layer("conceptlib.errors")  # type: ignore[operator]
