@@ -245,13 +245,13 @@ def test_png_pixel_payload_with_5000_digit_integer() -> None:
     assert_refused(fz.pixel_png(b"[-" + fz.BIG_DIGITS.encode() + b"]"), ".png")
 
 
-# --- text that the CLI prints (cli/formats.py, conceptlib/library.py) ---------------------------
+# --- text that the CLI prints (cli/formats.py, conceptlib/library/) ----------------------------
 
 
 def test_lone_surrogate_token_through_the_cli(tmp_path: Path) -> None:
     """A safetensors tensor named '\\ud800' (a lone surrogate, legal in JSON): ``inspect``,
     ``inspect --json`` and ``add`` died with 'unexpected UnicodeEncodeError' (exit 1) when
-    printing or storing it (``cli/formats.py`` output, ``conceptlib/library.py``)."""
+    printing or storing it (``cli/formats.py`` output, ``conceptlib/library/``)."""
     folder = tmp_path
     path = folder / "surrogate.safetensors"
     path.write_bytes(st_raw(b'{"\\ud800":{"dtype":"F32","shape":[1,768],"data_offsets":[0,3072]}}'))
@@ -263,7 +263,7 @@ def test_lone_surrogate_token_through_the_cli(tmp_path: Path) -> None:
 def test_lone_surrogate_in_metadata_through_add(tmp_path: Path) -> None:
     """A safetensors ``__metadata__`` value (or key, or ``conceptlib.name``) holding a lone
     surrogate: ``add`` died with 'unexpected UnicodeEncodeError' (exit 1) storing it
-    (``conceptlib/library.py``). Found on the working tree of 2026-12-06, after the token case
+    (``conceptlib/library/``). Found on the working tree of 2026-12-06, after the token case
     above was fixed."""
     header = {
         "__metadata__": {"format": "pt", "conceptlib.name": "\ud800", "note": "x\udcff"},

@@ -24,7 +24,7 @@ def test_wheel_has_only_the_conceptlib_namespace(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"conceptlib", next(t for t in tops if t.endswith(".dist-info"))}
-    for module in ("conceptlib/cli/app.py", "conceptlib/formats/_torchpickle.py", "conceptlib/py.typed"):
+    for module in ("conceptlib/cli/app.py", "conceptlib/formats/_torchpickle.py", "conceptlib/library/_store.py", "conceptlib/py.typed"):
         assert module in names
     assert any(n.startswith("conceptlib/registry/") for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))

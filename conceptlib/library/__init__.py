@@ -25,6 +25,14 @@ staging leftovers and rebuilds the index from the manifests) brings index and fi
 step. Changes to an existing concept write its manifest atomically, and replacing a concept's
 files swaps whole folders, with a marker that lets ``reindex`` finish an interrupted swap.
 
+Where things live. This module holds :class:`Library` and the domain: what goes into a concept
+(add, update, rename, tag, remove, export, verify), names and tokens, the index rows, the lock.
+The store primitives that move folders (:class:`~conceptlib.library._store.Publish` a new
+concept, :class:`~conceptlib.library._store.Swap` a new version in,
+:func:`~conceptlib.library._store.retire` one) live in :mod:`conceptlib.library._store`, each
+beside the recovery of what it leaves when killed, so a new operation that changes files
+reuses one of them instead of repeating the rename-and-undo; ``Library`` delegates to them.
+
 Concurrency. Several processes may add at once: each check that must be unique (name, token
 within a family, content hash) is made inside the ``BEGIN IMMEDIATE`` transaction that also
 moves the folder into place, so two writers can never both pass it.
@@ -47,7 +55,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -95,6 +102,10 @@ from conceptlib.errors import (
 )
 from conceptlib.families import FAMILIES, family_key_of
 from conceptlib.layout import SKIP_PLAIN_IMAGE, SKIP_THUMBNAIL  # noqa: F401 - SKIP_THUMBNAIL: named here before layout existed
+from conceptlib.library import _store
+from conceptlib.library._store import CONCEPTS_DIR, REPLACES_MARKER, STAGING_DIR  # noqa: F401 - REPLACES_MARKER: named here before _store existed
+from conceptlib.library._store import discard as _rmtree
+from conceptlib.library._store import write_new as _write_new
 from conceptlib.registry.store import IndexReader, SqliteReader, default_url, sqlite_path
 from conceptlib.slug import MAX_STEM_BYTES, is_slug, numbered, portable_stem, safe_stem, slugify
 
@@ -120,11 +131,7 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
-STAGING_DIR = ".staging"
-CONCEPTS_DIR = "concepts"
 LOCK_FILE = ".lock"
-#: Written last into a staged replacement folder: "this complete folder replaces NAME".
-REPLACES_MARKER = ".replaces"
 #: How long a writer waits for reindex/verify (and they for writers) before giving up.
 LOCK_TIMEOUT_S = 300.0
 MAX_TOKEN_CHARS = 1000
@@ -487,16 +494,6 @@ def _copy_own(folder: Path, rel: str, dst: Path) -> FileRecord:
     return _write_new(dst, data)
 
 
-def _write_new(dst: Path, data: bytes) -> FileRecord:
-    """Write a new file, fsynced (inside a staging folder, where atomicity comes from the rename)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with naming(dst), open(dst, "xb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return FileRecord("", hashlib.sha256(data).hexdigest(), len(data))
-
-
 def _vector_fields(emb: Embedding) -> dict[str, Any]:
     """The Concept fields that describe the vectors themselves (shared by add and update)."""
     return {
@@ -525,13 +522,6 @@ def _unique_name(stem: str, suffix: str, taken: set[str]) -> str:
         n += 1
     taken.add(candidate.lower())
     return candidate
-
-
-def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    if path.exists() or path.is_symlink():
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
 @dataclass(frozen=True)
@@ -686,11 +676,7 @@ class Library:
 
     def _swap_leftovers(self) -> bool:
         """Whether ``.staging`` holds what an update or remove leaves when killed mid-way."""
-        try:
-            entries = list(self.staging_dir.iterdir())
-        except OSError:
-            return False
-        return any(e.name.startswith(("old-", "remove-")) or (e / REPLACES_MARKER).is_file() for e in entries)
+        return _store.interrupted_swaps(self.staging_dir)
 
     def _finish_interrupted(self) -> None:
         """Finish what a killed writer left in ``.staging``, when no writer is at work now.
@@ -755,22 +741,8 @@ class Library:
             os.close(fd)  # closing releases the lock, as does the process dying
 
     def _stage(self, prefix: str, *, create: bool = True) -> Path:
-        """A new unique path in ``.staging/`` (created unless ``create`` is False).
-
-        Not ``tempfile.mkdtemp``: its folders are private (0700) and a staged folder becomes
-        the concept's folder, which should get the user's usual permissions (umask).
-        """
-        self.staging_dir.mkdir(exist_ok=True)
-        while True:
-            path = self.staging_dir / f"{prefix}{secrets.token_hex(8)}"
-            try:
-                if create:
-                    path.mkdir()
-                elif path.exists():
-                    continue
-                return path
-            except FileExistsError:
-                continue
+        """A new unique path in ``.staging/`` (created unless ``create`` is False)."""
+        return _store.stage(self.staging_dir, prefix, create=create)
 
     def _read_manifest(self, folder: Path) -> tuple[Concept, str]:
         try:
@@ -893,6 +865,18 @@ class Library:
             '<cat-toy>'
         """
         return self._read_manifest(self.folder(self.resolve(name)))[0]
+
+    def has(self, name: str) -> bool:
+        """Whether a concept is named exactly ``name`` (a slug; tokens are not looked up)."""
+        return self.index.has(name)
+
+    def token_owner(self, family: str | None, token: str) -> str | None:
+        """The name of the concept of ``family`` whose token is ``token`` (case-insensitively), if any.
+
+        Tokens are unique per family, so this is who a new concept with ``token`` would clash
+        with (what ``train`` checks before it starts).
+        """
+        return self.index.token_owner(family, token)
 
     def find_by_source(self, repo_id: str) -> Concept | None:
         """The concept imported from Hub repository ``repo_id``, if any."""
@@ -1114,7 +1098,7 @@ class Library:
         """
         from conceptlib._snapshots import snapshot
 
-        scratch = self._stage("read-")
+        scratch = self._stage(_store.READ_PREFIX)
         try:
             return snapshot(path, scratch / "input", within=within), scratch
         except BaseException:
@@ -1147,7 +1131,7 @@ class Library:
                 images, refused = copy_images(options.images, scratch / "images")
                 skipped += [Rejected(r.path, r.reason, r.error) for r in refused]
 
-                staging = self._stage("add-")
+                staging = self._stage(_store.ADD_PREFIX)
                 records = self._copy_originals(snap, emb, staging)
                 image_records = self._store_images([*images, *snap.images], staging)
                 canonical = self._canonical_bytes(emb)
@@ -1204,12 +1188,7 @@ class Library:
 
     @staticmethod
     def _fsync_tree(staging: Path) -> None:
-        # File contents were fsynced as written; the folders' entries need it too, before the
-        # rename publishes them.
-        for sub in (staging / ORIGINAL_DIR, staging / IMAGES_DIR):
-            if sub.is_dir():
-                fsync_dir(sub)
-        fsync_dir(staging)
+        _store.fsync_tree(staging)
 
     @staticmethod
     def _canonical_bytes(emb: Embedding) -> bytes:
@@ -1238,35 +1217,22 @@ class Library:
         return not tx.has(name) and not (folder.exists() or folder.is_symlink())
 
     def _commit_new(self, staging: Path, concept: Concept, *, explicit_name: bool, path: Path) -> Concept:
-        moved: Path | None = None
-        try:
-            with self.registry.transaction() as tx:
-                self._check_unique(tx, concept.content_hash, concept.family or "", concept.token, path=path)
-                name = concept.name
-                if not self._name_free(tx, name):
-                    if explicit_name:
-                        raise ConceptExistsError(name)
-                    # Derived names take the first free suffix (cat-toy, cat-toy-2, ...).
-                    n = 2
-                    while not self._name_free(tx, numbered(concept.name, n)):
-                        n += 1
-                    name = numbered(concept.name, n)
-                concept.name = name
-                manifest = concept.to_json()
-                _write_new(staging / MANIFEST_NAME, manifest.encode("utf-8"))
-                fsync_dir(staging)
-                target = self.folder(name)
-                os.rename(staging, target)
-                moved = target
-                fsync_dir(self.concepts_dir)
-                tx.insert(concept, manifest)
-            moved = None  # committed: the folder stays
-        finally:
-            if moved is not None:
-                # The transaction failed after the move: take the folder back out, so index
-                # and files agree (a crash here instead leaves it for reindex to index).
-                with contextlib.suppress(OSError):
-                    os.rename(moved, staging)
+        # Publish outside the transaction: a failed commit takes the folder back out.
+        with _store.Publish(staging) as publish, self.registry.transaction() as tx:
+            self._check_unique(tx, concept.content_hash, concept.family or "", concept.token, path=path)
+            name = concept.name
+            if not self._name_free(tx, name):
+                if explicit_name:
+                    raise ConceptExistsError(name)
+                # Derived names take the first free suffix (cat-toy, cat-toy-2, ...).
+                n = 2
+                while not self._name_free(tx, numbered(concept.name, n)):
+                    n += 1
+                name = numbered(concept.name, n)
+            concept.name = name
+            manifest = concept.to_json()
+            publish.move_in(self.folder(name), manifest)
+            tx.insert(concept, manifest)
         return concept.attach(self.concepts_dir / concept.name)
 
     # --- update (new vectors for an existing concept) -----------------------------------------
@@ -1328,12 +1294,12 @@ class Library:
                 _log.warning("%s: %s", printable(item.path, None), item.reason)
             family = emb.family
             assert family is not None
-            staging = self._stage("update-")
-            parked = self.staging_dir / ("old-" + staging.name.removeprefix("update-"))
             folder = self.folder(current.name)
-            swapped = False
+            swap = _store.Swap(self.staging_dir, folder)
+            staging = swap.staging
             try:
-                with self.registry.transaction() as tx:
+                # The swap outside the transaction: a failed commit puts the old folder back.
+                with swap, self.registry.transaction() as tx:
                     before, _text = self._read_manifest(folder)
                     self._check_unique(tx, emb.content_hash(), family.key, word, path=src, exclude=before.name)
                     records = self._copy_originals(snap, emb, staging)
@@ -1366,37 +1332,9 @@ class Library:
                     )
                     manifest = concept.to_json()
                     _write_new(staging / MANIFEST_NAME, manifest.encode("utf-8"))
-                    # Written last: its presence says the staged folder is complete, so
-                    # reindex can finish the swap if a crash separates the two renames.
-                    _write_new(staging / REPLACES_MARKER, concept.name.encode("utf-8"))
-                    self._fsync_tree(staging)
-                    os.rename(folder, parked)
-                    try:
-                        os.rename(staging, folder)
-                    except OSError:
-                        os.rename(parked, folder)
-                        raise
-                    swapped = True
-                    (folder / REPLACES_MARKER).unlink()
-                    fsync_dir(self.concepts_dir)
+                    swap.swap_in(concept.name)
                     tx.replace(before.name, concept, manifest)
-                swapped = False  # committed: the old version is history
-            except BaseException:
-                if swapped:
-                    # The index transaction failed after the swap: put the old folder back.
-                    with contextlib.suppress(OSError):
-                        os.rename(folder, staging)
-                        os.rename(parked, folder)
-                        swapped = False
-                raise
             finally:
-                if not folder.exists() and parked.exists():
-                    # Interrupted between the two renames: the old version goes back.
-                    with contextlib.suppress(OSError):
-                        os.rename(parked, folder)
-                if folder.exists() and not swapped:
-                    _rmtree(parked)
-                    _rmtree(staging)
                 _rmtree(scratch)
         return concept.attach(folder)
 
@@ -1505,14 +1443,9 @@ class Library:
         removed: builtins.list[str] = []
         for name in resolved:
             with self._lock(exclusive=False):
-                trash = self._stage("remove-", create=False)
+                trash = self._stage(_store.REMOVE_PREFIX, create=False)
                 with self.registry.transaction() as tx:
-                    folder = self.folder(name)
-                    if folder.exists():
-                        # Out of concepts/ in one rename; deleting the files can then take its
-                        # time (a crash leaves a staging leftover, not half a concept).
-                        os.rename(folder, trash)
-                        fsync_dir(self.concepts_dir)
+                    _store.retire(self.folder(name), trash)
                     tx.delete(name)
                 _rmtree(trash)
             removed.append(name)
@@ -1629,22 +1562,7 @@ class Library:
     # --- maintenance --------------------------------------------------------------------------
     def _clean_staging(self) -> builtins.list[str]:
         """Finish interrupted swaps and delete everything else in ``.staging`` (lock held alone)."""
-        cleaned: builtins.list[str] = []
-        if not self.staging_dir.is_dir():
-            return cleaned
-        for entry in sorted(self.staging_dir.iterdir()):
-            marker = entry / REPLACES_MARKER
-            if entry.is_dir() and marker.is_file():
-                target_name = marker.read_text(encoding="utf-8").strip()
-                if is_slug(target_name) and not (self.concepts_dir / target_name).exists():
-                    # A swap stopped between its two renames: the complete new folder wins.
-                    os.rename(entry, self.concepts_dir / target_name)
-                    (self.concepts_dir / target_name / REPLACES_MARKER).unlink()
-                    cleaned.append(f"finished replacing {target_name}")
-                    continue
-            _rmtree(entry)
-            cleaned.append(f"deleted {STAGING_DIR}/{entry.name}")
-        return cleaned
+        return _store.clean_staging(self.staging_dir, self.concepts_dir)
 
     def _scan(self, *, fix: bool) -> tuple[builtins.list[tuple[Concept, str]], builtins.list[Problem], builtins.list[str]]:
         """Read every manifest; with ``fix``, finish interrupted renames and drop stray files."""
