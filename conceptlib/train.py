@@ -1105,12 +1105,12 @@ def _check_library(
     ours: str | None = None
     library = Library.open(home)
     try:
-        owner = library.index.token_owner(info.family, token)
+        owner = library.token_owner(info.family, token)
         if owner is not None and config.resume and library.show(owner).source.get("path") == str(embedding_path):
             ours = owner  # continuing the run updates the concept it made
         elif owner is not None:
             raise TokenInUseError(token, family=info.family_label, used_by=owner)
-        if config.name and library.index.has(name) and name != ours:
+        if config.name and library.has(name) and name != ours:
             raise ConceptExistsError(name)
     finally:
         library.close()

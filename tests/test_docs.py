@@ -86,3 +86,22 @@ def test_preview_workflow_step_always_leaves_a_summary(tmp_path: Path, code: int
     if not writes_summary:
         assert "could not run (exit status 2)" in summary and "Error: the model has no weights" in summary
         assert "Error: the model has no weights" in done.stderr  # still in the step's log
+
+
+# --- the README's Python example ------------------------------------------------------------
+
+
+def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # The example as printed, on a kohya-style EasyNegative.pt built here (8 SD 1.x vectors).
+    import re
+
+    from conceptlib.formats import read, write
+    from factory import sd1
+
+    block = re.search(r"## Python API\n\n```python\n(.*?)```", README, re.S)
+    assert block, "the README has no Python API example"
+    monkeypatch.chdir(tmp_path)
+    write(sd1(8, seed=5, name="EasyNegative"), tmp_path / "EasyNegative.pt", format="emb-params-pt")
+    exec(compile(block.group(1), "README.md", "exec"), {})  # noqa: S102 - our own documentation
+    assert capsys.readouterr().out.startswith("SD 1.x 8 ")
+    assert read(tmp_path / "easynegative.safetensors").token == "easynegative"

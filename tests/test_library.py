@@ -494,7 +494,7 @@ def test_update_keeps_history(filled: Library, src: Path) -> None:
 
 
 def test_update_interrupted_between_renames_is_rolled_back(filled: Library, src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import conceptlib.library as library_module
+    import conceptlib.library._store as library_module  # the store makes the renames
 
     before = filled.show("cat-toy")
     real_rename = os.rename
@@ -904,3 +904,14 @@ def test_real_embeddings(lib: Library, shared_embeddings: Path) -> None:
     out = lib.home.parent / "a1111"
     for result in lib.export([c.name for c in report.added], target="a1111", out_dir=out):
         assert read(result.files[0]).same_vectors(lib.embedding(result.name))
+
+
+def test_has_and_token_owner_answer_what_train_asks(tmp_path: Path) -> None:
+    # train used to reach into library.index for these two questions.
+    src = tmp_path / "cat.safetensors"
+    write(sd1(1, seed=41, token="<Cat-Toy>"), src)
+    with Library.open(tmp_path / "home") as lib:
+        name = lib.add([src]).one().name
+        assert lib.has(name) and not lib.has("nothing")
+        assert lib.token_owner("sd1", "<cat-toy>") == name  # case-insensitive, as tokens clash
+        assert lib.token_owner("sdxl", "<cat-toy>") is None
