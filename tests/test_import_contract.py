@@ -7,8 +7,9 @@ functions that need them, so the index, formats and Hub run without them and sta
 fast), and sqlmodel only by the index's table module. A new module must be given a layer here:
 the test fails for a module it does not know.
 
-Imports inside functions are not checked yet: several still reach up (the library imports the
-Hub and models lazily); issue 18 ("One house") moves them to their layer.
+Imports inside functions (kept there for start-up time, or for the heavy packages) point down
+too: a lazy import is a matter of cost, never a way around the layers. Only ``if TYPE_CHECKING:``
+blocks, which never run, may name any module.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ LAYERS: list[tuple[str, ...]] = [
     # files: formats and the link-safe readers
     ("conceptlib.formats", "conceptlib._inputs", "conceptlib._images"),
     # which files make a concept, and reading them
-    ("conceptlib.layout", "conceptlib._snapshots", "conceptlib.samples"),
+    ("conceptlib.layout", "conceptlib._snapshots"),
     # models, the index, the Hub transport
     ("conceptlib.models", "conceptlib.hubclient", "conceptlib.registry", "conceptlib.single_file",
-     "conceptlib.validate", "conceptlib.tiny"),
+     "conceptlib.validate", "conceptlib.tiny", "conceptlib.samples"),
     # the library, the diffusers loader
     ("conceptlib.library", "conceptlib.pipelines"),
     # operations on the library and on models
@@ -113,10 +114,46 @@ def test_module_scope_imports_point_down(module: str) -> None:
     assert upward == []
 
 
+def _function_level_imports(path: Path, known: set[str]) -> list[tuple[int, str]]:
+    """(line, module) of every conceptlib import inside a function or class, TYPE_CHECKING excluded."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped |= {id(n) for n in ast.walk(node)}
+    top = {id(n) for n in tree.body}
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if id(node) in top or id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names if f"{node.module}.{a.name}" in known]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+    return [(line, name) for line, name in found if name.split(".")[0] == "conceptlib"]
+
+
+@pytest.mark.parametrize("module", sorted(SOURCES))
+def test_imports_inside_functions_point_down_too(module: str) -> None:
+    own = _layer(module)
+    assert own is not None
+    upward = [
+        f"line {line}: {imported} (layer {_layer(imported)}) from layer {own}"
+        for line, imported in _function_level_imports(SOURCES[module], set(SOURCES))
+        if (_layer(imported) or 0) > own
+    ]
+    assert upward == []
+
+
 def test_the_contract_catches_an_upward_import(tmp_path: Path) -> None:
     # The check itself: a leaf that imported the library would be reported.
     leaf = tmp_path / "leaf.py"
-    leaf.write_text("from conceptlib.library import Library\nimport torch\n", encoding="utf-8")
+    leaf.write_text(
+        "from conceptlib.library import Library\nimport torch\n\ndef f():\n    from conceptlib.hub import pull\n",
+        encoding="utf-8",
+    )
     imported = [m for _, m in _module_scope_imports(leaf, set(SOURCES))]
     assert "conceptlib.library" in imported and "torch" in imported
+    assert [m for _, m in _function_level_imports(leaf, set(SOURCES))] == ["conceptlib.hub"]
     assert _layer("conceptlib.library") > _layer("conceptlib.errors")  # type: ignore[operator]
