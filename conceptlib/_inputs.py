@@ -472,12 +472,12 @@ def read_folder_words(folder: Folder, embedding: Embedding) -> bool:
     return bool(token)
 
 
-def refusal(exc: BaseException) -> str:
-    """The reason a file was left out, in one line."""
+def refusal(exc: BaseException, *, unreadable: str = "cannot be read: ") -> str:
+    """The reason a file was left out, in one line (``unreadable`` goes before an OS error's words)."""
     if isinstance(exc, ConceptlibError):
         return exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
     if isinstance(exc, OSError):
-        return f"cannot be read: {exc.strerror or exc}"
+        return f"{unreadable}{exc.strerror or exc}"
     return str(exc)
 
 

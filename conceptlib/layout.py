@@ -29,7 +29,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conceptlib._inputs import Folder, Skipped
+from conceptlib._inputs import Folder, Skipped, refusal
 from conceptlib._terminal import printable
 from conceptlib.errors import BadInputError
 
@@ -243,10 +243,4 @@ def find_inputs(paths: Sequence[str | os.PathLike[str]]) -> Inputs:
 
 def _reason(exc: BaseException) -> str:
     """One line for a folder that cannot be listed: the same words ``add`` always gave (the path is named beside it)."""
-    from conceptlib.errors import ConceptlibError
-
-    if isinstance(exc, ConceptlibError):
-        return exc.message + (f" (hint: {exc.hint})" if exc.hint else "")
-    if isinstance(exc, OSError):
-        return f"{exc.strerror or exc}"
-    return str(exc)
+    return refusal(exc, unreadable="")
