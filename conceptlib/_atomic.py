@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from conceptlib.errors import DestinationExistsError
+from conceptlib.errors import DestinationExistsError, NameTooLongError
 
 # Read once at import (single-threaded then): os.umask can only be read by setting it.
 _UMASK = os.umask(0o022)
@@ -68,7 +68,7 @@ def atomic_open(path: str | os.PathLike[str], *, exclusive: bool = False) -> Ite
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(exc, OSError) and not isinstance(exc, DestinationExistsError) and exc.filename in (None, tmp_name, str(tmp)):
+        if isinstance(exc, OSError) and not isinstance(exc, (DestinationExistsError, NameTooLongError)) and exc.filename in (None, tmp_name, str(tmp)):
             raise _naming(exc, target) from None
         raise
     fsync_dir(target.parent)
@@ -110,7 +110,13 @@ def _short(name: str, limit: int = 80) -> str:
 
 
 def _naming(exc: OSError, target: Path) -> OSError:
-    """``exc`` again, naming the file the caller writes: the temporary name means nothing to a user."""
+    """``exc`` again, naming the file the caller writes: the temporary name means nothing to a user.
+
+    A name the file system cannot store is the caller's input, not a failure of the machine.
+    """
+    if exc.errno == errno.ENAMETOOLONG:
+        size = len(os.fsencode(target.name))
+        return NameTooLongError(f"the file name is {size} bytes, too long for this file system", path=target)
     return type(exc)(exc.errno, exc.strerror or str(exc), os.fspath(target))
 
 

@@ -108,6 +108,12 @@ class DestinationExistsError(BadInputError, FileExistsError):
     default_hint = "pass --force to overwrite it"
 
 
+class NameTooLongError(BadInputError, OSError):
+    """A file name the file system cannot store (most allow 255 bytes per name)."""
+
+    default_hint = "choose a shorter name"
+
+
 class UsageError(BadInputError):
     """Arguments that contradict each other or name nothing."""
 

@@ -161,3 +161,14 @@ def test_convert_token_with_invisible_characters_is_refused(tmp_path: Path, cli:
         "that no one can type (hint: pass --token with printable text)\n"
     )
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_destination_name_too_long_is_bad_input(tmp_path: Path, cli: Any) -> None:
+    # A 300-byte name ended as "File name too long" with exit 1, as if the machine had failed.
+    src = tmp_path / "cat.safetensors"
+    write(sd1(1, token="<cat>"), src)
+    dst = tmp_path / ("a" * 300 + ".safetensors")
+    run = cli("convert", str(src), str(dst))
+    assert run.exit_code == 2
+    assert run.stderr == f"Error: {dst}: the file name is 312 bytes, too long for this file system (hint: choose a shorter name)\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["cat.safetensors"]

@@ -590,7 +590,8 @@ def write(
             if os.path.lexists(target):
                 raise DestinationExistsError("already exists", path=target)
     for target, _ in files:
-        if target.is_dir():
+        # os.path: a name the file system cannot hold is no folder, and the write names it.
+        if os.path.isdir(target):
             raise DestinationExistsError("is a folder", path=target, hint="choose a file name")
     for target, data in files:
         # Exclusive without force: a file another process creates meanwhile is kept too.
