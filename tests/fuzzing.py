@@ -1479,13 +1479,6 @@ _ISOLATED = textwrap.dedent(
     from conceptlib.cli import main
     import conceptlib.cli.app, conceptlib.cli.formats, conceptlib.hashing
 
-    def vm_bytes():
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
     def status_bytes(field):
         with open("/proc/self/status") as handle:
             for line in handle:
@@ -1502,7 +1495,7 @@ _ISOLATED = textwrap.dedent(
     except ConceptlibError:
         pass
     data = open(path, "rb").read()  # the input itself is part of the baseline
-    baseline = vm_bytes()
+    baseline = status_bytes("VmSize")
     baseline_rss = status_bytes("VmRSS")
     try:  # reset VmHWM to the current RSS, so the peak is the read's own
         with open("/proc/self/clear_refs", "w") as handle:
