@@ -26,7 +26,8 @@ from conceptlib._inputs import (
     unexpected_reason,
 )
 from conceptlib.errors import BadInputError, ConceptlibError, InputReadError, ResourceLimitError
-from conceptlib.formats import FOLDER_FILES, MAX_FILE_SIZE, read, sdxl_pair
+from conceptlib.formats import MAX_FILE_SIZE, read, sdxl_pair
+from conceptlib.layout import PICKLE_OR_SAFETENSORS, own_names
 
 if TYPE_CHECKING:
     from conceptlib.embedding import Embedding
@@ -36,8 +37,6 @@ __all__ = ["CONCEPT_IMAGES", "Snapshot", "read_input", "read_snapshot", "snapsho
 CONCEPT_IMAGES = "concept_images"
 #: Other files of a concept folder (README, hparams) kept byte for byte up to this size.
 MAX_SIDE_FILE_BYTES = 16 * 2**20
-#: Suffixes of files that are concepts of their own when they sit beside a concept folder's file.
-_EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors")
 
 
 @dataclass
@@ -106,7 +105,7 @@ def snapshot(
     out.mkdir(parents=True, exist_ok=True)
     if src.is_dir():
         snap = Snapshot(src, out, out, src)
-        own = {*FOLDER_FILES, *(p for n in FOLDER_FILES for p in sdxl_pair(n) or ())}
+        own = set(own_names())
         with Folder(src) as folder:
             entries, skipped = folder.entries()
             snap.skipped += skipped
@@ -116,7 +115,7 @@ def snapshot(
                 if entry.name.startswith(".") or entry.kind != "file":
                     continue
                 is_own = entry.name in own
-                if not is_own and entry.name.lower().endswith(_EMBEDDING_SUFFIXES):
+                if not is_own and entry.name.lower().endswith(PICKLE_OR_SAFETENSORS):
                     continue  # a concept of its own, added as such
                 try:
                     if is_own:

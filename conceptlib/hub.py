@@ -48,6 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
+from conceptlib._images import IMAGE_SUFFIXES
 from conceptlib.errors import (
     ConceptlibError,
     DuplicateConceptError,
@@ -120,7 +121,6 @@ __all__ = [
 #: Hub's rate limits.
 MAX_JOBS = 64
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 SIDE_FILES = ("token_identifier.txt", "type_of_concept.txt", "README.md")
 #: Folders and names of full-pipeline or training artefacts that are never embeddings.

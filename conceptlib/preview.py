@@ -41,6 +41,7 @@ from conceptlib._atomic import atomic_write_bytes
 from conceptlib._parallel import rank_and_world
 from conceptlib._text import read_utf8
 from conceptlib.errors import BadInputError, ConceptDamagedError, ConceptlibError, UsageError
+from conceptlib.layout import PICKLE_OR_SAFETENSORS, PICTURE_SUFFIXES
 
 if TYPE_CHECKING:
     from conceptlib.concept import Concept
@@ -87,8 +88,6 @@ NEGATIVE_PROMPTS: tuple[str, ...] = (
 CONTEXT_LENGTH = 77
 SUMMARY_NAME = "preview.md"
 THUMB_WIDTH = 384
-_EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
-_IMAGE_SUFFIXES = (".png", ".webp")
 _FOLDER_MARKERS = ("learned_embeds.safetensors", "learned_embeds.bin", "token_identifier.txt", "embeddings.pt")
 
 
@@ -333,13 +332,13 @@ def _changed(git_range: str, repo: str | os.PathLike[str]) -> tuple[Path, list[P
             if folder != root and inside(folder) and folder.is_dir() and any(os.path.lexists(folder / m) for m in _FOLDER_MARKERS):
                 concept = folder
                 break
-        if path.suffix.lower() in _EMBEDDING_SUFFIXES and not (
+        if path.suffix.lower() in PICKLE_OR_SAFETENSORS and not (
             concept is not None and path.parent == concept and path.name in own_names() and path.is_file()
         ):
             # An embedding that is not the folder's own learned_embeds file is a concept of
             # its own, even beside one (the library adds it as one).
             concept = path
-        elif concept is None and path.suffix.lower() in _IMAGE_SUFFIXES and not is_thumbnail(path.name) and _is_embedding_image(path):
+        elif concept is None and path.suffix.lower() in PICTURE_SUFFIXES and not is_thumbnail(path.name) and _is_embedding_image(path):
             # A thumbnail is never a concept (the folder walk of add and validate skips it too).
             concept = path  # an AUTOMATIC1111 embedding PNG
         if concept is None:
@@ -387,7 +386,7 @@ def _looks_like_path(line: str) -> bool:
     """Whether a line of a ``--from`` file names a file rather than a concept (names are slugs)."""
     return (
         "/" in line or "\\" in line or line.startswith(("~", "."))
-        or Path(line).suffix.lower() in (*_EMBEDDING_SUFFIXES, *_IMAGE_SUFFIXES)
+        or Path(line).suffix.lower() in (*PICKLE_OR_SAFETENSORS, *PICTURE_SUFFIXES)
     )  # fmt: skip
 
 

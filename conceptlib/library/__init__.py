@@ -63,11 +63,13 @@ from typing import TYPE_CHECKING, Any
 
 from conceptlib import config
 from conceptlib._atomic import atomic_write_bytes, fsync_dir
+from conceptlib._images import IMAGE_SUFFIXES
 from conceptlib._inputs import (
     Folder,
     concerns_the_library,
     copy_images,
     naming,
+    refusal,
 )
 from conceptlib._terminal import invisible_characters, printable
 from conceptlib.concept import (
@@ -101,11 +103,9 @@ from conceptlib.errors import (
     UsageError,
 )
 from conceptlib.families import FAMILIES, family_key_of
-from conceptlib.layout import SKIP_PLAIN_IMAGE, SKIP_THUMBNAIL  # noqa: F401 - SKIP_THUMBNAIL: named here before layout existed
+from conceptlib.layout import SKIP_PLAIN_IMAGE, SKIP_THUMBNAIL  # noqa: F401 - SKIP_THUMBNAIL: importable here as before layout existed
 from conceptlib.library import _store
-from conceptlib.library._store import CONCEPTS_DIR, REPLACES_MARKER, STAGING_DIR  # noqa: F401 - REPLACES_MARKER: named here before _store existed
-from conceptlib.library._store import discard as _rmtree
-from conceptlib.library._store import write_new as _write_new
+from conceptlib.library._store import CONCEPTS_DIR, REPLACES_MARKER, STAGING_DIR
 from conceptlib.registry.store import IndexReader, SqliteReader, default_url, sqlite_path
 from conceptlib.slug import MAX_STEM_BYTES, is_slug, numbered, portable_stem, safe_stem, slugify
 
@@ -130,7 +130,6 @@ __all__ = [
     "VerifyReport",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 LOCK_FILE = ".lock"
 #: How long a writer waits for reindex/verify (and they for writers) before giving up.
 LOCK_TIMEOUT_S = 300.0
@@ -491,7 +490,7 @@ def _copy_own(folder: Path, rel: str, dst: Path) -> FileRecord:
     """
     with Folder(folder, links=False) as own:
         data = own.read_bytes(rel, limit=1 << 30)
-    return _write_new(dst, data)
+    return _store.write_new(dst, data)
 
 
 def _vector_fields(emb: Embedding) -> dict[str, Any]:
@@ -1102,7 +1101,7 @@ class Library:
         try:
             return snapshot(path, scratch / "input", within=within), scratch
         except BaseException:
-            _rmtree(scratch)
+            _store.discard(scratch)
             raise
 
     def _add_one(self, path: Path, within: Path | None, options: _AddOptions, skipped: builtins.list[Rejected]) -> Concept:
@@ -1135,7 +1134,7 @@ class Library:
                 records = self._copy_originals(snap, emb, staging)
                 image_records = self._store_images([*images, *snap.images], staging)
                 canonical = self._canonical_bytes(emb)
-                embedding_record = _write_new(staging / EMBEDDING_NAME, canonical)
+                embedding_record = _store.write_new(staging / EMBEDDING_NAME, canonical)
                 concept = Concept(
                     name=base_name,
                     token=word,
@@ -1158,9 +1157,9 @@ class Library:
                 self._fsync_tree(staging)
                 return self._commit_new(staging, concept, explicit_name=name is not None, path=path)
             finally:
-                _rmtree(scratch)
+                _store.discard(scratch)
                 if staging is not None and staging.exists():
-                    _rmtree(staging)
+                    _store.discard(staging)
 
     def _copy_originals(self, snap: Snapshot, emb: Embedding, staging: Path) -> builtins.list[FileRecord]:
         """Copy the input's files into ``staging/original/``; the primary file's record first."""
@@ -1287,7 +1286,7 @@ class Library:
                     checked, refused = copy_images(image_files, scratch / "images")
                     left_out += [Rejected(r.path, r.reason, r.error) for r in refused]
             except BaseException:
-                _rmtree(scratch)
+                _store.discard(scratch)
                 raise
             left_out += [Rejected(s.path, s.reason, s.error) for s in snap.skipped]
             for item in left_out:
@@ -1309,7 +1308,7 @@ class Library:
                             _copy_own(folder, record.path, staging / record.path)
                     else:
                         image_records = self._store_images(checked, staging)
-                    embedding_record = _write_new(staging / EMBEDDING_NAME, self._canonical_bytes(emb))
+                    embedding_record = _store.write_new(staging / EMBEDDING_NAME, self._canonical_bytes(emb))
                     history = list(before.history)
                     if emb.content_hash() != before.content_hash:
                         history.append({"content_hash": before.content_hash, "replaced": now(), "source": dict(before.source)})
@@ -1331,11 +1330,11 @@ class Library:
                         updated=now(),
                     )
                     manifest = concept.to_json()
-                    _write_new(staging / MANIFEST_NAME, manifest.encode("utf-8"))
+                    _store.write_new(staging / MANIFEST_NAME, manifest.encode("utf-8"))
                     swap.swap_in(concept.name)
                     tx.replace(before.name, concept, manifest)
             finally:
-                _rmtree(scratch)
+                _store.discard(scratch)
         return concept.attach(folder)
 
     # --- changes to the record ----------------------------------------------------------------
@@ -1447,7 +1446,7 @@ class Library:
                 with self.registry.transaction() as tx:
                     _store.retire(self.folder(name), trash)
                     tx.delete(name)
-                _rmtree(trash)
+                _store.discard(trash)
             removed.append(name)
         return removed
 
@@ -1776,17 +1775,12 @@ def _reason(exc: BaseException, input_path: Path | None = None) -> str:
     When the error is about another file than the input itself (a concept folder's
     ``token_identifier.txt``), that file is named, relative to the input when inside it.
     """
+    text = refusal(exc, unreadable="")
     where: str | None = None
     if isinstance(exc, ConceptlibError):
-        text = exc.message
-        if exc.hint:
-            text += f" (hint: {exc.hint})"
         where = exc.path
     elif isinstance(exc, OSError):
-        text = f"{exc.strerror or exc}"
         where = os.fspath(exc.filename) if isinstance(exc.filename, (str, os.PathLike)) else None
-    else:
-        text = str(exc)
     if where is not None and input_path is not None and Path(where) != input_path:
         inside = Path(where).is_relative_to(input_path)
         text = f"{Path(where).relative_to(input_path).as_posix() if inside else where}: {text}"
