@@ -27,7 +27,7 @@ class SafeConsole(Console):
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         """``Console.print`` with every string's invisible characters escaped."""
-        super().print(*(o if not isinstance(o, str) or o.isprintable() else printable(o, None) for o in objects), **kwargs)
+        super().print(*(printable(o, None) if isinstance(o, str) else o for o in objects), **kwargs)
 
 
 #: Human data (tables) and JSON go here.

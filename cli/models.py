@@ -215,20 +215,6 @@ class Target:
     findings: list[Finding] = field(default_factory=list)
 
 
-def collect_files(folder: Path, skipped: list[Skipped] | None = None) -> list[Path]:
-    """The concepts under ``folder`` (embedding files and concept folders), as ``add`` finds them.
-
-    :func:`conceptlib.layout.find_inputs` decides, for ``add`` and ``validate`` alike; what it
-    left alone (links out or to nothing, thumbnails) goes to ``skipped``.
-    """
-    from conceptlib.layout import find_inputs
-
-    inputs = find_inputs([folder])
-    if skipped is not None:
-        skipped.extend(inputs.skipped)
-    return [f.path for f in inputs.concepts]
-
-
 def _looks_like_path(spec: str) -> bool:
     return "/" in spec or os.sep in spec or spec.lower().endswith(EMBEDDING_SUFFIXES)
 

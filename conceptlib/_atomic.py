@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from conceptlib.errors import DestinationExistsError, NameTooLongError
+from conceptlib.errors import ConceptlibError, DestinationExistsError, NameTooLongError
 
 # Read once at import (single-threaded then): os.umask can only be read by setting it.
 _UMASK = os.umask(0o022)
@@ -68,7 +68,7 @@ def atomic_open(path: str | os.PathLike[str], *, exclusive: bool = False) -> Ite
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(exc, OSError) and not isinstance(exc, (DestinationExistsError, NameTooLongError)) and exc.filename in (None, tmp_name, str(tmp)):
+        if isinstance(exc, OSError) and not isinstance(exc, ConceptlibError) and exc.filename in (None, tmp_name, str(tmp)):
             raise _naming(exc, target) from None
         raise
     fsync_dir(target.parent)

@@ -76,6 +76,7 @@ def printable(text: object, limit: int | None = MAX_SHOWN_CHARS) -> str:
     if limit is not None and len(value) > limit:
         cut = len(value) - limit
         value = value[:limit]
-    if any(is_invisible(c) for c in value):
+    # isprintable() is C-fast and true only for text with none of the invisible categories.
+    if not value.isprintable() and any(is_invisible(c) for c in value):
         value = "".join(_escape(c) if is_invisible(c) else c for c in value)
     return f"{value}…(+{cut} characters)" if cut else value

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from pathlib import Path
 
 import numpy as np
 
@@ -65,11 +64,6 @@ def a1111_checksum(tensor: Tensor) -> str:
         for v in terms.tolist():
             r = ((r * 281) & 0xFFFFFFFF) ^ v
     return f"{r & 0xFFFF:04x}"
-
-
-def file_hashes(path: str | os.PathLike[str]) -> dict[str, str]:
-    """sha256 and its short forms for a file (``addnet`` only for safetensors)."""
-    return bytes_hashes(Path(path).read_bytes())
 
 
 def bytes_hashes(data: bytes) -> dict[str, str]:

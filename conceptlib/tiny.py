@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from conceptlib._terminal import printable
 from conceptlib.errors import DestinationExistsError, UsageError
 
 __all__ = ["TINY_FAMILIES", "TINY_WORDS", "create_tiny", "tiny_tokenizer_files"]
@@ -311,7 +312,7 @@ def create_tiny(
         )
     # torch.manual_seed takes a signed 64-bit value; past it the seed fails deep inside torch.
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_TINY_SEED:
-        raise UsageError(f"--seed: must be a whole number from 0 to {MAX_TINY_SEED}, got {seed}")
+        raise UsageError(f"--seed: must be a whole number from 0 to {MAX_TINY_SEED}, got {printable(seed)}")
     target = Path(out_dir).expanduser().resolve()
     if target.exists() and not target.is_dir():
         # --force replaces a folder's contents, never a file: the hint must not promise otherwise.

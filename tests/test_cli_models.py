@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conceptlib.cli.app import app, main
-from conceptlib.cli.models import collect_files, github_annotation, resolve_targets
+from conceptlib.cli.models import github_annotation, resolve_targets
 from conceptlib.errors import UsageError
 from conceptlib.formats import write
 from conceptlib.tensor import Tensor
@@ -146,7 +146,9 @@ def test_validate_library_concept(files: dict[str, Path], capsys: pytest.Capture
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def test_collect_files(tmp_path: Path) -> None:
+def test_find_inputs_lists_what_validate_checks(tmp_path: Path) -> None:
+    from conceptlib.layout import find_inputs
+
     (tmp_path / "a.pt").write_bytes(b"x")
     (tmp_path / "README.md").write_text("x")
     (tmp_path / ".hidden.pt").write_bytes(b"x")
@@ -157,7 +159,7 @@ def test_collect_files(tmp_path: Path) -> None:
     concept.mkdir(parents=True)
     (concept / "learned_embeds.bin").write_bytes(b"x")
     (concept / "token_identifier.txt").write_text("<x>")
-    assert collect_files(tmp_path) == [
+    assert [found.path for found in find_inputs([tmp_path]).concepts] == [
         tmp_path / "a.pt", tmp_path / "lone_2.safetensors", tmp_path / "pair.safetensors", concept,
     ]  # fmt: skip
 

@@ -32,7 +32,13 @@ import struct
 from typing import Any
 
 from conceptlib.errors import CorruptFileError, ResourceLimitError
-from conceptlib.formats._interpret import JSONBudgetError, check_json_budget, json_int, show
+from conceptlib.formats._interpret import (
+    JSONBudgetError,
+    check_json_budget,
+    is_text,
+    json_int,
+    show,
+)
 from conceptlib.tensor import DTYPES, SAFETENSORS_TO_DTYPE, Tensor
 
 MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
@@ -78,14 +84,6 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
                 raise _DuplicateKeyError(f"the key {show(key)} appears twice in one object")
             seen.add(key)
     return obj
-
-
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _is_int(value: Any) -> bool:
@@ -182,7 +180,7 @@ def read_header(
         raise CorruptFileError("safetensors __metadata__ must map strings to strings", path=path)
     # JSON can spell a lone surrogate ("\\ud800"), which is no character: the safetensors
     # library itself refuses such a header, and Python could never write it back as UTF-8.
-    if any(not _is_text(s) for s in (*header, *metadata, *metadata.values())):
+    if any(not is_text(s) for s in (*header, *metadata, *metadata.values())):
         raise CorruptFileError(
             "safetensors header holds a lone surrogate (\\ud800-\\udfff), which is not text", path=path
         )
