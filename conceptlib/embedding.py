@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,12 +23,6 @@ CONTENT_HASH_VERSION = "cl1"
 #: Vectors converted at a time by :meth:`Embedding.norms` and :meth:`Embedding.non_finite`:
 #: float32/float64 copies of a whole file (up to 256 MiB) would take gigabytes.
 _ROWS = 256
-
-
-def _float32_rows(tensor: Tensor) -> Iterator[np.ndarray[Any, Any]]:
-    """``tensor``'s vectors as float32, :data:`_ROWS` at a time (a whole-file copy could take GBs)."""
-    for start in range(0, tensor.shape[0], _ROWS):
-        yield Tensor(tensor.array[start : start + _ROWS], tensor.dtype).to_float32()
 
 
 @dataclass(eq=False)
@@ -128,7 +121,7 @@ class Embedding:
         """Count of NaN/Inf values per encoder (only encoders that have any)."""
         counts = {}
         for key, tensor in self.vectors.items():
-            bad = sum(int(np.count_nonzero(~np.isfinite(block))) for block in _float32_rows(tensor))
+            bad = sum(int(np.count_nonzero(~np.isfinite(block))) for block in tensor.float32_blocks(_ROWS))
             if bad:
                 counts[key] = bad
         return counts
@@ -136,7 +129,7 @@ class Embedding:
     def norms(self) -> dict[str, list[float]]:
         """L2 norm of each vector, per encoder (useful to spot outliers)."""
         return {
-            k: [float(x) for block in _float32_rows(t) for x in np.linalg.norm(block.astype(np.float64), axis=1)]
+            k: [float(x) for block in t.float32_blocks(_ROWS) for x in np.linalg.norm(block.astype(np.float64), axis=1)]
             for k, t in self.vectors.items()
         }
 

@@ -51,10 +51,8 @@ def a1111_checksum(tensor: Tensor) -> str:
     # keep the float32, int64 and list copies small whatever the tensor's size (a 250 MB
     # float16 file would otherwise cost gigabytes). (r * 281 ^ v * 997) & M equals
     # ((r * 281) & M) ^ ((v * 997) & M), so the second term is computed by numpy.
-    flat = tensor.array.reshape(-1)
     r = 0
-    for start in range(0, flat.size, _CHECKSUM_CHUNK):
-        part = Tensor(flat[start : start + _CHECKSUM_CHUNK], tensor.dtype).to_float32()
+    for part in tensor.reshape(-1).float32_blocks(_CHECKSUM_CHUNK):
         # NaN/Inf vectors get a checksum too (inspect shows them), and values near 3e38
         # overflow the x100 in float32 as they do in AUTOMATIC1111: no warning for what is
         # the file's content.

@@ -7,6 +7,7 @@ what was read is what gets written, bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,12 @@ class Tensor:
         if self.dtype == "bfloat16":
             return (self.array.astype(np.uint32) << 16).view(np.float32)
         return self.array.astype(np.float32)
+
+    def float32_blocks(self, rows: int) -> Iterator[np.ndarray]:
+        """:meth:`to_float32` of ``rows`` rows (first-axis entries) at a time, so a large
+        tensor never needs a whole float32 (or wider) copy at once."""
+        for start in range(0, self.array.shape[0], rows):
+            yield Tensor(self.array[start : start + rows], self.dtype).to_float32()
 
     def reshape(self, *shape: int) -> Tensor:
         return Tensor(self.array.reshape(shape), self.dtype)
