@@ -497,3 +497,12 @@ def test_require_weights_names_the_components_without_weight_files(tmp_path: Pat
     (folder / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"weights")
     require_weights(info)
     require_weights(read_model("sd1"))  # family names: the callers say what they need
+
+
+def test_family_model_keys_and_family_models_agree() -> None:
+    # families.FAMILY_MODEL_KEYS (the alias table's targets) and models.FAMILY_MODELS (what a
+    # family name describes) must name the same kinds with the same families.
+    from conceptlib.families import FAMILY_MODEL_KEYS
+    from conceptlib.models import FAMILY_MODELS
+
+    assert {key: spec[0] for key, spec in FAMILY_MODELS.items()} == FAMILY_MODEL_KEYS

@@ -120,7 +120,7 @@ def detect_container(data: bytes) -> str:
     if data[0] == 0x80 and len(data) > 1 and data[1] <= 5:
         return "pickle-legacy"
     # Pickle protocols 0 and 1 have no PROTO opcode: a legacy torch file then opens with its
-    # magic number as text (_torchpickle.LEGACY_TEXT_MAGIC, inlined to keep numpy unimported).
+    # magic number as text (_torchpickle.LEGACY_TEXT_MAGIC, inlined so sniffing does not import the pickle reader).
     # The whole first pickle is matched, so a text file that starts with "L" stays unknown.
     if data.startswith(b"L119547037146038801333356L\n."):
         return "pickle-legacy"
