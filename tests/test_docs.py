@@ -45,11 +45,12 @@ def step(data: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def test_preview_workflow_runs_on_every_file_preview_reads() -> None:
-    from conceptlib.preview import _EMBEDDING_SUFFIXES, _IMAGE_SUFFIXES
+    # preview reads the suffixes layout names (PICKLE_OR_SAFETENSORS, PICTURE_SUFFIXES).
+    from conceptlib.layout import PICKLE_OR_SAFETENSORS, PICTURE_SUFFIXES
 
     data = workflow()
     paths = data[True]["pull_request"]["paths"]  # YAML 1.1 reads the key `on` as True
-    for suffix in (*_EMBEDDING_SUFFIXES, *_IMAGE_SUFFIXES):
+    for suffix in (*PICKLE_OR_SAFETENSORS, *PICTURE_SUFFIXES):
         assert f"**/*{suffix}" in paths, suffix
     # Forks' tokens cannot comment: the step is for same-repository pull requests only.
     assert "github.event.pull_request.head.repo.full_name == github.repository" in step(data, "Post or update")["if"]
