@@ -18,6 +18,7 @@ from conceptlib._terminal import printable
 from conceptlib.cli._options import ForceOpt, HomeOpt, JsonOpt, ModelOpt, StrictOpt
 from conceptlib.cli._output import err, info, out, print_json
 from conceptlib.errors import ConceptlibError
+from conceptlib.layout import EMBEDDING_SUFFIXES
 
 if TYPE_CHECKING:
     from conceptlib._inputs import Skipped
@@ -25,9 +26,6 @@ if TYPE_CHECKING:
     from conceptlib.models import ModelInfo
     from conceptlib.validate import Finding
 
-#: Suffixes a path-like TARGET may end with (``conceptlib.layout.EMBEDDING_SUFFIXES``, not imported
-#: here: this module loads with the CLI).
-EMBEDDING_SUFFIXES = (".pt", ".bin", ".safetensors", ".png", ".webp")
 
 class OutputFormat(str, Enum):
     """How ``validate`` prints its findings."""

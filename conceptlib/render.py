@@ -72,6 +72,7 @@ from conceptlib._atomic import atomic_write_bytes
 from conceptlib._parallel import barrier, join, process_device
 from conceptlib._text import read_utf8
 from conceptlib.errors import ConceptDoesNotFitError, ConceptNotFoundError, UsageError
+from conceptlib.layout import EMBEDDING_SUFFIXES
 from conceptlib.pipelines import load_pipeline
 from conceptlib.validate import expansions
 
@@ -147,7 +148,6 @@ MAX_SIZE = 16384
 MAX_BATCH = 1024
 #: Per-line keys a JSONL prompts file may set.
 PROMPT_KEYS = ("prompt", "negative", "seed", "n", "steps", "guidance", "size")
-_EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
 
 
 def _shown(value: float | int) -> str:
@@ -688,7 +688,7 @@ def _mention_key(match: re.Match[str]) -> str:
     comfy = match.groupdict().get("comfy")
     if comfy:
         stem = comfy.rstrip(".,").replace("\\", "/").rsplit("/", 1)[-1]
-        for suffix in _EMBEDDING_SUFFIXES:
+        for suffix in EMBEDDING_SUFFIXES:
             if stem.lower().endswith(suffix):
                 stem = stem[: -len(suffix)]
         return "embedding:" + stem.lower()
