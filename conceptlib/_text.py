@@ -9,7 +9,10 @@ from conceptlib.errors import UsageError
 
 
 def read_utf8(path: str | os.PathLike[str], *, holds: str, called: str) -> str:
-    """The text of ``path``.
+    """The text of ``path``, without a leading byte-order mark.
+
+    Windows editors save "UTF-8 with BOM"; kept, the mark would be part of the first line (a
+    template, a prompt, a path that then names nothing, a JSON line that does not parse).
 
     Args:
         path: the file.
@@ -20,6 +23,6 @@ def read_utf8(path: str | os.PathLike[str], *, holds: str, called: str) -> str:
         UsageError: the file is not UTF-8, naming it and what it should hold.
     """
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise UsageError(f"is not UTF-8 text (expected {holds})", path=path, hint=f"save the {called} as UTF-8") from None

@@ -1182,6 +1182,39 @@ def _check_resume(
         )
 
 
+def _check_run_folder(config: TrainConfig, out: Path, checkpoint_path: Path) -> None:
+    """Refuse a run folder that is a file, and ``--resume`` with no checkpoint to resume from.
+
+    Raises:
+        UsageError: either case; the path and the next step are named.
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError("is a file; the run folder must be a folder", path=out, hint="pass --out a folder (new or from an earlier run)")
+    if config.resume and not checkpoint_path.is_file():
+        raise UsageError("--resume: no checkpoint to resume from", path=checkpoint_path, hint="run without --resume to start, or pass the run's --out")
+
+
+def _templates(config: TrainConfig, token: str, captions: list[str]) -> list[str]:
+    """The prompt templates of a run: ``--templates``, else the built-in ones for its type and captions.
+
+    Raises:
+        UsageError: no template writes ``[name]`` and no caption holds the token, so no prompt
+            would teach the concept (every step would train vectors nothing uses).
+    """
+    if config.templates:
+        templates = read_templates(config.templates)
+    elif config.captions is not None:
+        templates = list(STYLE_FILEWORDS_TEMPLATES if config.type == "style" else OBJECT_FILEWORDS_TEMPLATES)
+    else:
+        templates = list(STYLE_TEMPLATES if config.type == "style" else OBJECT_TEMPLATES)
+    if not any("[name]" in t for t in templates) and not any(token in caption for caption in captions):
+        raise UsageError(
+            f"no template uses [name] and no caption holds the token {token!r}: no prompt would teach the concept",
+            path=config.templates, hint="write [name] where the concept's token goes",
+        )  # fmt: skip
+    return templates
+
+
 def _add_to_library(
     home: str | os.PathLike[str] | None,
     ours: str | None,
@@ -1328,10 +1361,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     sdxl = info.family == "sdxl"
     keys = info.encoder_keys  # canonical order = text_encoder, text_encoder_2
     resolution = config.resolution or native_size(info, configs)
-    if out.exists() and not out.is_dir():
-        raise UsageError("is a file; the run folder must be a folder", path=out, hint="pass --out a folder (new or from an earlier run)")
-    if config.resume and not checkpoint_path.is_file():
-        raise UsageError("--resume: no checkpoint to resume from", path=checkpoint_path, hint="run without --resume to start, or pass the run's --out")
+    _check_run_folder(config, out, checkpoint_path)
 
     # ---- 3. Images: check them all before loading anything heavy. --------------------------------
     image_files = _image_files(Path(config.images).expanduser())
@@ -1348,18 +1378,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         images.append(_TrainImage(path, _caption(path, config.captions), pixels, original_size, crop))
         if min(original_size) < resolution:
             notes.append(f"{path.name} is {original_size[1]}x{original_size[0]}, upscaled to {resolution} px")
-    if config.templates:
-        templates = read_templates(config.templates)
-    elif config.captions is not None:
-        templates = list(STYLE_FILEWORDS_TEMPLATES if config.type == "style" else OBJECT_FILEWORDS_TEMPLATES)
-    else:
-        templates = list(STYLE_TEMPLATES if config.type == "style" else OBJECT_TEMPLATES)
-    if not any("[name]" in t for t in templates) and not any(token in im.caption for im in images):
-        # Every step would then train vectors that no prompt uses: the loss cannot move.
-        raise UsageError(
-            f"no template uses [name] and no caption holds the token {token!r}: no prompt would teach the concept",
-            path=config.templates, hint="write [name] where the concept's token goes",
-        )
+    templates = _templates(config, token, [im.caption for im in images])
     prompts_digest = hashlib.sha256(json.dumps([templates, [im.caption for im in images]]).encode("utf-8")).hexdigest()
 
     # ---- 4. The token: validate it against the model and the library. ---------------------------

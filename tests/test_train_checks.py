@@ -19,7 +19,16 @@ from conceptlib.errors import ConceptExistsError, TokenInUseError, UsageError
 from conceptlib.formats import write
 from conceptlib.library import Library
 from conceptlib.models import ModelInfo, family_model
-from conceptlib.train import TrainConfig, _add_to_library, _check_library, _check_resume
+from conceptlib.train import (
+    OBJECT_FILEWORDS_TEMPLATES,
+    STYLE_TEMPLATES,
+    TrainConfig,
+    _add_to_library,
+    _check_library,
+    _check_resume,
+    _check_run_folder,
+    _templates,
+)
 
 
 def _config(**kw: Any) -> TrainConfig:
@@ -92,17 +101,42 @@ def test_landing_adds_then_updates(tmp_path: Path) -> None:
     assert notes == []
 
 
+def test_run_folder_checks(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _check_run_folder(_config(), out, out / "checkpoint.safetensors")  # a new folder: fine
+    with pytest.raises(UsageError, match="--resume: no checkpoint to resume from") as caught:
+        _check_run_folder(_config(resume=True), out, out / "checkpoint.safetensors")
+    assert caught.value.hint == "run without --resume to start, or pass the run's --out"
+    out.write_text("not a folder")
+    with pytest.raises(UsageError, match="is a file; the run folder must be a folder"):
+        _check_run_folder(_config(), out, out / "checkpoint.safetensors")
+
+
+def test_template_choice(tmp_path: Path) -> None:
+    assert _templates(_config(), "<toy>", ["", ""])[0] == "a photo of a [name]"
+    assert _templates(_config(type="style"), "<toy>", [""]) == list(STYLE_TEMPLATES)
+    assert _templates(_config(captions="txt"), "<toy>", ["red"]) == list(OBJECT_FILEWORDS_TEMPLATES)
+    own = tmp_path / "own.txt"
+    own.write_text("\ufeffa [filewords]\n\n")
+    # No [name] anywhere: only a caption that holds the token can teach the concept.
+    with pytest.raises(UsageError, match="no template uses \\[name\\] and no caption holds the token '<toy>'"):
+        _templates(_config(templates=str(own)), "<toy>", ["a red ball"])
+    assert _templates(_config(templates=str(own)), "<toy>", ["a <toy> on a table"]) == ["a [filewords]"]
+
+
 def test_the_checks_run_without_torch(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
         "from conceptlib.models import family_model\n"
-        "from conceptlib.train import TrainConfig, _check_library, _check_resume\n"
+        "from conceptlib.train import TrainConfig, _check_library, _check_resume, _check_run_folder, _templates\n"
         "c = TrainConfig(model='sd1', images='i', token='<t>', resume=True)\n"
         "info = family_model('sd1')\n"
         "_check_resume({'config': c.to_dict(), 'model': {}, 'step': 1}, c, info, checkpoint_path=Path('c'), native=512,\n"
         "              home=None, frozen='f', images='i', prompts='p', total_steps=10, ours=None)\n"
         "_check_library(c, sys.argv[1], info, token='<t>', name='t', embedding_path=Path('e'))\n"
+        "_check_run_folder(TrainConfig(model='sd1', images='i', token='<t>'), Path('new'), Path('new/c'))\n"
+        "_templates(c, '<t>', [''])\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'diffusers', 'transformers'}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "home")], capture_output=True, text=True, check=True).stdout
