@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from conceptlib._filecache import FileCache, identity
+from conceptlib.config import home as library_home
 from conceptlib.errors import (
     CorruptFileError,
     DestinationExistsError,
@@ -98,6 +100,8 @@ _SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
 _LEGACY_HASH_OFFSET = 0x100000
 _LEGACY_HASH_SIZE = 0x10000
 _HASH_CHUNK = 1 << 20
+#: Rows of a token matrix converted at a time for its norm statistics (4,096 x 1,280 x 8 B = 40 MB).
+_NORM_ROWS = 4096
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 
 # Single-file checkpoints (original LDM / SGM layout): state-dict keys of the text encoders'
@@ -157,7 +161,11 @@ class NormStats:
     @classmethod
     def of(cls, matrix: Tensor) -> NormStats:
         """Statistics of the row norms of a ``[vocab, width]`` matrix."""
-        norms = np.linalg.norm(matrix.to_float32().astype(np.float64), axis=1)
+        # A block of rows at a time: a float64 copy of SD's whole 49,408-row matrix is 300 MB
+        # (SDXL's clip_g 500 MB); each row's norm is the same computed in any block.
+        norms = np.concatenate(
+            [np.linalg.norm(block.astype(np.float64), axis=1) for block in matrix.float32_blocks(_NORM_ROWS)]
+        ) if matrix.shape[0] else np.zeros(0)
         p01, median, p99 = np.percentile(norms, [1, 50, 99])
         return cls(
             count=int(norms.size),
@@ -502,15 +510,24 @@ def family_model(name: str) -> ModelInfo:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def read_model(source: str | os.PathLike[str], *, hash_files: bool = True) -> ModelInfo:
+def read_model(
+    source: str | os.PathLike[str], *, hash_files: bool = True, home: str | os.PathLike[str] | None = None
+) -> ModelInfo:
     """Describe a model from a diffusers folder, a single-file checkpoint or a family name.
+
+    What a path gives is computed once per version of its files and kept in the library's
+    cache (``<home>/cache/``, see :mod:`conceptlib._filecache`): the description (which reads
+    the text encoder's token matrix) and each weight file's hashes (seconds per GB). A file
+    whose size, modification time or inode changed is read again.
 
     Args:
         source: a diffusers folder (or its ``model_index.json``), a ``.safetensors`` /
             ``.ckpt`` / ``.pt`` / ``.bin`` checkpoint, or a family name (``sd1``, ``sd2``,
             ``sd2-v``, ``sdxl``).
-        hash_files: compute the sha256 of every weight file (seconds per GB). Fingerprints
-            are computed either way, from the token-embedding matrices alone.
+        hash_files: compute the sha256 of every weight file (seconds per GB on first sight,
+            then from the cache). Fingerprints are computed either way, from the
+            token-embedding matrices alone.
+        home: the library folder whose cache is used (default: ``CONCEPTLIB_HOME``).
 
     Returns:
         The model's description.
@@ -534,9 +551,93 @@ def read_model(source: str | os.PathLike[str], *, hash_files: bool = True) -> Mo
     path = path.resolve()
     if path.is_file() and path.name == "model_index.json":
         path = path.parent
+    cache = _Caches(home)
+    info, weight_files = _described(path, cache)
+    if hash_files:
+        if info.kind == "diffusers":
+            info.files = {p.relative_to(path).as_posix(): cache.hashes_of(p) for p in weight_files}
+        else:
+            info.hashes = cache.hashes_of(path)
+    return info
+
+
+#: Part of every description's cache key: bumped when reading a model learns something new, so
+#: descriptions cached by an older conceptlib are read again.
+_DESCRIPTION_VERSION = 1
+
+
+class _Caches:
+    """The library's file caches for one :func:`read_model` call (see :mod:`conceptlib._filecache`)."""
+
+    def __init__(self, home: str | os.PathLike[str] | None) -> None:
+        root = library_home(home)
+        self.hashes = FileCache(root, "hashes", _is_hashes)
+        self.models = FileCache(root, "models", _is_description)
+
+    def hashes_of(self, path: Path) -> dict[str, str]:
+        """The weight file's hashes, from the cache while the file is unchanged."""
+        stamp = identity(path)
+        cached = self.hashes.get(str(path), stamp)
+        if cached is not None:
+            return dict(cached)
+        hashes = _hash_file(path)
+        # Stamped before hashing: a file changed while it was read gets a new stamp, so the
+        # digest of the old bytes is never stored under the new version.
+        self.hashes.put(str(path), stamp, hashes)
+        return hashes
+
+
+def _is_hashes(value: Any) -> bool:
+    return (
+        isinstance(value, dict) and isinstance(value.get("sha256"), str) and len(value["sha256"]) == 64
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    )  # fmt: skip
+
+
+def _is_description(value: Any) -> bool:
+    if not isinstance(value, dict) or not isinstance(value.get("weights"), list):
+        return False
+    ModelInfo.from_dict(value["info"])  # raises on a damaged entry: the cache treats it as missing
+    return all(isinstance(w, str) for w in value["weights"])
+
+
+def _model_files(path: Path) -> list[Path]:
+    """Every file a description of ``path`` depends on (hidden folders such as ``.cache`` aside)."""
+    if not path.is_dir():
+        yaml = path.with_suffix(".yaml")
+        return [path, yaml] if yaml.is_file() else [path]
+    return sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )  # fmt: skip
+
+
+def _described(path: Path, cache: _Caches) -> tuple[ModelInfo, list[Path]]:
+    """The description of a folder or single file without hashes, and its weight files.
+
+    From the cache while every file the folder holds (or the file and its ``.yaml``) keeps its
+    stamp; otherwise read (token matrix, tokenizer, configs) and stored.
+    """
+    files = _model_files(path)
+    base = path if path.is_dir() else path.parent
+    try:
+        stamp: list[Any] = [[p.relative_to(base).as_posix(), *identity(p)] for p in files]
+    except OSError:
+        stamp = []  # a file vanished while listing: read, and let the reading say what is wrong
+    key = f"{_DESCRIPTION_VERSION}:{path}"
+    cached = cache.models.get(key, stamp) if stamp else None
+    if cached is not None:
+        return ModelInfo.from_dict(cached["info"]), [path / w for w in cached["weights"]]
     if path.is_dir():
-        return _read_diffusers(path, hash_files=hash_files)
-    return _read_checkpoint(path, hash_files=hash_files)
+        weights = [p for p in files if p.suffix in WEIGHT_SUFFIXES]
+        info = _read_diffusers(path, weights)
+    else:
+        info = _read_checkpoint(path)
+        weights = [path]
+    if stamp:
+        relative = [w.relative_to(path).as_posix() if w != path else "" for w in weights]
+        cache.models.put(key, stamp, {"info": info.to_dict(), "weights": relative})
+    return info, weights
 
 
 #: The diffusers components conceptlib's pipelines load weights for (tokenizers, schedulers and
@@ -649,16 +750,6 @@ def _hash_file(path: Path) -> dict[str, str]:
     return out
 
 
-def _hashes_for(paths: Iterable[Path], root: Path | None, hash_files: bool) -> dict[str, dict[str, str]]:
-    result: dict[str, dict[str, str]] = {}
-    for p in paths:
-        _check_lfs(p)
-        if hash_files:
-            key = p.relative_to(root).as_posix() if root else p.name
-            result[key] = _hash_file(p)
-    return result
-
-
 # --- safetensors and pickles -------------------------------------------------------------------
 
 
@@ -766,7 +857,7 @@ def _vocab_hash_cached(path: str) -> str:
     return _vocab_cached(path, _stamp(path))[1]
 
 
-def _added_tokens(folder: Path, vocab: dict[str, int]) -> list[str]:
+def _added_tokens(folder: Path, vocab: frozenset[str]) -> list[str]:
     """Tokens added on top of the BPE vocabulary (``added_tokens.json``, ``tokenizer.json``)."""
     found: list[str] = []
     added = folder / "added_tokens.json"
@@ -789,7 +880,7 @@ def _read_tokenizer(folder: Path, component: str) -> TokenizerInfo | None:
         source = folder / "tokenizer.json"
         if not source.is_file():
             return None
-    vocab = _read_vocab(source)
+    vocab, vocab_hash = _vocab_cached(str(source), _stamp(str(source)))  # parsed once per command
     max_length = CONTEXT_LENGTH
     config = folder / "tokenizer_config.json"
     if config.is_file():
@@ -799,7 +890,7 @@ def _read_tokenizer(folder: Path, component: str) -> TokenizerInfo | None:
     return TokenizerInfo(
         component=component,
         vocab_size=len(vocab),
-        vocab_hash=_vocab_hash_cached(str(source)),
+        vocab_hash=vocab_hash,
         added_tokens=_added_tokens(folder, vocab),
         model_max_length=max_length,
         path=str(folder),
@@ -864,7 +955,8 @@ def _fill_weights(enc: EncoderInfo, matrix: Tensor, where: Path) -> None:
     enc.norms = NormStats.of(matrix)
 
 
-def _read_diffusers(folder: Path, *, hash_files: bool) -> ModelInfo:
+def _read_diffusers(folder: Path, weight_files: list[Path]) -> ModelInfo:
+    """A diffusers folder's description, without hashes; ``weight_files`` are checked for LFS pointers."""
     index_path = folder / "model_index.json"
     index = _read_json(index_path) if index_path.is_file() else {}
     pipeline = index.get("_class_name") if isinstance(index.get("_class_name"), str) else None
@@ -940,11 +1032,8 @@ def _read_diffusers(folder: Path, *, hash_files: bool) -> ModelInfo:
                 vae_blocks = len(blocks)
         sample_size = latent * 2 ** (vae_blocks - 1)
     variant = _variant(family, [e.key for e in encoders], unet_config.get("in_channels"))
-    weight_files = sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix in WEIGHT_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )  # fmt: skip
-    files = _hashes_for(weight_files, folder, hash_files)
+    for weight in weight_files:
+        _check_lfs(weight)
     if not any(e.fingerprint for e in encoders):
         notes.append("no text-encoder weights: no fingerprint, vocabulary norms unknown")
     return ModelInfo(
@@ -957,7 +1046,6 @@ def _read_diffusers(folder: Path, *, hash_files: bool) -> ModelInfo:
         variant=variant,
         sample_size=sample_size,
         pipeline_class=pipeline,
-        files=files,
         notes=notes,
         path=str(folder),
     )
@@ -1020,7 +1108,8 @@ def _sibling_yaml_prediction(path: Path) -> str | None:
     return None
 
 
-def _read_checkpoint(path: Path, *, hash_files: bool) -> ModelInfo:
+def _read_checkpoint(path: Path) -> ModelInfo:
+    """A single file's description, without hashes."""
     _check_lfs(path)
     with open(path, "rb") as handle:
         head = handle.read(9)
@@ -1103,7 +1192,6 @@ def _read_checkpoint(path: Path, *, hash_files: bool) -> ModelInfo:
     elif family == "sd2" and prediction == "epsilon":
         size = 512
     notes.append("single-file checkpoint: no tokenizer inside; token checks use the standard CLIP vocabulary when stored")
-    hashes = _hashes_for([path], None, hash_files).get(path.name, {})
     return ModelInfo(
         source=str(path),
         kind="checkpoint",
@@ -1113,7 +1201,6 @@ def _read_checkpoint(path: Path, *, hash_files: bool) -> ModelInfo:
         encoders=encoders,
         variant=variant,
         sample_size=size,
-        hashes=hashes,
         notes=notes,
         path=str(path),
     )
@@ -1161,9 +1248,7 @@ def compatible(embedding: Embedding | Iterable[str] | object, model: ModelInfo |
 
 def models_dir(home: str | os.PathLike[str] | None = None) -> Path:
     """The folder of registered model records: ``<home>/models``."""
-    from conceptlib.config import home as resolve_home
-
-    return resolve_home(home) / "models"
+    return library_home(home) / "models"
 
 
 def _stored_vocab_path(vocab_hash: str, home: str | os.PathLike[str] | None) -> Path:
@@ -1248,7 +1333,7 @@ def add_model(
             f"a model named {model_name!r} is already registered", path=record,
             hint="pass --force to replace it, or --name to choose another name",
         )  # fmt: skip
-    info = read_model(source, hash_files=hash_files)
+    info = read_model(source, hash_files=hash_files, home=home)
     if model_config is not None:
         _attach_configs(info, model_config)
     _check_family_name(model_name, info)
@@ -1390,7 +1475,7 @@ def resolve_model(
         return spec
     text = os.fspath(spec)
     if Path(text).expanduser().exists():
-        return read_model(text, hash_files=hash_files)
+        return read_model(text, hash_files=hash_files, home=home)
     if _NAME_RE.match(text) and (models_dir(home) / f"{text}.json").is_file():
         return get_model(text, home=home)
     try:

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, ...]] = [
     # leaves: no conceptlib import but each other
     ("conceptlib", "conceptlib.errors", "conceptlib.config", "conceptlib.families", "conceptlib.tensor",
-     "conceptlib._terminal", "conceptlib._parallel", "conceptlib._deps", "conceptlib._atomic",
+     "conceptlib._terminal", "conceptlib._parallel", "conceptlib._deps", "conceptlib._atomic", "conceptlib._filecache",
      "conceptlib._text", "conceptlib.slug", "conceptlib.hashing", "conceptlib.registry.migrations",
      "conceptlib.registry.tables"),
     # records
@@ -157,3 +157,70 @@ def test_the_contract_catches_an_upward_import(tmp_path: Path) -> None:
     assert "conceptlib.library" in imported and "torch" in imported
     assert [m for _, m in _function_level_imports(leaf, set(SOURCES))] == ["conceptlib.hub"]
     assert _layer("conceptlib.library") > _layer("conceptlib.errors")  # type: ignore[operator]
+
+
+# --- the tests drive the CLI one way -----------------------------------------------------------
+
+#: What runs a command: the entry points and the Typer app (``app.main``, ``conceptlib.cli.main``,
+#: ``_main``, ``run``, ``fast_main``, ``app(...)``).
+CLI_ENTRY_POINTS = {"main", "_main", "run", "fast_main", "app"}
+#: Test files that may drive the CLI their own way. conftest.py holds the ``cli`` fixture itself.
+#: fuzzing.py's ``run_cli`` runs the console script (``conceptlib.cli.main``, not ``app.main``)
+#: over strict UTF-8 byte streams, where a lone surrogate fails as it would on a pipe and would
+#: pass through capsys, and times each run; test_fuzz.py calls it in loops over generated inputs,
+#: where no fixture reaches. Its other run is a child interpreter under memory limits.
+CLI_DRIVERS = {"conftest.py", "fuzzing.py", Path(__file__).name}
+
+
+def _other_cli_drivers(path: Path) -> list[str]:
+    """``line N: ...`` for each CliRunner and each direct call of a CLI entry point in ``path``.
+
+    The source is parsed, not searched: a subprocess probe that runs ``main`` in a fresh
+    interpreter (test_startup.py, test_imports.py) holds that call in a string, and stays allowed.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    bound: dict[str, str] = {}  # local name -> what it was imported as, for imports from conceptlib.cli
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module in ("typer.testing", "click.testing"):
+                found.append(f"line {node.lineno}: imports {node.module}")
+            if node.module == "conceptlib.cli" or node.module.startswith("conceptlib.cli."):
+                bound.update({a.asname or a.name: a.name for a in node.names})
+        elif isinstance(node, ast.Import):
+            bound.update({a.asname: a.name.rsplit(".", 1)[-1] for a in node.names if a.asname and a.name.startswith("conceptlib.cli")})
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Name) and node.id == "CliRunner") or (isinstance(node, ast.Attribute) and node.attr == "CliRunner"):
+            found.append(f"line {node.lineno}: CliRunner")
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and bound.get(func.id) in CLI_ENTRY_POINTS:
+                found.append(f"line {node.lineno}: {ast.unparse(func)}(...)")
+            elif isinstance(func, ast.Attribute) and func.attr in CLI_ENTRY_POINTS:
+                base = func.value
+                while isinstance(base, ast.Attribute):
+                    base = base.value
+                dotted = ast.unparse(func)
+                if (isinstance(base, ast.Name) and base.id in bound) or dotted.startswith("conceptlib.cli."):
+                    found.append(f"line {node.lineno}: {dotted}(...)")
+    return sorted(set(found), key=lambda f: int(f.split(":")[0].split()[1]))
+
+
+def test_tests_drive_the_cli_one_way(tmp_path: Path) -> None:
+    # The check itself: each other way of running a command is reported.
+    sample = tmp_path / "test_sample.py"
+    sample.write_text(
+        "from typer.testing import CliRunner\nfrom conceptlib.cli.app import app, main\n"
+        "from conceptlib.cli import app as app_module\nimport conceptlib.cli\n\n"
+        "def test_x():\n    CliRunner().invoke(app, ['list'])\n    main(['list'])\n    app_module.main(['list'])\n"
+        "    conceptlib.cli.main(['list'])\n    PROBE = 'from conceptlib.cli.app import main; main([])'\n",
+        encoding="utf-8",
+    )
+    assert [f.split(": ", 1)[0] for f in _other_cli_drivers(sample)] == ["line 1", "line 7", "line 8", "line 9", "line 10"]
+    # Every test runs commands through the `cli` fixture of conftest.py (app.main, in-process).
+    others = {
+        f"tests/{path.name}": found
+        for path in sorted((REPO / "tests").glob("*.py"))
+        if path.name not in CLI_DRIVERS and (found := _other_cli_drivers(path))
+    }
+    assert others == {}, "use the `cli` fixture of tests/conftest.py to run a command"
