@@ -7,16 +7,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from conceptlib.cli.app import app, main
 from conceptlib.formats import read, write
 from factory import sd1, sdxl
-
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -26,8 +23,8 @@ def cat_toy(tmp_path: Path) -> Path:
     return path
 
 
-def test_inspect_exact_output(cat_toy: Path) -> None:
-    result = runner.invoke(app, ["inspect", str(cat_toy)])
+def test_inspect_exact_output(cli: Any, cat_toy: Path) -> None:
+    result = cli("inspect", str(cat_toy))
     assert result.exit_code == 0, result.output
     emb = read(cat_toy)
     data = cat_toy.read_bytes()
@@ -52,8 +49,8 @@ def test_inspect_exact_output(cat_toy: Path) -> None:
     )
 
 
-def test_inspect_json(cat_toy: Path) -> None:
-    result = runner.invoke(app, ["inspect", str(cat_toy), "--json"])
+def test_inspect_json(cli: Any, cat_toy: Path) -> None:
+    result = cli("inspect", str(cat_toy), "--json")
     assert result.exit_code == 0
     [info] = json.loads(result.stdout)
     assert info["token"] == "<cat-toy>" and info["vectors"] == 1 and info["family"] == "sd1"
@@ -61,75 +58,79 @@ def test_inspect_json(cat_toy: Path) -> None:
     assert info["file"]["sha256"][:10] == info["file"]["autov2"]
 
 
-def test_inspect_sdxl_family(tmp_path: Path) -> None:
+def test_inspect_sdxl_family(cli: Any, tmp_path: Path) -> None:
     write(sdxl(2), tmp_path / "xl.safetensors")
-    result = runner.invoke(app, ["inspect", str(tmp_path / "xl.safetensors"), "--json"])
+    result = cli("inspect", str(tmp_path / "xl.safetensors"), "--json")
     [info] = json.loads(result.stdout)
     assert info["family"] == "sdxl" and info["complete"] is True and info["vectors"] == 2
 
 
-def test_inspect_bad_file_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], cat_toy: Path) -> None:
+def test_inspect_bad_file_is_one_line_exit_2(cli: Any, tmp_path: Path, cat_toy: Path) -> None:
     bad = tmp_path / "page.bin"
     bad.write_text("<html><body>404</body></html>")
-    code = main(["inspect", str(cat_toy), str(bad)])
-    captured = capsys.readouterr()
-    assert code == 2
-    assert str(cat_toy) in captured.out  # the good file is still shown
-    lines = captured.err.strip().splitlines()
+    run = cli("inspect", str(cat_toy), str(bad))
+    assert run.exit_code == 2
+    assert str(cat_toy) in run.stdout  # the good file is still shown
+    lines = run.stderr.strip().splitlines()
     assert lines == [
         f"Error: {bad}: is an HTML page, not an embedding "
         "(hint: download the raw file (on the Hub use the /resolve/ link, not /blob/))"
     ]
-    assert "Traceback" not in captured.err
+    assert "Traceback" not in run.stderr
 
 
-def test_convert_and_refuse_overwrite(tmp_path: Path, cat_toy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_and_refuse_overwrite(cli: Any, tmp_path: Path, cat_toy: Path) -> None:
     dst = tmp_path / "cat-toy.pt"
-    assert main(["convert", str(cat_toy), str(dst)]) == 0
-    captured = capsys.readouterr()
-    assert captured.out == f"{dst}\n"
-    assert captured.err.startswith(f"Converted {cat_toy} (diffusers) to a1111: 1 × 768, float32")
+    run = cli("convert", str(cat_toy), str(dst))
+    assert run.exit_code == 0
+    assert run.stdout == f"{dst}\n"
+    assert run.stderr.startswith(f"Converted {cat_toy} (diffusers) to a1111: 1 × 768, float32")
     before = dst.read_bytes()
-    assert main(["convert", str(cat_toy), str(dst)]) == 2
-    assert capsys.readouterr().err == f"Error: {dst}: already exists (hint: pass --force to overwrite it)\n"
+    run = cli("convert", str(cat_toy), str(dst))
+    assert run.exit_code == 2
+    assert run.stderr == f"Error: {dst}: already exists (hint: pass --force to overwrite it)\n"
     assert dst.read_bytes() == before
-    assert main(["convert", str(cat_toy), str(dst), "--force", "--token", "<other>"]) == 0
+    assert cli("convert", str(cat_toy), str(dst), "--force", "--token", "<other>").exit_code == 0
     assert read(dst).name == "<other>"
 
 
-def test_convert_json(tmp_path: Path, cat_toy: Path) -> None:
-    result = runner.invoke(app, ["convert", str(cat_toy), str(tmp_path / "c"), "--json"])
+def test_convert_json(cli: Any, tmp_path: Path, cat_toy: Path) -> None:
+    result = cli("convert", str(cat_toy), str(tmp_path / "c"), "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert data["format"] == "concepts-library"
     assert sorted(Path(p).name for p in data["files"]) == ["learned_embeds.bin", "token_identifier.txt", "type_of_concept.txt"]
 
 
-def test_convert_sdxl_to_single_encoder_format_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_convert_sdxl_to_single_encoder_format_explains(cli: Any, tmp_path: Path) -> None:
     write(sdxl(1), tmp_path / "xl.safetensors")
-    code = main(["convert", str(tmp_path / "xl.safetensors"), str(tmp_path / "out.safetensors"), "--to", "emb-params"])
-    err = capsys.readouterr().err
-    assert code == 2
+    run = cli("convert", str(tmp_path / "xl.safetensors"), str(tmp_path / "out.safetensors"), "--to", "emb-params")
+    err = run.stderr
+    assert run.exit_code == 2
     assert "SDXL embedding (768 + 1280)" in err and "write it as sdxl" in err
     assert not (tmp_path / "out.safetensors").exists()
 
 
-def test_unknown_format_name(tmp_path: Path, cat_toy: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["convert", str(cat_toy), str(tmp_path / "x.pt"), "--to", "ckpt"]) == 2
-    assert "unknown format 'ckpt'" in capsys.readouterr().err
+def test_unknown_format_name(cli: Any, tmp_path: Path, cat_toy: Path) -> None:
+    run = cli("convert", str(cat_toy), str(tmp_path / "x.pt"), "--to", "ckpt")
+    assert run.exit_code == 2
+    assert "unknown format 'ckpt'" in run.stderr
 
 
-def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["inspect", str(tmp_path / "nope.pt")]) == 2
-    assert capsys.readouterr().err == f"Error: {tmp_path / 'nope.pt'}: no such file or folder (hint: check the path)\n"
+def test_missing_file(cli: Any, tmp_path: Path) -> None:
+    run = cli("inspect", str(tmp_path / "nope.pt"))
+    assert run.exit_code == 2
+    assert run.stderr == f"Error: {tmp_path / 'nope.pt'}: no such file or folder (hint: check the path)\n"
 
 
-def test_a_file_where_a_folder_is_needed(tmp_path: Path, cat_toy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_file_where_a_folder_is_needed(cli: Any, tmp_path: Path, cat_toy: Path) -> None:
     (tmp_path / "afile").write_bytes(b"")
-    assert main(["convert", str(cat_toy), str(tmp_path / "afile" / "x.pt")]) == 2
-    assert capsys.readouterr().err == f"Error: {tmp_path / 'afile'}: is a file, where a folder is needed (hint: check the path)\n"
-    assert main(["list", "--home", str(tmp_path / "afile")]) == 2
-    assert capsys.readouterr().err == f"Error: {tmp_path / 'afile' / 'concepts'}: a part of this path is a file, not a folder (hint: check the path)\n"
+    run = cli("convert", str(cat_toy), str(tmp_path / "afile" / "x.pt"))
+    assert run.exit_code == 2
+    assert run.stderr == f"Error: {tmp_path / 'afile'}: is a file, where a folder is needed (hint: check the path)\n"
+    run = cli("list", "--home", str(tmp_path / "afile"))
+    assert run.exit_code == 2
+    assert run.stderr == f"Error: {tmp_path / 'afile' / 'concepts'}: a part of this path is a file, not a folder (hint: check the path)\n"
 
 
 def test_traceback_only_with_debug(tmp_path: Path) -> None:
@@ -142,12 +143,12 @@ def test_traceback_only_with_debug(tmp_path: Path) -> None:
     assert "Traceback" in loud.stderr
 
 
-def test_formats_lists_writable(capsys: pytest.CaptureFixture[str]) -> None:
-    result = runner.invoke(app, ["formats", "--json"])
+def test_formats_lists_writable(cli: Any) -> None:
+    result = cli("formats", "--json")
     names = {row["name"]: row["writable"] for row in json.loads(result.stdout)}
     assert names["png"] and names["diffusers-sdxl"] and not names["ldm"]
 
 
-def test_version() -> None:
-    result = runner.invoke(app, ["--version"])
+def test_version(cli: Any) -> None:
+    result = cli("--version")
     assert result.stdout.startswith("conceptlib ")

@@ -7,19 +7,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from conceptlib.cli.app import app, main
 from conceptlib.cli.models import github_annotation, resolve_targets
 from conceptlib.errors import UsageError
 from conceptlib.formats import write
 from conceptlib.tensor import Tensor
 from factory import sd1, sd2, vectors
-
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -40,30 +37,31 @@ def files(tmp_path: Path) -> dict[str, Path]:
 # --- validate ----------------------------------------------------------------------------------
 
 
-def test_validate_clean_file(files: dict[str, Path]) -> None:
-    result = runner.invoke(app, ["validate", str(files["good"]), "--model", "sd1"])
+def test_validate_clean_file(cli: Any, files: dict[str, Path]) -> None:
+    result = cli("validate", str(files["good"]), "--model", "sd1")
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{files['good']}: ok\n"
 
 
-def test_validate_error_exit_1(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", str(files["wide"]), "-m", "sd1"]) == 1
-    captured = capsys.readouterr()
-    assert captured.out == (
+def test_validate_error_exit_1(cli: Any, files: dict[str, Path]) -> None:
+    run = cli("validate", str(files["wide"]), "-m", "sd1")
+    assert run.exit_code == 1
+    assert run.stdout == (
         f"{files['wide']}: error [width-mismatch] embedding width 1024 fits SD 2.x, this model is SD 1.x (768): "
         "use it with an SD 2.x model, or find the SD 1.x version of this concept\n"
     )
-    assert "Validated 1 concept against sd1 (SD 1.x): 1 error(s), 0 warning(s), 0 note(s)." in captured.err
+    assert "Validated 1 concept against sd1 (SD 1.x): 1 error(s), 0 warning(s), 0 note(s)." in run.stderr
 
 
-def test_validate_strict_makes_warnings_fail(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", str(files["long"]), "-m", "sd1"]) == 0
-    assert "warning [context-tight] 70 vectors" in capsys.readouterr().out
-    assert main(["validate", str(files["long"]), "-m", "sd1", "--strict"]) == 1
+def test_validate_strict_makes_warnings_fail(cli: Any, files: dict[str, Path]) -> None:
+    run = cli("validate", str(files["long"]), "-m", "sd1")
+    assert run.exit_code == 0
+    assert "warning [context-tight] 70 vectors" in run.stdout
+    assert cli("validate", str(files["long"]), "-m", "sd1", "--strict").exit_code == 1
 
 
-def test_validate_folder_json(files: dict[str, Path]) -> None:
-    result = runner.invoke(app, ["validate", str(files["good"].parent), "--model", "sd1", "--json"])
+def test_validate_folder_json(cli: Any, files: dict[str, Path]) -> None:
+    result = cli("validate", str(files["good"].parent), "--model", "sd1", "--json")
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert data["model"] == {"name": "sd1", "label": "SD 1.x", "family": "sd1", "prediction_type": "epsilon", "widths": {"clip_l": 768}}
@@ -76,9 +74,9 @@ def test_validate_folder_json(files: dict[str, Path]) -> None:
     assert [n["code"] for n in data["notes"]] == ["no-vocabulary", "no-weights", "no-hashes"]
 
 
-def test_validate_github_annotations(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_validate_github_annotations(cli: Any, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(files["good"].parent.parent)
-    result = runner.invoke(app, ["validate", "emb", "--model", "sd1", "--format", "github"])
+    result = cli("validate", "emb", "--model", "sd1", "--format", "github")
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     assert lines == [
@@ -95,11 +93,12 @@ def test_github_annotation_escaping(tmp_path: Path) -> None:
     assert line == "::notice file=/abs/a%2Cb%3Ac.pt,title=conceptlib x::50%25 done%0Anext"
 
 
-def test_validate_unreadable_file_exit_2(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_unreadable_file_exit_2(cli: Any, files: dict[str, Path]) -> None:
     bad = files["good"].parent / "broken.pt"
     bad.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n")
-    assert main(["validate", str(files["good"].parent), "-m", "sd1", "--format", "github"]) == 2
-    out = capsys.readouterr().out
+    run = cli("validate", str(files["good"].parent), "-m", "sd1", "--format", "github")
+    assert run.exit_code == 2
+    out = run.stdout
     assert "::error file=" in out and "broken.pt,title=conceptlib unreadable::is a Git LFS pointer" in out
 
 
@@ -110,37 +109,40 @@ def test_validate_unreadable_file_exit_2(files: dict[str, Path], capsys: pytest.
         (["validate", "{good}", "-m", "sd9"], "Error: no model named 'sd9'"),
     ],
 )
-def test_validate_bad_input_exit_2(files: dict[str, Path], capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
+def test_validate_bad_input_exit_2(cli: Any, files: dict[str, Path], args: list[str], message: str) -> None:
     args = [a.format(good=files["good"]) for a in args]
-    assert main(args) == 2
-    assert capsys.readouterr().err.startswith(message)
+    run = cli(*args)
+    assert run.exit_code == 2
+    assert run.stderr.startswith(message)
 
 
-def test_validate_against_registered_model(shared_models: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["models", "add", str(shared_models / "sd15")]) == 0
-    capsys.readouterr()
+def test_validate_against_registered_model(cli: Any, shared_models: Path, files: dict[str, Path]) -> None:
+    assert cli("models", "add", str(shared_models / "sd15")).exit_code == 0
     cat = files["good"].parent / "cat.safetensors"
     write(sd1(1, token="cat"), cat)
-    assert main(["validate", str(cat), str(files["good"]), "--model", "sd15"]) == 1
-    out = capsys.readouterr().out
+    run = cli("validate", str(cat), str(files["good"]), "--model", "sd15")
+    assert run.exit_code == 1
+    out = run.stdout
     assert f"{cat}: error [token-in-vocabulary] token 'cat' is already in the tokenizer's vocabulary" in out
     assert f"{files['good']}: ok" in out
 
 
-def test_validate_token_clash_between_files(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_token_clash_between_files(cli: Any, files: dict[str, Path]) -> None:
     write(sd1(1, token="<good>_1"), files["good"].parent / "clash.safetensors")
-    assert main(["validate", str(files["good"]), str(files["good"].parent / "clash.safetensors"), "-m", "sd1"]) == 1
-    assert capsys.readouterr().out.count("[token-conflict]") == 2
+    run = cli("validate", str(files["good"]), str(files["good"].parent / "clash.safetensors"), "-m", "sd1")
+    assert run.exit_code == 1
+    assert run.stdout.count("[token-conflict]") == 2
 
 
-def test_validate_library_concept(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_library_concept(cli: Any, files: dict[str, Path]) -> None:
     library = pytest.importorskip("conceptlib.library")
     with library.Library.open() as lib:
         lib.add([files["wide"]], name="wide-one", token="<wide-one>")
-    assert main(["validate", "wide-one", "-m", "sd1"]) == 1
-    assert capsys.readouterr().out.startswith("wide-one: error [width-mismatch] embedding width 1024 fits SD 2.x")
-    assert main(["validate", "wide-one", "-m", "sd2"]) == 0
-    assert main(["validate", "nope", "-m", "sd2"]) == 2
+    run = cli("validate", "wide-one", "-m", "sd1")
+    assert run.exit_code == 1
+    assert run.stdout.startswith("wide-one: error [width-mismatch] embedding width 1024 fits SD 2.x")
+    assert cli("validate", "wide-one", "-m", "sd2").exit_code == 0
+    assert cli("validate", "nope", "-m", "sd2").exit_code == 2
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -181,10 +183,11 @@ def test_resolve_targets(tmp_path: Path, files: dict[str, Path]) -> None:
     assert target.embedding is not None and target.error is None  # NaN is a finding, not a read error
 
 
-def test_shared_embeddings_folder(shared_embeddings: Path, shared_models: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_shared_embeddings_folder(cli: Any, shared_embeddings: Path, shared_models: Path) -> None:
     # empty.pt cannot be read: that is bad input, exit 2, and the other files are still checked.
-    assert main(["validate", str(shared_embeddings), "-m", str(shared_models / "sd15"), "--json"]) == 2
-    data = json.loads(capsys.readouterr().out)
+    run = cli("validate", str(shared_embeddings), "-m", str(shared_models / "sd15"), "--json")
+    assert run.exit_code == 2
+    data = json.loads(run.stdout)
     by_name = {Path(r["target"]).name: r for r in data["results"]}
     assert [f["code"] for f in by_name["fgjd4j23423f+sd+empty.pt"]["findings"]] == ["unreadable"]
     not_sd1 = {n for n, r in by_name.items() if not r["ok"]}
@@ -199,8 +202,8 @@ def test_shared_embeddings_folder(shared_embeddings: Path, shared_models: Path, 
 # --- models ------------------------------------------------------------------------------------
 
 
-def test_models_inspect(shared_models: Path) -> None:
-    result = runner.invoke(app, ["models", "inspect", str(shared_models / "sdxl-base")])
+def test_models_inspect(cli: Any, shared_models: Path) -> None:
+    result = cli("models", "inspect", str(shared_models / "sdxl-base"))
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[:5] == [
         str(shared_models / "sdxl-base"),
@@ -210,43 +213,46 @@ def test_models_inspect(shared_models: Path) -> None:
         "  image size      1024 px",
     ]
     assert "  encoder clip_g  width 1280, context 77, vocabulary 49408 (tokenizer_2)" in result.stdout
-    data = json.loads(runner.invoke(app, ["models", "inspect", "sd2-v", "--json"]).stdout)
+    data = json.loads(cli("models", "inspect", "sd2-v", "--json").stdout)
     assert (data["family"], data["prediction_type"], data["kind"]) == ("sd2", "v_prediction", "family")
 
 
-def test_models_inspect_lfs_pointer(shared_models: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_models_inspect_lfs_pointer(cli: Any, shared_models: Path) -> None:
     pointer = shared_models / "sd15" / "unet" / "diffusion_pytorch_model.safetensors.lfs-pointer"
-    assert main(["models", "inspect", str(pointer)]) == 2
-    err = capsys.readouterr().err
+    run = cli("models", "inspect", str(pointer))
+    assert run.exit_code == 2
+    err = run.stderr
     assert err.startswith(f"Error: {pointer}: is a Git LFS pointer") and "git lfs pull" in err
 
 
-def test_models_add_and_list(shared_models: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    result = runner.invoke(app, ["models", "list"])
+def test_models_add_and_list(cli: Any, shared_models: Path) -> None:
+    result = cli("models", "list")
     assert result.exit_code == 0 and result.stdout == ""
-    assert main(["models", "add", str(shared_models / "sd21-base"), "--name", "sd21"]) == 0
-    assert capsys.readouterr().out == "sd21\n"
-    assert main(["models", "add", str(shared_models / "sd21-base"), "--name", "sd21"]) == 2
-    assert "already registered" in capsys.readouterr().err
-    result = runner.invoke(app, ["models", "list"])
+    run = cli("models", "add", str(shared_models / "sd21-base"), "--name", "sd21")
+    assert run.exit_code == 0
+    assert run.stdout == "sd21\n"
+    run = cli("models", "add", str(shared_models / "sd21-base"), "--name", "sd21")
+    assert run.exit_code == 2
+    assert "already registered" in run.stderr
+    result = cli("models", "list")
     assert result.stdout == f"sd21  SD 2.x base (512 px)   epsilon       -           {shared_models / 'sd21-base'}\n"
-    data = json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)
+    data = json.loads(cli("models", "list", "--json").stdout)
     assert [(m["name"], m["family"]) for m in data] == [("sd21", "sd2")]
-    shown = runner.invoke(app, ["models", "inspect", "sd21"])  # a registered name works too
+    shown = cli("models", "inspect", "sd21")  # a registered name works too
     assert shown.exit_code == 0 and shown.stdout.startswith("sd21\n  kind            diffusers folder")
 
 
 @pytest.mark.torch
-def test_models_create_tiny(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["models", "create-tiny", str(tmp_path / "tiny"), "--family", "sd2-v", "--seed", "3"])
+def test_models_create_tiny(cli: Any, tmp_path: Path) -> None:
+    result = cli("models", "create-tiny", str(tmp_path / "tiny"), "--family", "sd2-v", "--seed", "3")
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{(tmp_path / 'tiny').resolve()}\n"
-    data = json.loads(runner.invoke(app, ["models", "inspect", str(tmp_path / "tiny"), "--json"]).stdout)
+    data = json.loads(cli("models", "inspect", str(tmp_path / "tiny"), "--json").stdout)
     assert (data["family"], data["prediction_type"]) == ("sd2", "v_prediction")
 
 
-def test_models_create_tiny_bad_family(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["models", "create-tiny", str(tmp_path / "t"), "--family", "sd3"])
+def test_models_create_tiny_bad_family(cli: Any, tmp_path: Path) -> None:
+    result = cli("models", "create-tiny", str(tmp_path / "t"), "--family", "sd3")
     assert result.exit_code == 2
 
 

@@ -165,10 +165,10 @@ def test_the_contract_catches_an_upward_import(tmp_path: Path) -> None:
 #: ``_main``, ``run``, ``fast_main``, ``app(...)``).
 CLI_ENTRY_POINTS = {"main", "_main", "run", "fast_main", "app"}
 #: Test files that may drive the CLI their own way. conftest.py holds the ``cli`` fixture itself.
-#: fuzzing.py's ``run_cli`` runs the console script (``conceptlib.cli.main``, not ``app.main``)
-#: over strict UTF-8 byte streams, where a lone surrogate fails as it would on a pipe and would
-#: pass through capsys, and times each run; test_fuzz.py calls it in loops over generated inputs,
-#: where no fixture reaches. Its other run is a child interpreter under memory limits.
+#: fuzzing.py is a library of the fuzz tests, not a test file: its ``run_cli`` runs the console
+#: script (``conceptlib.cli.main``, whose fast path for list/search/show is its own, not
+#: ``app.main``) and times each run, called as a plain function in test_fuzz.py's loops over
+#: generated inputs; its other run is a child interpreter under memory limits.
 CLI_DRIVERS = {"conftest.py", "fuzzing.py", Path(__file__).name}
 
 

@@ -9,14 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from conceptlib.cli.app import app, main
 from conceptlib.formats import write
 from conceptlib.library import Library
 from factory import sd1, sd2, sdxl
-
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -32,9 +28,9 @@ def library(tmp_path: Path) -> Library:
 
 
 @pytest.mark.parametrize(("model", "expected"), [("sd1", ["one"]), ("sd2", ["two"]), ("sdxl", ["xl"])])
-def test_list_compatible_with_family(library: Library, model: str, expected: list[str]) -> None:
+def test_list_compatible_with_family(cli: Any, library: Library, model: str, expected: list[str]) -> None:
     assert [c.name for c in library.list(compatible_with=model)] == expected
-    result = runner.invoke(app, ["list", "--compatible-with", model, "--json", "--home", str(library.home)])
+    result = cli("list", "--compatible-with", model, "--json", "--home", str(library.home))
     assert result.exit_code == 0, result.output
     assert [row["name"] for row in json.loads(result.stdout)] == expected
 
@@ -47,9 +43,10 @@ def test_list_compatible_with_registered_model(library: Library, tmp_path: Path)
     assert [c.name for c in library.list(compatible_with="tiny")] == ["one"]
 
 
-def test_list_compatible_with_unknown_model(library: Library, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["list", "--compatible-with", "nope", "--home", str(library.home)]) == 2
-    err = capsys.readouterr().err
+def test_list_compatible_with_unknown_model(cli: Any, library: Library) -> None:
+    run = cli("list", "--compatible-with", "nope", "--home", str(library.home))
+    assert run.exit_code == 2
+    err = run.stderr
     assert err.startswith("Error: ") and "nope" in err and len(err.strip().splitlines()) == 1
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from conceptlib.cli.app import app
 from conceptlib.formats import write
 from conceptlib.layout import (
     SKIP_THUMBNAIL,
@@ -20,8 +19,6 @@ from conceptlib.layout import (
 )
 from conceptlib.library import Library
 from factory import sd1, sdxl
-
-runner = CliRunner()
 
 
 def _tree(base: Path) -> Path:
@@ -49,8 +46,8 @@ def _tree(base: Path) -> Path:
     return root
 
 
-def _added(root: Path) -> tuple[set[Path], set[Path]]:
-    result = runner.invoke(app, ["add", str(root), "--json"])
+def _added(cli: Any, root: Path) -> tuple[set[Path], set[Path]]:
+    result = cli("add", str(root), "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert not report["rejected"] and not report["duplicates"]
@@ -59,15 +56,15 @@ def _added(root: Path) -> tuple[set[Path], set[Path]]:
     return sources, {Path(os.path.abspath(s["path"])) for s in report["skipped"]}
 
 
-def _validated(root: Path) -> tuple[set[Path], set[Path]]:
-    result = runner.invoke(app, ["validate", str(root), "--model", "sd1", "--json"])
+def _validated(cli: Any, root: Path) -> tuple[set[Path], set[Path]]:
+    result = cli("validate", str(root), "--model", "sd1", "--json")
     report = json.loads(result.stdout)
     assert all(r["path"] for r in report["results"]), report
     found = {Path(os.path.abspath(r["path"])) for r in report["results"]}
     return found, {Path(os.path.abspath(s["path"])) for s in report["skipped"]}
 
 
-def test_add_and_validate_find_the_same_concepts(tmp_path: Path) -> None:
+def test_add_and_validate_find_the_same_concepts(cli: Any, tmp_path: Path) -> None:
     root = _tree(tmp_path)
     r = Path(os.path.abspath(root))
     expected = {
@@ -75,14 +72,14 @@ def test_add_and_validate_find_the_same_concepts(tmp_path: Path) -> None:
         r / "nested" / "deeper" / "x.safetensors", r / "nested" / "cat-toy",
     }  # fmt: skip
     skipped = {r / "thumbs" / "style.preview.png", r / "nested" / "out.pt"}
-    assert _validated(root) == (expected, skipped)
-    assert _added(root) == (expected, skipped)
+    assert _validated(cli, root) == (expected, skipped)
+    assert _added(cli, root) == (expected, skipped)
 
 
-def test_a_concept_folder_named_directly(tmp_path: Path) -> None:
+def test_a_concept_folder_named_directly(cli: Any, tmp_path: Path) -> None:
     # The case: `validate f` checked 1 concept where `add f` added 2.
     root = _tree(tmp_path) / "beside"
-    assert _validated(root)[0] == _added(root)[0] == {Path(os.path.abspath(root)), Path(os.path.abspath(root / "bad-artist.pt"))}
+    assert _validated(cli, root)[0] == _added(cli, root)[0] == {Path(os.path.abspath(root)), Path(os.path.abspath(root / "bad-artist.pt"))}
 
 
 def test_find_inputs_plain_data(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import os
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -398,9 +399,7 @@ def test_show_by_name_slug_or_token(filled: Library) -> None:
     assert info.value.suggestions == ["cat-toy"] and "cat-toy" in (info.value.hint or "")
 
 
-def test_a_token_names_its_own_concept_before_a_slug_names_another(lib: Library, src: Path, tmp_path: Path) -> None:
-    from conceptlib.cli.app import main
-
+def test_a_token_names_its_own_concept_before_a_slug_names_another(cli: Any, lib: Library, src: Path, tmp_path: Path) -> None:
     lib.add(make(src / "a.safetensors", sd1(1, seed=1, token="<x>")), name="kitty").one()
     lib.add(make(src / "b.safetensors", sd1(1, seed=2, token="<kitty>")), name="other").one()
     # `<kitty>` slugifies to `kitty`, another concept's name: the token's owner is meant.
@@ -417,7 +416,7 @@ def test_a_token_names_its_own_concept_before_a_slug_names_another(lib: Library,
     assert str(info.value) == "'<dup>' is the token of 2 concepts: p (SD 1.x), q (SD 2.x)"
     lib.close()
     for command in (["show", "<dup>"], ["remove", "<dup>", "--yes"]):
-        assert main([*command, "--home", str(lib.home)]) == 2
+        assert cli(*command, "--home", str(lib.home)).exit_code == 2
     with Library.open(lib.home) as again:
         assert [c.name for c in again.list()] == ["kitty", "p", "q"]
 

@@ -828,24 +828,16 @@ def test_preview_and_render_refuse_a_model_without_weights(shared_models: Path, 
 # --- the commands ------------------------------------------------------------------------------
 
 
-def test_cli_render_and_preview(world: dict[str, Any], tmp_path: Path) -> None:
-    import typer
-    from typer.testing import CliRunner
-
-    from conceptlib.cli import render as render_cli
-
-    app = typer.Typer()
-    render_cli.register(app)
-    runner = CliRunner()
+def test_cli_render_and_preview(world: dict[str, Any], tmp_path: Path, cli: Any) -> None:
     common = ["--model", str(world["sd1"]), "--home", str(world["home"]), "--steps", "1", "--size", "32x32"]
-    result = runner.invoke(app, ["render", "a <cat-toy>", "a red car", *common, "-n", "2", "--batch-size", "4",
-                                 "--out", str(tmp_path / "r"), "--grid", "--json"])  # fmt: skip
+    result = cli("render", "a <cat-toy>", "a red car", *common, "-n", "2", "--batch-size", "4",
+                 "--out", str(tmp_path / "r"), "--grid", "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert len(data["images"]) == 4 and data["concepts"] == ["cat-toy"]
     assert Path(data["grid"]).is_file()
 
-    result = runner.invoke(app, ["preview", "cat-toy", "wide-thing", *common, "--out", str(tmp_path / "p")])
+    result = cli("preview", "cat-toy", "wide-thing", *common, "--out", str(tmp_path / "p"))
     assert result.exit_code == 1
     assert "wide-thing: failed: embedding width 1024" in result.stdout
     assert (tmp_path / "p" / "preview.md").is_file()

@@ -224,16 +224,16 @@ def test_stray_warnings_become_one_line_each(cli: Any, cat_file: Path, monkeypat
     )
 
 
-def test_the_fast_path_handles_warnings_too(home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from conceptlib.cli import _readonly, main
+def test_the_fast_path_handles_warnings_too(cli: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conceptlib.cli import _readonly
 
     def noisy(**kwargs: Any) -> None:
         warnings.warn("from \x1b[2J the index", UserWarning, stacklevel=1)
 
     monkeypatch.setattr(_readonly, "list_concepts", noisy)
-    capsys.readouterr()
-    assert main(["list"]) == 0
-    assert capsys.readouterr().err == "Warning: from \\x1b[2J the index\n"
+    result = cli("list")
+    assert result.exit_code == 0
+    assert result.stderr == "Warning: from \\x1b[2J the index\n"
 
 
 # --- the consoles and JSON writers ---------------------------------------------------------------

@@ -289,13 +289,14 @@ def test_images_and_token_checked_first(models: dict[str, Path], tmp_path: Path)
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 12))
 
 
-def test_a_training_image_that_is_no_image_is_refused_before_anything_loads(models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_training_image_that_is_no_image_is_refused_before_anything_loads(cli: Any, models: dict[str, Path], tmp_path: Path) -> None:
     images = _make_images(tmp_path / "imgs", 1)
     (images / "zz-evil.png").write_bytes(b"#!/bin/sh\nrm -rf ~\n")
     run = tmp_path / "run"
     args = ["train", "-m", str(models["sd1"]), "-i", str(images), "--token", "<x>", "--resolution", "32", "--out", str(run)]
-    assert _cli(args) == 2
-    assert capsys.readouterr().err == (
+    result = cli(*args)
+    assert result.exit_code == 2
+    assert result.stderr == (
         f"Error: {images / 'zz-evil.png'}: is not an image, though named .png: it holds a script "
         "(hint: remove it from the training images)\n"
     )
@@ -314,14 +315,15 @@ def _images_the_library_does_not_keep(folder: Path, *, tiff: bool = True) -> Pat
     return folder
 
 
-def test_training_images_the_library_does_not_keep_are_warnings(models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_training_images_the_library_does_not_keep_are_warnings(cli: Any, models: dict[str, Path], tmp_path: Path) -> None:
     from conceptlib.library import Library
 
     images = _images_the_library_does_not_keep(tmp_path / "imgs")
     args = ["train", "-m", str(models["sd1"]), "-i", str(images), "--token", "<kept>", "--init-word", "toy",
             "--steps", "1", "--resolution", "32", "--save-every", "0", "--name", "kept", "--out", str(tmp_path / "run")]  # fmt: skip
-    assert _cli(args) == 0
-    err = capsys.readouterr().err.splitlines()
+    result = cli(*args)
+    assert result.exit_code == 0
+    err = result.stderr.splitlines()
     assert "Warning: 002-toy.tif is trained on but not kept with the concept: the library keeps only .png, .jpg, .jpeg, .webp, .gif, .bmp images" in err
     assert "Warning: 003-toy.png is trained on but not kept with the concept: is named .png but holds a JPEG image" in err
     with Library.open() as lib:
@@ -350,14 +352,15 @@ def test_tokens_with_backslashes_and_path_settings(models: dict[str, Path], imag
     assert load_checkpoint(run.out / "checkpoint.safetensors")["config"]["out"] == str(tmp_path / "paths")
 
 
-def test_cli_refuses_a_model_folder_of_configs_alone(models: dict[str, Path], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_a_model_folder_of_configs_alone(cli: Any, models: dict[str, Path], images: Path, tmp_path: Path) -> None:
     """A downloaded folder of configs (no weights) fails in one line before the run folder exists."""
     configs = tmp_path / "configs-only"
     shutil.copytree(models["sd1"], configs, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     run = tmp_path / "run"
     args = ["train", "-m", str(configs), "-i", str(images), "--token", "<x>", "--no-add", "--out", str(run)]
-    assert _cli(args) == 2
-    err = capsys.readouterr().err
+    result = cli(*args)
+    assert result.exit_code == 2
+    err = result.stderr
     assert err.splitlines() == [
         f"Error: {configs.resolve()}: has configs but no weights (no weight files in unet, vae, text_encoder) "
         "(hint: download the weight files into it (e.g. unet/diffusion_pytorch_model.safetensors, "
@@ -470,7 +473,7 @@ def test_ctrl_c_keeps_the_checkpoint_and_resume_checks_the_run(models: dict[str,
         _train(_config(models["sd1"], changed, tmp_path / "c", resume=True, **settings))
 
 
-def test_cli_ctrl_c_says_where_to_resume(models: dict[str, Path], images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_ctrl_c_says_where_to_resume(cli: Any, models: dict[str, Path], images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import conceptlib.train
 
     checkpoint = tmp_path / "run" / "checkpoint.safetensors"
@@ -480,8 +483,9 @@ def test_cli_ctrl_c_says_where_to_resume(models: dict[str, Path], images: Path, 
 
     monkeypatch.setattr(conceptlib.train, "train", interrupted)
     args = ["train", "-m", str(models["sd1"]), "-i", str(images), "--token", "<x>", "--no-add", "--out", str(tmp_path / "run")]
-    assert _cli(args) == 130
-    assert capsys.readouterr().err.splitlines()[-1] == (
+    result = cli(*args)
+    assert result.exit_code == 130
+    assert result.stderr.splitlines()[-1] == (
         f"Error: training interrupted at step 61; the checkpoint of step 60 is kept in {checkpoint} "
         "(hint: rerun the same command with --resume to continue from it)"
     )
@@ -503,19 +507,20 @@ def test_resuming_a_run_that_added_its_concept_updates_it(models: dict[str, Path
         assert lib.embedding("toy").same_vectors(more.embedding)
 
 
-def test_cli_resume_says_updated_and_which_steps_ran(models: dict[str, Path], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_resume_says_updated_and_which_steps_ran(cli: Any, models: dict[str, Path], images: Path, tmp_path: Path) -> None:
     base = ["train", "-m", str(models["sd1"]), "-i", str(images), "--token", "<toy>", "--init-word", "watermark",
             "--resolution", "32", "--lr", "0.02", "--save-every", "2", "--name", "toy", "--out", str(tmp_path / "run")]  # fmt: skip
-    assert _cli([*base, "--steps", "2"]) == 0
-    first = capsys.readouterr()
-    assert first.out == "added      toy  (<toy>, SD 1.x, 1 vector)\n"
-    assert re.search(r"^Trained 2 steps \(", first.err, re.M), first.err
-    assert _cli([*base, "--steps", "4", "--resume"]) == 0
-    more = capsys.readouterr()
-    assert more.out == "updated    toy  (<toy>, SD 1.x, 1 vector)\n"
-    assert re.search(r"^Trained steps 3-4 of 4 \(resumed from step 2; [0-9.]+ s/step\); evaluation loss ", more.err, re.M), more.err
-    assert _cli([*base, "--steps", "5", "--resume", "--json"]) == 0
-    again = json.loads(capsys.readouterr().out)
+    first = cli(*base, "--steps", "2")
+    assert first.exit_code == 0
+    assert first.stdout == "added      toy  (<toy>, SD 1.x, 1 vector)\n"
+    assert re.search(r"^Trained 2 steps \(", first.stderr, re.M), first.stderr
+    more = cli(*base, "--steps", "4", "--resume")
+    assert more.exit_code == 0
+    assert more.stdout == "updated    toy  (<toy>, SD 1.x, 1 vector)\n"
+    assert re.search(r"^Trained steps 3-4 of 4 \(resumed from step 2; [0-9.]+ s/step\); evaluation loss ", more.stderr, re.M), more.stderr
+    last = cli(*base, "--steps", "5", "--resume", "--json")
+    assert last.exit_code == 0
+    again = json.loads(last.stdout)
     assert (again["concept"], again["library_action"], again["steps"], again["resumed_from"]) == ("toy", "updated", 5, 4)
 
 
@@ -837,7 +842,7 @@ def test_sdxl_trains_both_encoders(sdxl: Path, images: Path, tmp_path: Path) -> 
         lib.close()
 
 
-def test_cli_templates_and_sidecar_captions(models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_templates_and_sidecar_captions(cli: Any, models: dict[str, Path], tmp_path: Path) -> None:
     images = _make_images(tmp_path / "imgs", 2)
     for i, png in enumerate(sorted(images.glob("*.png"))):
         # The first caption is too long: the token after it falls outside CLIP's context.
@@ -849,20 +854,19 @@ def test_cli_templates_and_sidecar_captions(models: dict[str, Path], tmp_path: P
         "--init-word", "toy", "--steps", "2", "--resolution", "32", "--templates", str(templates),
         "--captions", "sidecar", "--shuffle-tags", "--save-every", "0", "--out", str(tmp_path / "run"), "--json",
     ]  # fmt: skip
-    code = _cli(args)
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    data = json.loads(captured.out)
+    result = cli(*args)
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
     assert data["concept"] == "cli-toy" and data["steps"] == 2 and data["vectors"] == 1
     assert data["device"] == "cpu"  # the default everywhere, GPU or not (style guide: CPU unless --device)
     assert Path(data["embedding_path"]).is_file()
     assert any("loses the token" in w for w in data["warnings"])
-    code = _cli([*args[:-3], "--out", str(tmp_path / "run3"), "--tag-dropout", "1"])
-    err = capsys.readouterr().err
-    assert code == 2 and "--tag-dropout: must be a number from 0 up to (not including) 1, got 1" in err and "Traceback" not in err
+    result = cli(*args[:-3], "--out", str(tmp_path / "run3"), "--tag-dropout", "1")
+    err = result.stderr
+    assert result.exit_code == 2 and "--tag-dropout: must be a number from 0 up to (not including) 1, got 1" in err and "Traceback" not in err
     (images / "001-red striped toy.txt").unlink()
-    code = _cli([*args[:-3], "--out", str(tmp_path / "run2"), "--no-add"])
-    assert code == 2 and "001-red striped toy.txt" in capsys.readouterr().err
+    result = cli(*args[:-3], "--out", str(tmp_path / "run2"), "--no-add")
+    assert result.exit_code == 2 and "001-red striped toy.txt" in result.stderr
 
 
 def test_tag_options_vary_only_the_captions(models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -896,32 +900,6 @@ def test_tag_options_vary_only_the_captions(models: dict[str, Path], tmp_path: P
     captions = [p.split("|")[0].strip() for p in varied]
     assert len(varied) == 6 and len(set(captions)) >= 3
     assert all(set(c.split(", ")) <= {"red", "striped", "toy", "plush", "soft"} for c in captions if c)
-
-
-def _cli(args: list[str]) -> int:
-    """Run the CLI: through the app once cli/app.py registers train, else a fresh Typer app."""
-    from conceptlib.cli import app as app_module
-
-    registered = any(getattr(c, "name", None) == "train" for c in app_module.app.registered_commands)
-    if registered:
-        return app_module.main(args)
-    import typer
-
-    from conceptlib.cli.train import register
-
-    original = app_module.app
-    app = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
-
-    @app.callback()
-    def _root() -> None:
-        """Test app."""
-
-    register(app)
-    app_module.app = app
-    try:
-        return app_module.main(args)
-    finally:
-        app_module.app = original
 
 
 def test_resume_names_the_schedule_when_it_ends_the_run(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
@@ -966,7 +944,7 @@ def test_resume_refuses_other_weights_or_prompts_and_accepts_the_same_run_spelt_
 
 
 def test_a_run_whose_library_add_failed_is_finished_by_resume(
-    models: dict[str, Path], images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cli: Any, models: dict[str, Path], images: Path, tmp_path: Path
 ) -> None:
     from conceptlib.errors import DuplicateConceptError
     from conceptlib.library import Library
@@ -983,10 +961,10 @@ def test_a_run_whose_library_add_failed_is_finished_by_resume(
         lib.remove([first.concept.name])
     args = ["train", "-m", str(models["sd1"]), "-i", str(images), "--token", "<two>", "--init-word", "watermark",
             "--steps", "2", "--resolution", "32", "--lr", "0.02", "--save-every", "0", "--out", str(tmp_path / "two"), "--resume"]  # fmt: skip
-    assert _cli(args) == 0
-    captured = capsys.readouterr()
-    assert captured.out.startswith("added      two  (<two>, SD 1.x, 1 vector)")
-    assert "Finished the run at step 2 (nothing left to train)" in captured.err
+    result = cli(*args)
+    assert result.exit_code == 0
+    assert result.stdout.startswith("added      two  (<two>, SD 1.x, 1 vector)")
+    assert "Finished the run at step 2 (nothing left to train)" in result.stderr
     # Finished and in the library: nothing is left to do.
     with pytest.raises(UsageError, match="nothing to train"):
         _train(_config(models["sd1"], images, tmp_path / "two", token="<two>", resume=True, **settings))
