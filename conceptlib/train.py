@@ -1515,6 +1515,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     scaler = torch.amp.GradScaler(device.type) if config.mixed_precision == "fp16" else None
 
     # ---- 10. Resume, or refuse to overwrite another run's checkpoint. ----------------------------
+    # The loss "before training" is measured after it, on these vectors put back for a moment:
+    # the same fixed batch gives the same number, and the first step no longer waits for it
+    # (32 forward passes, seconds on SD-sized models).
+    initial = {k: v.detach().clone() for k, v in vectors.items()}
     losses: list[float] = []
     start_step = 0
     state: dict[str, Any] = {}
@@ -1528,6 +1532,8 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         with torch.no_grad():
             for key, param in vectors.items():
                 param.copy_(state["vectors"][key])
+        # The run's own starting vectors (checkpoints from before they were kept hold the loss).
+        initial = state.get("initial_vectors") or initial
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         if scaler is not None and state.get("scaler"):
@@ -1743,6 +1749,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
             "images": images_digest,
             "prompts": prompts_digest,
             "eval_loss_start": eval_loss_start,
+            "initial_vectors": {k: v.detach() for k, v in initial.items()},
         }
         _save_checkpoint(checkpoint_path, state)
         saved_steps.append(step)
@@ -1772,9 +1779,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         )
 
     # ---- 12. Train. ---------------------------------------------------------------------------------
-    # After a resume, "before training" is still the loss before the run's first step.
+    # After a resume, "before training" is still the loss before the run's first step: saved
+    # by an older checkpoint, else measured at the end on the run's initial vectors.
     saved_start = state.get("eval_loss_start") if config.resume else None
-    eval_loss_start = float(saved_start) if saved_start is not None else evaluation_loss()
+    eval_loss_start: float | None = float(saved_start) if saved_start is not None else None
     if main_process and config.preview_every and start_step == 0:
         preview(0)
     elif config.preview_every:
@@ -1840,6 +1848,14 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     seconds_per_step = (time.perf_counter() - loop_started) / steps_run if steps_run else 0.0
     peak_memory = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     eval_loss_end = evaluation_loss()
+    if eval_loss_start is None:
+        trained = {k: v.detach().clone() for k, v in vectors.items()}
+        with torch.no_grad():
+            for key, param in vectors.items():
+                param.copy_(initial[key])
+            eval_loss_start = evaluation_loss()
+            for key, param in vectors.items():
+                param.copy_(trained[key])
     barrier()
 
     # ---- 13. Results: the concept file, plots, the library entry. --------------------------------

@@ -30,6 +30,7 @@ from conceptlib.train import (
     _generator,
     _load_image,
     _resume_differences,
+    _save_checkpoint,
     _splice,
     _vary_tags,
     load_checkpoint,
@@ -442,6 +443,58 @@ def test_resume_is_bit_identical(models: dict[str, Path], images: Path, tmp_path
     assert resumed.resumed_from == 4 and resumed.steps == 6
     assert resumed.embedding.vectors["clip_l"].tobytes() == whole.embedding.vectors["clip_l"].tobytes()
     assert resumed.losses == whole.losses
+
+
+def test_the_first_step_waits_for_no_evaluation(models: dict[str, Path], images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers import UNet2DConditionModel
+
+    forward = UNet2DConditionModel.forward
+    calls: list[int] = []
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", counted)
+    before_first_step: list[int] = []
+    result = _train(
+        _config(models["sd1"], images, tmp_path / "run", steps=2, batch_size=3),
+        progress=lambda step, total, loss: before_first_step.append(len(calls)) if loss is None else None,
+    )
+    # No UNet pass before the first step: the "before" loss is measured after training, on the
+    # initial vectors put back (3 images x 4 timesteps in batches of 3, twice, plus 2 steps).
+    assert before_first_step == [0]
+    assert len(calls) == 2 + 2 * 4
+    assert result.eval_loss_end < result.eval_loss_start
+
+
+def test_the_start_loss_is_the_initial_vectors_loss(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
+    # A learning rate too small to move a float32 vector: the vectors end where they began, so
+    # the loss measured on the put-back initial vectors is the end loss, to the bit.
+    still = _train(_config(models["sd1"], images, tmp_path / "still", steps=2, lr=1e-30))
+    assert still.eval_loss_start == still.eval_loss_end
+    moved = _train(_config(models["sd1"], images, tmp_path / "moved", steps=2))
+    assert moved.eval_loss_start == still.eval_loss_start and moved.eval_loss_end != moved.eval_loss_start
+
+
+def test_a_checkpoint_from_before_the_initial_vectors_were_kept(models: dict[str, Path], images: Path, tmp_path: Path) -> None:
+    settings = dict(steps=4, save_every=2)
+
+    def ctrl_c_at_3(step: int, total: int, loss: float | None) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        _train(_config(models["sd1"], images, tmp_path / "run", **settings), progress=ctrl_c_at_3)
+    path = tmp_path / "run" / "checkpoint.safetensors"
+    state = load_checkpoint(path)
+    assert set(state["initial_vectors"]) == {"clip_l"} and state["eval_loss_start"] is None
+    # Written by an earlier conceptlib: the loss before training, no initial vectors.
+    del state["initial_vectors"]
+    state["eval_loss_start"] = 1.25
+    _save_checkpoint(path, state)
+    resumed = _train(_config(models["sd1"], images, tmp_path / "run", resume=True, **settings))
+    assert resumed.eval_loss_start == 1.25 and resumed.steps == 4
 
 
 def test_ctrl_c_keeps_the_checkpoint_and_resume_checks_the_run(models: dict[str, Path], images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -885,9 +938,10 @@ def test_tag_options_vary_only_the_captions(models: dict[str, Path], tmp_path: P
         made.clear()
         result = _train(_config(models["sd1"], images, tmp_path / label, steps=6, templates=str(templates), captions="sidecar", **kw))
         # Without tag options every prompt (2 templates x 2 images) is listed once up front, for
-        # the precomputed projections; the evaluation batch (2 images x 4) comes before and after.
-        first = 4 + 8 if label == "plain" else 8
-        runs[label], losses[label] = made[first:-8], result.losses
+        # the precomputed projections; the evaluation batch (2 images x 4) is made twice after
+        # training (the end loss, then the start loss on the initial vectors).
+        first = 4 if label == "plain" else 0
+        runs[label], losses[label] = made[first:-16], result.losses
     # The tag draws come from a stream of their own: drawn but not applied, the run is the plain one.
     vary = train_module._vary_tags
     monkeypatch.setattr(train_module, "_vary_tags", lambda c, g, **kw: (vary(c, g, **kw), c)[1])
