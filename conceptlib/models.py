@@ -33,6 +33,7 @@ import os
 import re
 import struct
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -733,16 +734,25 @@ def _hash_file(path: Path) -> dict[str, str]:
             is_safetensors = n <= _SAFETENSORS_MAX_HEADER
             payload_start = 8 + n
         handle.seek(0)
-        # One pass over a multi-GB file feeds all three digests.
-        for block in iter(lambda: handle.read(_HASH_CHUNK), b""):
-            full.update(block)
-            end = offset + len(block)
-            view = memoryview(block)  # slices without copying the megabyte
-            if is_safetensors and end > payload_start:
-                payload.update(view[max(0, payload_start - offset) :])
-            if end > lo and offset < hi:
-                legacy.update(view[max(0, lo - offset) : hi - offset])
-            offset = end
+        # One pass over a multi-GB file feeds all three digests. The addnet digest is a second
+        # sha256 over nearly the same bytes: it runs in a thread beside the first (hashlib lets
+        # go of the GIL for large updates), so the pass costs one sha256 of wall time, not two.
+        with ThreadPoolExecutor(max_workers=1) as beside:
+            pending: Future[None] | None = None
+            for block in iter(lambda: handle.read(_HASH_CHUNK), b""):
+                end = offset + len(block)
+                view = memoryview(block)  # slices without copying the megabyte
+                if pending is not None:
+                    pending.result()
+                    pending = None
+                if is_safetensors and end > payload_start:
+                    pending = beside.submit(payload.update, view[max(0, payload_start - offset) :])
+                full.update(block)
+                if end > lo and offset < hi:
+                    legacy.update(view[max(0, lo - offset) : hi - offset])
+                offset = end
+            if pending is not None:
+                pending.result()
     digest = full.hexdigest()
     out = {"sha256": digest, "autov2": digest[:10], "autov1": legacy.hexdigest()[:8]}
     if is_safetensors:
