@@ -61,9 +61,13 @@ def _usage_line(exc: Exception) -> str:
         # "Invalid value for '--steps': Input should be ..." -> "--steps: input should be ..."
         reason = message.split(": ", 1)[1]
         message = f"{opts[0]}: {reason[:1].lower()}{reason[1:]}"
-    # The root's name is however Python was started (`python -m conceptlib`, a test runner).
+    # The root's name is however Python was started (`python -m conceptlib`, a test runner),
+    # several words long: the subcommands are the names of the contexts below the root.
     ctx = getattr(exc, "ctx", None)
-    subcommands = (getattr(ctx, "command_path", None) or "").split(" ")[1:]
+    subcommands: list[str] = []
+    while ctx is not None and getattr(ctx, "parent", None) is not None:
+        subcommands.insert(0, str(ctx.info_name))
+        ctx = ctx.parent
     return one_line("Error:", message, f"see `{' '.join(['conceptlib', *subcommands])} --help`")
 
 

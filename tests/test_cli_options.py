@@ -9,6 +9,8 @@ error boundary (``app.main``), and name the option first.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +177,11 @@ def test_preview_checks_its_settings_through_the_python_api(tmp_path: Path, sett
     # Before any work: not even the earlier summary is removed, and no library is created.
     assert (out / "preview.md").read_text() == "an earlier run's summary"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pv"]
+
+
+def test_the_hint_names_the_command_however_python_was_started() -> None:
+    # `python -m conceptlib` makes Click's root name three words; the hint names the command.
+    for argv, command in ((["pull", "--limit", "-1", "x"], "conceptlib pull"), (["models", "add", "m", "--jobs", "3"], "conceptlib models add")):
+        done = subprocess.run([sys.executable, "-m", "conceptlib", *argv], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.endswith(f"(hint: see `{command} --help`)\n"), done.stderr
