@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from conceptlib._terminal import printable
-from conceptlib.cli._options import ForceOpt, JsonOpt, StrictOpt, TokenOpt
+from conceptlib.cli._options import ForceOpt, HomeOpt, JsonOpt, StrictOpt, TokenOpt
 from conceptlib.cli._output import err, out, print_json, warn
 
 #: Longest metadata value `inspect` shows (the full text is in --json).
@@ -79,23 +79,99 @@ def _show(info: dict[str, Any]) -> None:
         out.print(f"  {label:<13} {value}", markup=False)
 
 
+def _library_file(target: Path, home: Path | None) -> Path:
+    """``target`` itself when it exists; a library concept's embedding file when it names one."""
+    from conceptlib.slug import is_slug
+
+    if target.exists() or target.is_symlink() or not is_slug(str(target)):
+        return target
+    from conceptlib.library import Library
+
+    library = Library.open(home)
+    try:
+        if not library.has(str(target)):
+            return target  # read as a path: "no such file" names it
+        concept = library.show(str(target))
+    finally:
+        library.close()
+    return concept.embedding_path or target
+
+
+def _show_analysis(report: dict[str, Any], explained: bool) -> None:
+    for key, data in report["encoders"].items():
+        vocab = data["vocabulary"]
+        out.print(f"  against {printable(report['model'])} ({key}, {vocab['size']:,} tokens; norm median {vocab['norm_median']}, 99th percentile {vocab['norm_p99']})", markup=False)
+        for i, row in enumerate(data["vectors"]):
+            words = ", ".join(f"{printable(n['word'], 40)} {n['cosine']:.2f}" for n in row["neighbors"])
+            out.print(f"    vector {i:<3} |v| {row['norm']:.4f} ({row['norm_percentile']:.0f}th pct)  min {row['min']:.4f} max {row['max']:.4f} std {row['std']:.4f}", markup=False)
+            if words:
+                out.print(f"      nearest: {words}", markup=False)
+            if explained:
+                terms = row["explanation"]["terms"]
+                text = " + ".join(f"{t['weight']:.2f} × {printable(t['word'], 40)}" for t in terms) or "nothing"
+                out.print(f"      ≈ {text} (residual {row['explanation']['residual']:.2f})", markup=False)
+        if data["mean"]["neighbors"]:
+            words = ", ".join(f"{printable(n['word'], 40)} {n['cosine']:.2f}" for n in data["mean"]["neighbors"])
+            out.print(f"    mean       |v| {data['mean']['norm']:.4f}  nearest: {words}", markup=False)
+
+
 def inspect(
-    files: Annotated[list[Path], typer.Argument(help="Embedding files or concept folders.", show_default=False)],
+    files: Annotated[list[Path], typer.Argument(help="Embedding files, concept folders or library concept names.", show_default=False)],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Read the vectors against this model's vocabulary (a diffusers folder, a checkpoint or a registered name).", show_default=False),
+    ] = None,
+    neighbors: Annotated[int, typer.Option("--neighbors", help="With --model: nearest vocabulary tokens per vector, 0 to 1000.")] = 10,
+    explain_: Annotated[bool, typer.Option("--explain", help="With --model: the few vocabulary tokens whose weighted sum best reproduces each vector.")] = False,
+    terms: Annotated[int, typer.Option("--terms", help="Tokens per --explain, 1 to 32.")] = 4,
+    plot: Annotated[Path | None, typer.Option("--plot", help="With --model: also draw norms, values and nearest words to this PNG.", show_default=False)] = None,
+    home: HomeOpt = None,
     json_: JsonOpt = False,
     strict: StrictOpt = False,
 ) -> None:
     """Show format, token, vectors, family, metadata and hashes of embedding files.
 
+    With --model, each vector is also read against the model's vocabulary: its norm beside the
+    vocabulary's, its nearest tokens, and with --explain the tokens that reproduce it.
+
     Example: conceptlib inspect EasyNegative.safetensors learned_embeds.bin
+
+    Example: conceptlib inspect cat-toy --model sd15 --explain --plot cat-toy.png
     """
+    from conceptlib.analysis import MAX_NEIGHBORS, MAX_TERMS
     from conceptlib.cli._errors import render_error
-    from conceptlib.errors import ConceptlibError
+    from conceptlib.errors import ConceptlibError, UsageError
+    from conceptlib.render import check_range
+
+    check_range("--neighbors", neighbors, 0, MAX_NEIGHBORS)
+    check_range("--terms", terms, 1, MAX_TERMS)
+    if model is None and (explain_ or plot is not None):
+        raise UsageError(f"{'--explain' if explain_ else '--plot'} reads the vectors against a model's vocabulary", hint="pass --model (a diffusers folder, a checkpoint or a registered name)")
+    if plot is not None and len(files) > 1:
+        raise UsageError("--plot draws one concept: give one file or name")
+    described = None
+    if model is not None:
+        from conceptlib.analysis import check_model
+        from conceptlib.models import resolve_model
+
+        described = resolve_model(model, home=home, hash_files=False)
+        check_model(described)
 
     results: list[dict[str, Any]] = []
     failed = 0
     for i, path in enumerate(files):
         try:
+            path = _library_file(path, home)
             info = inspect_path(path, strict)
+            if described is not None:
+                from conceptlib.analysis import analyse
+                from conceptlib.analysis import plot as draw
+                from conceptlib.formats import read
+
+                emb = read(path, strict=strict)
+                info["analysis"] = analyse(emb, described, neighbors=neighbors, terms=terms if explain_ else 0, home=home)
+                if plot is not None:
+                    info["plot"] = str(draw(info["analysis"], emb, plot))
         except (ConceptlibError, OSError) as exc:
             failed += 1
             message, _code = render_error(exc)
@@ -109,6 +185,10 @@ def inspect(
             if i:
                 out.print()
             _show(info)
+            if "analysis" in info:
+                _show_analysis(info["analysis"], explain_)
+            if info.get("plot"):
+                err.print(f"Plot: {printable(info['plot'], None)}", markup=False)
     if json_:
         print_json(results)
     if failed:

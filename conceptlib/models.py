@@ -85,6 +85,8 @@ __all__ = [
     "read_model",
     "require_weights",
     "resolve_model",
+    "token_matrix",
+    "tokens_by_id",
 ]
 
 #: Tokens a CLIP text encoder sees, BOS and EOS included.
@@ -644,6 +646,82 @@ def _described(path: Path, cache: _Caches) -> tuple[ModelInfo, list[Path]]:
 #: The diffusers components conceptlib's pipelines load weights for (tokenizers, schedulers and
 #: safety checkers have none, or are not loaded).
 _WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+def token_matrix(model: ModelInfo, key: str) -> Tensor:
+    """An encoder's token-embedding matrix, read straight from the model's weight file.
+
+    Only that tensor is read (a seek into a safetensors file; a pickle goes through the
+    allowlist reader); no model is built and torch is not needed.
+
+    Args:
+        model: a diffusers folder or a single-file checkpoint.
+        key: the encoder (``clip_l``, ``clip_h``, ``clip_g``).
+
+    Returns:
+        The ``[vocab, width]`` matrix in its stored dtype.
+
+    Raises:
+        UsageError: a family name (no weights), an encoder the model does not have, or a model
+            whose files hold no text-encoder weights.
+    """
+    enc = model.encoder(key)
+    if enc is None:
+        raise UsageError(f"{model.display_name} has no {key} encoder (it has {', '.join(model.encoder_keys)})")
+    if model.kind not in ("diffusers", "checkpoint") or not model.path:
+        raise UsageError(
+            f"{model.display_name} is a family name: it has no weights to read the vocabulary's vectors from",
+            hint="pass a diffusers folder or a .safetensors checkpoint with --model (or a model registered with `conceptlib models add`)",
+        )
+    root = Path(model.path)
+    matrix: Tensor | None = None
+    if model.kind == "diffusers":
+        weights = _text_encoder_weights(root / (enc.component or "text_encoder"))
+        matrix = _token_matrix(weights, _DIFFUSERS_TOKEN_KEYS) if weights is not None else None
+    elif enc.component:
+        matrix = _token_matrix(root, (f"{enc.component}.token_embedding.weight",))
+    if matrix is None:
+        raise UsageError("holds no text-encoder weights: the vocabulary's vectors are unknown", path=root)
+    if matrix.ndim != 2 or matrix.shape[1] != enc.width:
+        raise CorruptFileError(f"token embedding has shape {list(matrix.shape)}, the config says width {enc.width}", path=root)
+    return matrix
+
+
+def tokens_by_id(model: ModelInfo, key: str, *, home: str | os.PathLike[str] | None = None) -> list[str] | None:
+    """The encoder's vocabulary in id order (``tokens[i]`` is row ``i`` of :func:`token_matrix`).
+
+    From the model's tokenizer folder, else the registry's stored copy of its vocabulary (every
+    SD 1.x/2.x/XL tokenizer shares the standard CLIP one, which single files lack). Added tokens
+    follow the BPE entries, as the tokenizer numbers them.
+
+    Returns:
+        The token strings, or None when no vocabulary is at hand.
+    """
+    enc = model.encoder(key)
+    if enc is None:
+        return None
+    tok = enc.tokenizer
+    vocab: dict[str, int] | None = None
+    if tok is not None and tok.path:
+        folder = Path(tok.path)
+        for name in ("vocab.json", "tokenizer.json"):
+            if (folder / name).is_file():
+                vocab = _read_vocab(folder / name)
+                break
+    if vocab is None:
+        stored = _stored_vocab_path(tok.vocab_hash if tok is not None else STANDARD_CLIP_VOCAB, home)
+        if stored.is_file():
+            vocab = _read_vocab(stored)
+    if vocab is None:
+        return None
+    top = max(vocab.values(), default=-1)
+    if top >= 2 * len(vocab) + 1024:  # ids number the matrix rows: a list that long is no vocabulary
+        raise CorruptFileError(f"vocabulary ids run to {top} for {len(vocab)} tokens", path=tok.path if tok is not None else None)
+    tokens = [""] * (top + 1)
+    for token, index in vocab.items():
+        if 0 <= index < len(tokens):
+            tokens[index] = token
+    return tokens + list(tok.added_tokens if tok is not None else [])
 
 
 def require_weights(model: ModelInfo) -> None:

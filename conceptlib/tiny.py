@@ -90,6 +90,17 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for c in chars]
 
 
+def byte_decoder() -> dict[str, int]:
+    """The inverse of CLIP/GPT-2's byte table: a vocabulary character -> the byte it stands for.
+
+    A token such as ``Ã©`` is the two bytes of ``é``; decoding a token's characters through this
+    table and the bytes as UTF-8 gives the text it covers.
+    """
+    printable_bytes = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    order = printable_bytes + [b for b in range(256) if b not in printable_bytes]
+    return dict(zip(_bytes_to_unicode(), order, strict=True))
+
+
 def _train_bpe(words: tuple[str, ...]) -> list[tuple[str, str]]:
     """Learn merges until every word in ``words`` is one symbol.
 
