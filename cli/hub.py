@@ -51,6 +51,8 @@ def _show_pull(result: PullResult) -> None:
     for path, reason in result.skipped.items():
         # The repository's owner chose these names: escaped.
         err.print(f"  skipped {printable(path, None)}: {printable(reason, None)}", markup=False)
+    for existing, score in result.near_duplicates.items():
+        err.print(f"  {result.name}: near-duplicate of {existing} ({score:.2f})", markup=False)
     if result.status == "updated" and result.previous_content_hash and result.previous_content_hash != result.content_hash:
         err.print(
             f"  {result.name}: vectors changed ({result.previous_content_hash[:12]} → {(result.content_hash or '')[:12]}); "

@@ -99,6 +99,7 @@ def add(
             *(f"added      {c.name}  ({printable(c.token)}, {c.family_label}, {_plural(c.vectors, 'vector')})" for c in report.added),
             *(f"duplicate  {printable(d.path, None)}  (same vectors as {d.existing})" for d in report.duplicates),
             *(f"rejected   {printable(r.path, None)}: {printable(r.reason, None)}" for r in report.rejected),
+            *(f"near-dup   {n.name}  (near-duplicate of {n.existing} ({n.score:.2f}))" for n in report.near_duplicates),
             *skipped_lines,
         ]
         _write(lines)
@@ -109,6 +110,61 @@ def add(
         )
     if report.rejected:
         raise typer.Exit(2)
+
+
+# --- similar and near-duplicate concepts ----------------------------------------------------
+
+
+def similar(
+    name: ConceptArg,
+    top: Annotated[int, typer.Option("--top", help="How many to list, 1 to 1000.")] = 10,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """List the concepts of the same family most like NAME, with their scores.
+
+    The score is the symmetric best-match cosine of the two vector sets: 1.00 is the same
+    directions (whatever the vectors' order, count or dtype), about 0 unrelated.
+
+    Example: conceptlib similar cat-toy --top 5
+    """
+    from conceptlib.render import check_range
+
+    check_range("--top", top, 1, 1000)
+    matches = _library(home).similar(name, top=top)
+    if json_:
+        print_json([m.to_dict() for m in matches])
+        return
+    _write([f"{m.score:.4f}  {m.name}" for m in matches])
+    info(f"{_plural(len(matches), 'concept')} like {name}." if matches else f"No other concept of {name}'s family.")
+
+
+def dedupe(
+    threshold: Annotated[float, typer.Option("--threshold", help="Least score that makes two concepts near-duplicates, 0 to 1.")] = 0.95,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Find groups of near-duplicate concepts: re-uploads under other names, fp16 copies, other training steps.
+
+    Exact duplicates never enter the library (the content hash refuses them); this finds
+    concepts whose vectors are close without being the same. Nothing is removed.
+
+    Example: conceptlib dedupe --threshold 0.9
+    """
+    from conceptlib.render import check_range
+
+    check_range("--threshold", threshold, 0.0, 1.0)
+    groups = _library(home).near_duplicates(threshold=threshold)
+    if json_:
+        print_json([[m.to_dict() for m in group] for group in groups])
+        return
+    lines = []
+    for i, group in enumerate(groups):
+        if i:
+            lines.append("")
+        lines += [f"{m.score:.4f}  {m.name}" for m in group]
+    _write(lines)
+    info(f"{_plural(len(groups), 'group')} of near-duplicates at {threshold:g}." if groups else f"No near-duplicates at {threshold:g}.")
 
 
 # --- queries -----------------------------------------------------------------------------------
@@ -328,3 +384,5 @@ def register(app: typer.Typer) -> None:
     app.command("export")(export)
     app.command("reindex")(reindex)
     app.command("verify")(verify)
+    app.command("similar")(similar)
+    app.command("dedupe")(dedupe)

@@ -509,6 +509,8 @@ class PullResult:
         url: the repository at that commit.
         skipped: path → reason of the repository's files left out: images that are not what
             they claim or too large, paths that could lead out of a local folder.
+        near_duplicates: concept name → score of the library concepts a newly added concept is
+            close to without being the same (``add``'s near-duplicate report).
     """
 
     repo_id: str
@@ -522,6 +524,7 @@ class PullResult:
     files: dict[str, str] = field(default_factory=dict)
     url: str | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+    near_duplicates: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (what ``conceptlib pull --json`` prints)."""
@@ -537,6 +540,7 @@ class PullResult:
             "files": dict(self.files),
             "url": self.url,
             "skipped": [{"path": path, "reason": reason} for path, reason in self.skipped.items()],
+            "near_duplicates": [{"existing": name, "score": round(score, 4)} for name, score in self.near_duplicates.items()],
         }
 
 
@@ -653,8 +657,9 @@ def pull(
             provenance["picked"] = True  # later pulls take this file again without --file
         metadata = _concept_metadata(emb, fetched)
         with _LIBRARY_LOCK:
+            near: dict[str, float] = {}
             if existing is None:
-                concept = library.add(
+                report = library.add(
                     read_from,
                     name=target,
                     token=token or emb.token,
@@ -663,7 +668,9 @@ def pull(
                     license=metadata.get("license"),
                     source=provenance,
                     metadata=metadata,
-                ).one()
+                )
+                concept = report.one()
+                near = {n.existing: n.score for n in report.near_duplicates}
                 status: PullStatus = "added"
             else:
                 concept = library.update(
@@ -691,6 +698,7 @@ def pull(
         files=dict(fetched.sha256),
         url=provenance["url"],
         skipped=dict([*fetched.layout.skipped, *left_out]),
+        near_duplicates=near,
     )
 
 

@@ -209,6 +209,29 @@ CREATE INDEX ix_concepts_family_token_lower ON concepts (family, lower(token))
     )
 
 
+@migration
+def m005_signatures(conn: Connection) -> None:
+    """A signature per concept and encoder, for ``similar``, ``dedupe`` and near-duplicate reports.
+
+    The unit mean of the concept's unit vectors (:mod:`conceptlib.similarity`), as float32
+    bytes, with the content hash it was computed from: a signature whose hash is not the
+    concept's is stale and ignored. Rows are filled when first needed, so an existing library
+    migrates in an instant; they go with their concept (and with a re-index, which rebuilds).
+    """
+    _run(
+        conn,
+        """
+CREATE TABLE signatures (
+    concept_id INTEGER NOT NULL REFERENCES concepts (id) ON DELETE CASCADE,
+    encoder TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (concept_id, encoder)
+)
+""",
+    )
+
+
 def applied(conn: Connection) -> set[str]:
     """Names of the migrations recorded in the database."""
     return {row[0] for row in conn.exec_driver_sql(f"SELECT name FROM {RECORD_TABLE}")}

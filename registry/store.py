@@ -64,6 +64,12 @@ _SQL_LIKE = f"""SELECT {_SUMMARY_COLUMNS} FROM concepts c
        OR EXISTS (SELECT 1 FROM tags t WHERE t.concept_id = c.id AND t.tag LIKE :pattern ESCAPE '\\')
     ORDER BY c.name"""
 _SQL_HAS = "SELECT 1 FROM concepts WHERE name = :name"
+# Signatures still valid (computed from the concept's current vectors), and the concepts without one.
+_SQL_SIGNATURES = """SELECT c.name, c.family, s.encoder, s.vector FROM signatures s
+JOIN concepts c ON c.id = s.concept_id AND c.content_hash = s.content_hash ORDER BY c.name, s.encoder"""
+_SQL_UNSIGNED = """SELECT c.name, c.content_hash FROM concepts c
+WHERE NOT EXISTS (SELECT 1 FROM signatures s WHERE s.concept_id = c.id AND s.content_hash = c.content_hash)
+ORDER BY c.name"""
 _SQL_BY_TOKEN = "SELECT name FROM concepts WHERE token = :token ORDER BY name"
 _SQL_BY_REPO = "SELECT name FROM concepts WHERE source_repo_id = :repo_id ORDER BY updated_at DESC, name"
 _SQL_NAMES = "SELECT name FROM concepts ORDER BY name"
@@ -236,6 +242,14 @@ class IndexReader:
         """The name of a concept with these vectors, other than ``exclude``."""
         rows = self._query(_SQL_CONTENT_HASH, {"content_hash": content_hash, "exclude": exclude})
         return rows[0][0] if rows else None
+
+    def signatures(self) -> list[tuple[str, str | None, str, bytes]]:
+        """(name, family, encoder, signature bytes) of every concept whose signature is current."""
+        return [(row[0], row[1], row[2], bytes(row[3])) for row in self._query(_SQL_SIGNATURES)]
+
+    def unsigned(self) -> list[tuple[str, str]]:
+        """(name, content hash) of the concepts without a current signature."""
+        return [(row[0], row[1]) for row in self._query(_SQL_UNSIGNED)]
 
     def token_owner(self, family: str | None, token: str, *, exclude: str = "") -> str | None:
         """The name of a concept of ``family`` using ``token`` (case-insensitively), other than ``exclude``."""
@@ -461,6 +475,23 @@ class Writer(IndexReader):
         self._session.flush()
         return True
 
+    def put_signatures(self, name: str, content_hash: str, vectors: dict[str, bytes]) -> bool:
+        """Store concept ``name``'s signatures, computed from the vectors with ``content_hash``.
+
+        Returns:
+            False when the concept is gone or its vectors changed since (nothing is stored).
+        """
+        rows = self._query("SELECT id FROM concepts WHERE name = :name AND content_hash = :hash", {"name": name, "hash": content_hash})
+        if not rows:
+            return False
+        from sqlalchemy import text
+
+        statement = text("INSERT OR REPLACE INTO signatures (concept_id, encoder, content_hash, vector) VALUES (:id, :encoder, :hash, :vector)")
+        connection = self._session.connection()
+        for encoder, vector in vectors.items():
+            connection.execute(statement, {"id": rows[0][0], "encoder": encoder, "hash": content_hash, "vector": vector})
+        return True
+
     def replace(self, name: str, concept: Concept, manifest: str) -> None:
         """Re-index concept ``name`` from a new record (which may carry a new name)."""
         # Delete and insert rather than update in place: tags, files and images are replaced
@@ -476,10 +507,10 @@ class Writer(IndexReader):
         """
         from sqlmodel import delete, insert
 
-        from conceptlib.registry.tables import ConceptRow, FileRow, ImageRow, TagRow
+        from conceptlib.registry.tables import ConceptRow, FileRow, ImageRow, SignatureRow, TagRow
 
         session = self._session
-        for table in (TagRow, ImageRow, FileRow, ConceptRow):
+        for table in (SignatureRow, TagRow, ImageRow, FileRow, ConceptRow):
             session.exec(delete(table))
         concepts: list[dict[str, Any]] = []
         files: list[dict[str, Any]] = []

@@ -84,6 +84,17 @@ class TagRow(SQLModel, table=True):
     tag: str = Field(primary_key=True)
 
 
+class SignatureRow(SQLModel, table=True):
+    """A concept's signature for one encoder (see :mod:`conceptlib.similarity`)."""
+
+    __tablename__ = "signatures"
+
+    concept_id: int = Field(foreign_key="concepts.id", ondelete="CASCADE", primary_key=True)
+    encoder: str = Field(primary_key=True)
+    content_hash: str
+    vector: bytes
+
+
 class MigrationRow(SQLModel, table=True):
     """A migration applied to this database, by name (the name is its identity)."""
 
@@ -94,4 +105,4 @@ class MigrationRow(SQLModel, table=True):
 
 
 #: Every table, for the schema test and for readers that want to iterate.
-TABLES: tuple[type[SQLModel], ...] = (ConceptRow, FileRow, ImageRow, TagRow, MigrationRow)
+TABLES: tuple[type[SQLModel], ...] = (ConceptRow, FileRow, ImageRow, TagRow, SignatureRow, MigrationRow)

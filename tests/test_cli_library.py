@@ -107,6 +107,7 @@ def test_add_a1111_embeddings_folder_skips_its_pictures(cli: Any, home: Path, tm
         "added": [], "duplicates": [],
         "rejected": [{"path": str(pictures), "reason": "the folder holds no embeddings, only images without one"}],
         "skipped": [{"path": str(pictures / "a.png"), "reason": "an image without an embedding"}],
+        "near_duplicates": [],
     }  # fmt: skip
 
 

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
      "conceptlib._text", "conceptlib.slug", "conceptlib.hashing", "conceptlib.registry.migrations",
      "conceptlib.registry.tables"),
     # records
-    ("conceptlib.concept", "conceptlib.embedding"),
+    ("conceptlib.concept", "conceptlib.embedding", "conceptlib.similarity"),
     # files: formats and the link-safe readers
     ("conceptlib.formats", "conceptlib._inputs", "conceptlib._images"),
     # which files make a concept, and reading them

@@ -121,6 +121,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = [
     "AddReport",
+    "NearDuplicate",
     "Duplicate",
     "ExportedConcept",
     "Library",
@@ -213,6 +214,24 @@ class Duplicate:
 
 
 @dataclass
+class NearDuplicate:
+    """An added concept whose vectors are close to another concept's, not the same.
+
+    Attributes:
+        name: the concept just added.
+        existing: the concept it is close to.
+        score: their set similarity (:mod:`conceptlib.similarity`; 1 is the same directions).
+    """
+
+    name: str
+    existing: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "existing": self.existing, "score": round(self.score, 4)}
+
+
+@dataclass
 class Rejected:
     """An input that was not added, and why (one line, with the next step when there is one)."""
 
@@ -235,12 +254,15 @@ class AddReport:
         skipped: images met while searching folders that hold no embedding (AUTOMATIC1111's
             ``*.preview.png`` thumbnails, sample pictures), left alone as AUTOMATIC1111 leaves
             them; not counted as inputs.
+        near_duplicates: added concepts close to one already there (a re-upload saved in
+            another dtype, another training step), by :data:`conceptlib.similarity.NEAR_DUPLICATE`.
     """
 
     added: list[Concept] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     skipped: list[Rejected] = field(default_factory=list)
+    near_duplicates: list[NearDuplicate] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -274,6 +296,7 @@ class AddReport:
             "duplicates": [d.to_dict() for d in self.duplicates],
             "rejected": [r.to_dict() for r in self.rejected],
             "skipped": [r.to_dict() for r in self.skipped],
+            "near_duplicates": [n.to_dict() for n in self.near_duplicates],
         }
 
 
@@ -1052,7 +1075,50 @@ class Library:
             if folder.is_dir() and not any(p.is_relative_to(folder) for p in gave):
                 # Pictures alone: the folder still gave nothing, as a folder without files would.
                 report.rejected.append(Rejected(str(folder), "the folder holds no embeddings, only images without one"))
+        if report.added:
+            from conceptlib.library import _similar
+
+            close = _similar.near_duplicates_of(self, [c.name for c in report.added])
+            seen: set[frozenset[str]] = set()
+            for name, matches in close.items():
+                for match in matches:
+                    pair = frozenset((name, match.name))
+                    if pair not in seen:  # two close inputs of one batch: said once
+                        seen.add(pair)
+                        report.near_duplicates.append(NearDuplicate(name, match.name, match.score))
         return report
+
+    def similar(self, name: str, *, top: int = 10) -> builtins.list[Any]:
+        """The ``top`` concepts of ``name``'s family most like it, best first.
+
+        Alike means the symmetric best-match cosine of their vector sets
+        (:func:`conceptlib.similarity.set_similarity`): 1 for the same directions whatever the
+        vectors' order, count or dtype. Signatures in the index pick the candidates; their
+        vectors decide.
+
+        Returns:
+            ``Match(name, score)`` items (``conceptlib.library._similar.Match``).
+
+        Raises:
+            ConceptNotFoundError: no such concept.
+            ConceptDamagedError: its vectors cannot be read.
+        """
+        from conceptlib.library import _similar
+
+        return _similar.similar(self, name, top=top)
+
+    def near_duplicates(self, *, threshold: float | None = None) -> builtins.list[builtins.list[Any]]:
+        """Groups of concepts that are near-duplicates of one another (re-uploads under other
+        names, fp16 copies, another training step), each member with its best score.
+
+        Args:
+            threshold: the least set similarity that makes two concepts near-duplicates
+                (default :data:`conceptlib.similarity.NEAR_DUPLICATE`).
+        """
+        from conceptlib.library import _similar
+        from conceptlib.similarity import NEAR_DUPLICATE
+
+        return _similar.near_duplicates(self, threshold=NEAR_DUPLICATE if threshold is None else threshold)
 
     def _read_input(self, snap: Snapshot) -> Embedding:
         """Decode an input's snapshot and check it is a whole concept of a known family."""
