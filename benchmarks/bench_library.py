@@ -10,7 +10,8 @@ Usage: python benchmarks/bench_library.py [--add 1000] [--size 10000] [--runs 7]
   For reference the same table has ``python -c pass``, ``conceptlib --version``, and the
   three commands run through the Typer app (the console script runs their plain forms without
   importing Typer; see ``conceptlib.cli.main``).
-* ``reindex`` and ``verify`` at ``--size``, in process.
+* ``reindex`` and ``verify`` at ``--size``, in process; then ``dedupe`` (first run: every
+  concept signed) and ``similar``.
 
 Files are synthesized with conceptlib.formats (no torch): 60 % diffusers ``.safetensors``
 (1-2 × 768), 25 % AUTOMATIC1111 ``.pt`` (8 × 768), 15 % SDXL ``.safetensors`` (2 × 768+1280).
@@ -190,6 +191,17 @@ def main() -> None:
     t0 = time.perf_counter()
     lib.reindex()
     rows.append((f"`reindex` of {count:,} concepts", f"{time.perf_counter() - t0:.1f} s"))
+    # Similar and near-duplicates: the first run after a re-index signs every concept (decodes
+    # each file once); later runs read the signatures from the index.
+    for label in ("first, signing every concept", "signatures in the index"):
+        t0 = time.perf_counter()
+        groups = lib.near_duplicates()
+        rows.append((f"`dedupe` of {count:,} concepts ({label})", f"{time.perf_counter() - t0:.2f} s, {len(groups)} groups"))
+    fresh = Library.open(home)  # a new process's view: the signatures come from the index
+    t0 = time.perf_counter()
+    fresh.similar(name)
+    rows.append((f"`similar NAME` at {count:,} concepts (signatures read from the index)", f"{time.perf_counter() - t0:.2f} s"))
+    fresh.close()
     t0 = time.perf_counter()
     ok = lib.verify().ok
     rows.append((f"`verify` of {count:,} concepts (every hash, every embedding decoded)", f"{time.perf_counter() - t0:.1f} s, ok={ok}"))

@@ -30,7 +30,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +66,8 @@ _SQL_LIKE = f"""SELECT {_SUMMARY_COLUMNS} FROM concepts c
 _SQL_HAS = "SELECT 1 FROM concepts WHERE name = :name"
 # Signatures still valid (computed from the concept's current vectors), and the concepts without one.
 _SQL_SIGNATURES = """SELECT c.name, c.family, s.encoder, s.vector FROM signatures s
-JOIN concepts c ON c.id = s.concept_id AND c.content_hash = s.content_hash ORDER BY c.name, s.encoder"""
+JOIN concepts c ON c.id = s.concept_id AND c.content_hash = s.content_hash WHERE s.rowid > :after ORDER BY c.name, s.encoder"""
+_SQL_SIGNATURE_MARK = "SELECT count(*), coalesce(max(rowid), 0) FROM signatures"
 _SQL_UNSIGNED = """SELECT c.name, c.content_hash FROM concepts c
 WHERE NOT EXISTS (SELECT 1 FROM signatures s WHERE s.concept_id = c.id AND s.content_hash = c.content_hash)
 ORDER BY c.name"""
@@ -243,13 +244,33 @@ class IndexReader:
         rows = self._query(_SQL_CONTENT_HASH, {"content_hash": content_hash, "exclude": exclude})
         return rows[0][0] if rows else None
 
-    def signatures(self) -> list[tuple[str, str | None, str, bytes]]:
-        """(name, family, encoder, signature bytes) of every concept whose signature is current."""
-        return [(row[0], row[1], row[2], bytes(row[3])) for row in self._query(_SQL_SIGNATURES)]
+    def signatures(self, *, after: int = 0) -> list[tuple[str, str | None, str, bytes]]:
+        """(name, family, encoder, signature bytes) of every concept whose signature is current.
 
-    def unsigned(self) -> list[tuple[str, str]]:
-        """(name, content hash) of the concepts without a current signature."""
-        return [(row[0], row[1]) for row in self._query(_SQL_UNSIGNED)]
+        Args:
+            after: only signatures stored after this mark's rowid (see :meth:`signature_mark`).
+        """
+        return [(row[0], row[1], row[2], bytes(row[3])) for row in self._query(_SQL_SIGNATURES, {"after": after})]
+
+    def signature_mark(self) -> tuple[int, int]:
+        """(rows, highest rowid) of the signature table: unchanged marks mean unchanged rows,
+        a higher rowid with as many more rows means rows were only added."""
+        count, top = self._query(_SQL_SIGNATURE_MARK)[0]
+        return int(count), int(top)
+
+    def unsigned(self, names: Collection[str] | None = None) -> list[tuple[str, str]]:
+        """(name, content hash) of the concepts without a current signature (of ``names`` only, when given)."""
+        if names is None:
+            return [(row[0], row[1]) for row in self._query(_SQL_UNSIGNED)]
+        found: list[tuple[str, str]] = []
+        wanted = sorted(set(names))
+        for start in range(0, len(wanted), 500):  # SQLite allows a few hundred parameters at least
+            part = wanted[start : start + 500]
+            params = {f"n{i}": name for i, name in enumerate(part)}
+            where = ", ".join(f":{key}" for key in params)
+            sql = _SQL_UNSIGNED.replace("ORDER BY c.name", f"AND c.name IN ({where}) ORDER BY c.name")
+            found += [(row[0], row[1]) for row in self._query(sql, params)]
+        return found
 
     def token_owner(self, family: str | None, token: str, *, exclude: str = "") -> str | None:
         """The name of a concept of ``family`` using ``token`` (case-insensitively), other than ``exclude``."""

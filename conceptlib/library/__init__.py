@@ -112,6 +112,7 @@ from conceptlib.slug import MAX_STEM_BYTES, is_slug, numbered, portable_stem, sa
 if TYPE_CHECKING:
     from conceptlib._snapshots import Snapshot
     from conceptlib.embedding import Embedding
+    from conceptlib.library._similar import _Table
     from conceptlib.registry.store import Registry, Writer
 
 try:  # POSIX advisory locks; Windows has no shared flock (see _lock)
@@ -599,6 +600,8 @@ class Library:
         self._registry: Registry | None = None
         self._reader: IndexReader | None = None
         self._index_checked = False
+        # The signature table as last read (see _similar._stored).
+        self._signatures: _Table | None = None
 
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None, *, database_url: str | None = None) -> Library:

@@ -55,7 +55,66 @@ class _Signed:
     vectors: dict[str, np.ndarray]
 
 
-def signatures(library: Library, *, fill: Collection[str] | None = None) -> dict[str, _Signed]:
+class _Family:
+    """The signatures of one family as matrices, one per encoder, grown in place as concepts come.
+
+    Rows of a concept without an encoder stay zero (it scores 0 there). Capacity doubles, so
+    adding a concept costs its own rows, not a copy of the family.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.row: dict[str, int] = {}
+        self._data: dict[str, np.ndarray] = {}
+
+    def put(self, name: str, vectors: dict[str, np.ndarray]) -> None:
+        if name not in self.row:
+            self.row[name] = len(self.names)
+            self.names.append(name)
+        i = self.row[name]
+        for key, vector in vectors.items():
+            data = self._data.get(key)
+            if data is None:
+                data = self._data[key] = np.zeros((max(16, len(self.names)), vector.size), np.float32)
+            if data.shape[1] != vector.size:
+                continue  # another width under the same key: no match is possible
+            if i >= data.shape[0]:
+                grown = np.zeros((2 * data.shape[0], data.shape[1]), np.float32)
+                grown[: data.shape[0]] = data
+                data = self._data[key] = grown
+            data[i] = vector
+        for key, data in self._data.items():
+            if key not in vectors and i < data.shape[0]:
+                data[i] = 0
+
+    def matrices(self) -> dict[str, np.ndarray]:
+        """encoder -> ``[len(names), width]`` (views)."""
+        n = len(self.names)
+        matrices = {}
+        for key, data in self._data.items():
+            if data.shape[0] < n:
+                grown = np.zeros((max(n, 2 * data.shape[0]), data.shape[1]), np.float32)
+                grown[: data.shape[0]] = data
+                data = self._data[key] = grown
+            matrices[key] = data[:n]
+        return matrices
+
+
+@dataclass
+class _Table:
+    """The index's signatures as last read: the table's mark, each concept's, and each family's."""
+
+    count: int
+    top: int
+    signed: dict[str, _Signed]
+    families: dict[str | None, _Family]
+
+    def put(self, name: str, entry: _Signed) -> None:
+        self.signed[name] = entry
+        self.families.setdefault(entry.family, _Family()).put(name, entry.vectors)
+
+
+def signatures(library: Library, *, fill: Collection[str] | None = None) -> _Table:
     """Every readable concept's signature, computing and storing the missing ones first.
 
     Args:
@@ -67,20 +126,14 @@ def signatures(library: Library, *, fill: Collection[str] | None = None) -> dict
     """
     index = library.index
     fresh: dict[str, tuple[str, Embedding]] = {}
-    for name, content_hash in index.unsigned():
-        if fill is not None and name not in fill:
-            continue
+    for name, content_hash in index.unsigned(fill):
         try:
             fresh[name] = (content_hash, library.embedding(name))
         except ConceptlibError:
             continue
-    found: dict[str, _Signed] = {}
-    for name, family, encoder, data in index.signatures():
-        found.setdefault(name, _Signed(family, {})).vectors[encoder] = from_bytes(data)
+    table = _stored(library)
     if fresh:
         computed = {name: (content_hash, signature(emb), emb.family.key if emb.family else None) for name, (content_hash, emb) in fresh.items()}
-        for name, (_hash, vectors, family) in computed.items():
-            found[name] = _Signed(family, vectors)
         try:
             with library._lock(exclusive=False), library.registry.transaction() as tx:
                 for name, (content_hash, vectors, _family) in computed.items():
@@ -89,7 +142,38 @@ def signatures(library: Library, *, fill: Collection[str] | None = None) -> dict
             if not _cannot_write(exc):
                 raise
             # A read-only or busy library: compared all the same, stored another time.
-    return found
+        table = _stored(library)  # what was just stored, appended
+        for name, (_hash, vectors, family) in computed.items():
+            if name not in table.signed:  # not stored: still compared this time
+                table.put(name, _Signed(family, vectors))
+    return table
+
+
+def _stored(library: Library) -> _Table:
+    """The signatures in the index, kept by the Library object between calls.
+
+    ``add`` compares every concept it adds with its whole family; reading 10,000 signatures
+    (30 MB) and building the family's matrix per call would cost an ``add`` loop more than the
+    adds. Kept rows are re-read only when the table changed other than by appending (a concept
+    removed, updated or re-indexed); appended rows are read and added alone.
+    """
+    index = library.index
+    count, top = index.signature_mark()
+    kept: _Table | None = library._signatures
+    if kept is not None and (kept.count, kept.top) == (count, top):
+        return kept
+    rows = index.signatures(after=kept.top) if kept is not None and top > kept.top and count > kept.count else None
+    table = kept if kept is not None and rows is not None and len(rows) == count - kept.count else None
+    if table is None:
+        table, rows = _Table(count, top, {}, {}), index.signatures()
+    table.count, table.top = count, top
+    read: dict[str, _Signed] = {}
+    for name, family, encoder, data in rows or []:
+        read.setdefault(name, _Signed(family, {})).vectors[encoder] = from_bytes(data)
+    for name, entry in read.items():
+        table.put(name, entry)
+    library._signatures = table
+    return table
 
 
 def _cannot_write(exc: Exception) -> bool:
@@ -126,32 +210,25 @@ class _Vectors:
         return set_similarity(first, second) if first is not None and second is not None else None
 
 
-def _family_matrix(signed: dict[str, _Signed], names: list[str]) -> dict[str, np.ndarray]:
-    """encoder -> ``[len(names), width]`` signatures (zeros where a concept lacks the encoder)."""
-    widths: dict[str, int] = {}
-    for name in names:
-        for key, vector in signed[name].vectors.items():
-            widths.setdefault(key, vector.size)
-    matrix = {key: np.zeros((len(names), width), np.float32) for key, width in widths.items()}
-    for row, name in enumerate(names):
-        for key, vector in signed[name].vectors.items():
-            if vector.size == widths[key]:
-                matrix[key][row] = vector
-    return matrix
+def _alike(table: _Table, name: str) -> tuple[list[str], np.ndarray]:
+    """The other concepts of ``name``'s family and their signature cosines with it."""
+    mine = table.signed[name]
+    family = table.families[mine.family]
+    scores = screen(mine.vectors, family.matrices())
+    keep = [i for i, other in enumerate(family.names) if other != name]
+    return [family.names[i] for i in keep], scores[keep] if scores.size else np.zeros(len(keep))
 
 
 def similar(library: Library, name: str, *, top: int = 10) -> list[Match]:
     """The ``top`` concepts of ``name``'s family most like it, best first (see :meth:`Library.similar`)."""
     concept = library.show(name)
-    signed = signatures(library)
-    mine = signed.get(concept.name)
-    if mine is None:
+    table = signatures(library)
+    if concept.name not in table.signed:
         library.embedding(concept.name)  # raises what makes it unreadable
         return []
-    others = [n for n, s in signed.items() if n != concept.name and s.family == mine.family]
+    others, screened = _alike(table, concept.name)
     if not others or top <= 0:
         return []
-    screened = screen(mine.vectors, _family_matrix(signed, others))
     keep = np.argsort(-screened, kind="stable")[: top * _CANDIDATES_PER_RESULT]
     vectors = _Vectors(library)
     matches = []
@@ -165,10 +242,7 @@ def similar(library: Library, name: str, *, top: int = 10) -> list[Match]:
 
 def near_duplicates(library: Library, *, threshold: float = NEAR_DUPLICATE) -> list[list[Match]]:
     """Groups of concepts that are near-duplicates of each other (see :meth:`Library.near_duplicates`)."""
-    signed = signatures(library)
-    families: dict[str | None, list[str]] = {}
-    for name, entry in sorted(signed.items()):
-        families.setdefault(entry.family, []).append(name)
+    table = signatures(library)
     vectors = _Vectors(library)
     parent: dict[str, str] = {}
 
@@ -178,13 +252,13 @@ def near_duplicates(library: Library, *, threshold: float = NEAR_DUPLICATE) -> l
         return name
 
     best: dict[str, float] = {}
-    for names in families.values():
+    for family in table.families.values():
+        names = family.names
         if len(names) < 2:
             continue
-        matrix = _family_matrix(signed, names)
+        matrix = family.matrices()
         for start in range(0, len(names), _BLOCK):
-            block = {key: rows[start : start + _BLOCK] for key, rows in matrix.items()}
-            cosines = np.mean([block[key] @ matrix[key].T for key in matrix], axis=0)
+            cosines = np.mean([rows[start : start + _BLOCK] @ rows.T for rows in matrix.values()], axis=0)
             for i, j in zip(*np.nonzero(cosines >= threshold - SCREEN_MARGIN), strict=True):
                 a, b = names[start + int(i)], names[int(j)]
                 if a >= b:
@@ -203,17 +277,13 @@ def near_duplicates(library: Library, *, threshold: float = NEAR_DUPLICATE) -> l
 
 def near_duplicates_of(library: Library, names: Collection[str], *, threshold: float = NEAR_DUPLICATE, top: int = 3) -> dict[str, list[Match]]:
     """For each of ``names`` (just added), the signed concepts of its family at ``threshold`` or above."""
-    signed = signatures(library, fill=names)
+    table = signatures(library, fill=names)
     vectors = _Vectors(library)
     found: dict[str, list[Match]] = {}
     for name in names:
-        mine = signed.get(name)
-        if mine is None:
+        if name not in table.signed:
             continue
-        others = [n for n, s in signed.items() if n != name and s.family == mine.family]
-        if not others:
-            continue
-        screened = screen(mine.vectors, _family_matrix(signed, others))
+        others, screened = _alike(table, name)
         matches = []
         for i in np.nonzero(screened >= threshold - SCREEN_MARGIN)[0]:
             score = vectors.score(name, others[int(i)])
