@@ -208,6 +208,10 @@ def describe(concept: Concept) -> list[str]:
     if source.get("repo_id"):
         revision = source.get("commit") or source.get("revision") or ""
         rows.append(("source", f"{source['repo_id']}@{revision[:12]}" + (f" {source['url']}" if source.get("url") else "")))
+    elif source.get("type") == "merge":
+        rows.append(("merged from", str(source.get("expression", ""))))
+        parents = source.get("parents") or []
+        rows.append(("parents", ", ".join(f"{p.get('name')} ({str(p.get('content_hash', ''))[:12]})" for p in parents if isinstance(p, dict)) or None))
     elif source.get("path"):
         rows.append(("source", str(source["path"])))
     rows.append(("files", ", ".join(f.path for f in concept.files) or None))

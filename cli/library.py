@@ -112,6 +112,51 @@ def add(
         raise typer.Exit(2)
 
 
+# --- merge -------------------------------------------------------------------------------------
+
+
+def merge(
+    expression: Annotated[str, typer.Argument(help="What to compute, e.g. \"0.6*<cat-toy> + 0.4*<birb-style>\" (see below).", show_default=False)],
+    name: Annotated[str, typer.Option("--name", help="Name of the new concept.", show_default=False)],
+    token: TokenOpt = None,
+    type_: TypeOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="For 'words' and norm(): the model whose vocabulary gives their vectors; the result is validated against it.", show_default=False),
+    ] = None,
+    description: Annotated[str | None, typer.Option("--description", "-d", help="Free-text description.", show_default=False)] = None,
+    tags: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Tag to attach (repeatable).", show_default=False)] = None,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Make a new concept from others and add it with its lineage.
+
+    EXPRESSION: weighted sums (0.6*<a> + 0.4*<b>; a one-vector term is added to each vector),
+    slices (<a>[0:2], <a>[1]), concat(<a>, <b>), words and prompts ('watercolor', "a red fox",
+    with --model), norm(x) (each vector at the vocabulary's median norm, with --model) and
+    SDXL parts from any source ({clip_l: <a>, clip_g: <b>.clip_g}). Concepts are <token>s or
+    names; a minus between two names needs spaces.
+
+    Example: conceptlib merge "0.6*<cat-toy> + 0.4*<birb-style>" --name cat-birb
+    """
+    from conceptlib.merge import merge_into
+
+    lib = _library(home)
+    described = None
+    if model is not None:
+        from conceptlib.models import resolve_model
+
+        described = resolve_model(model, home=lib.home, hash_files=False)
+    report = merge_into(lib, expression, name=name, token=token, type=type_, model=described, description=description, tags=tuple(tags or ()))
+    if json_:
+        print_json(report.to_dict())
+        return
+    concept = report.one()
+    lines = [f"merged     {concept.name}  ({printable(concept.token)}, {concept.family_label}, {_plural(concept.vectors, 'vector')})"]
+    lines += [f"near-dup   {n.name}  (near-duplicate of {n.existing} ({n.score:.2f}))" for n in report.near_duplicates]
+    _write(lines)
+
+
 # --- similar and near-duplicate concepts ----------------------------------------------------
 
 
@@ -384,5 +429,6 @@ def register(app: typer.Typer) -> None:
     app.command("export")(export)
     app.command("reindex")(reindex)
     app.command("verify")(verify)
+    app.command("merge")(merge)
     app.command("similar")(similar)
     app.command("dedupe")(dedupe)
