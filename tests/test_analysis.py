@@ -162,3 +162,23 @@ def test_cli_inspect_against_a_model(cli: Any, model_folder: Path, tmp_path: Pat
     ):
         run = cli("inspect", str(concept), *argv)
         assert run.exit_code == 2 and run.stderr.startswith(message), run.stderr
+
+
+def test_sdxl_concepts_are_read_per_encoder(tmp_path: Path) -> None:
+    from conceptlib.tiny import tiny_tokenizer_files
+
+    folder = diffusers_folder(tmp_path / "xl", seed=4)
+    vocab = json.loads(tiny_tokenizer_files()["vocab.json"])
+    (folder / "text_encoder_2").mkdir()
+    (folder / "text_encoder_2" / "config.json").write_text(json.dumps({"hidden_size": 1280, "max_position_embeddings": 77, "vocab_size": len(vocab)}))
+    g_rows = np.random.default_rng(8).standard_normal((len(vocab), 1280)).astype(np.float32)
+    _write_safetensors(folder / "text_encoder_2" / "model.safetensors", {TOKEN_KEY: g_rows})
+    shutil.copytree(folder / "tokenizer", folder / "tokenizer_2")
+    model = read_model(folder)
+    assert model.encoder_keys == ["clip_l", "clip_g"]
+    l_rows = _matrix(folder)
+    cat, toy = vocab["cat</w>"], vocab["toy</w>"]
+    concept = Embedding({"clip_l": Tensor.from_numpy(l_rows[[cat]]), "clip_g": Tensor.from_numpy(g_rows[[toy]])}, token="<xl>")
+    report = analyse(concept, model, neighbors=1)
+    assert report["encoders"]["clip_l"]["vectors"][0]["neighbors"][0]["word"] == "cat"
+    assert report["encoders"]["clip_g"]["vectors"][0]["neighbors"][0]["word"] == "toy"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import huggingface_hub.constants
+import numpy as np
 import pytest
 from hubserver import HubServer, git_blob_sha1
 
@@ -31,6 +32,7 @@ from conceptlib.errors import (
 )
 from conceptlib.formats import plan
 from conceptlib.library import Library
+from conceptlib.tensor import Tensor
 
 TOKEN = "hf_test"
 ORG = "sd-concepts-library"
@@ -1041,3 +1043,20 @@ def test_cli_does_not_import_huggingface_hub_at_start() -> None:
 def test_git_blob_sha1_matches_git() -> None:
     # `printf hello | git hash-object --stdin`
     assert git_blob_sha1(b"hello") == "b6fc4c620b67d95f953a5c1c1230aaab5db5a1b0"
+
+
+def test_pull_reports_a_near_duplicate(hub: HubServer, library: Library, cli: Any, home: Path) -> None:
+    # The same concept re-uploaded in float16: not the same vectors, nearly the same concept.
+    emb = make_concept(hub, f"{ORG}/toy")
+    copy = Embedding({k: Tensor.from_numpy(v.to_float32().astype(np.float16)) for k, v in emb.vectors.items()}, token="<toy16>")
+    hub.create_repo(f"{ORG}/toy16", sd_concepts_repo(copy, images=0))
+    assert hubmod.pull(library, f"{ORG}/toy").near_duplicates == {}
+    result = hubmod.pull(library, f"{ORG}/toy16")
+    assert list(result.near_duplicates) == ["toy"] and result.near_duplicates["toy"] > 0.9999
+    assert result.to_dict()["near_duplicates"] == [{"existing": "toy", "score": 1.0}]
+    # Through the command: a line under the pull's own (scaled vectors point the same way).
+    louder = Embedding({k: Tensor.from_numpy(v.to_float32() * 1.5) for k, v in emb.vectors.items()}, token="<toy3>")
+    hub.create_repo(f"{ORG}/toy-again", sd_concepts_repo(louder, images=0))
+    run = cli("pull", f"{ORG}/toy-again", "--home", str(home))
+    assert run.exit_code == 0, run.output
+    assert "  toy-again: near-duplicate of toy (1.00)\n" in run.stderr

@@ -173,3 +173,26 @@ def test_cli_merge_adds_with_its_lineage(cli: Any, library: Library, tmp_path: P
     assert run.exit_code == 2 and run.stderr.startswith("Error: merge expression, column 4: the expression ends where")
     run = cli("merge", "0.9*a + 0.1*b", "--name", "close", "--home", home)
     assert "near-dup   close  (near-duplicate of a (" in run.stdout
+
+
+def test_words_tokenize_as_clip_does(shared_models: Path, library: Library, tmp_path: Path) -> None:
+    # SD 1.5's real tokenizer (49,408 tokens and their merges) against transformers' own.
+    transformers = pytest.importorskip("transformers")
+    import shutil
+
+    folder = tmp_path / "sd15"
+    shutil.copytree(shared_models / "sd15" / "tokenizer", folder / "tokenizer")
+    (folder / "text_encoder").mkdir()
+    (folder / "text_encoder" / "config.json").write_text(json.dumps({"hidden_size": 768, "max_position_embeddings": 77, "vocab_size": 49408}))
+    from test_filecache import TOKEN_KEY, _write_safetensors
+
+    rows = np.zeros((49408, 768), np.float32)
+    rows[:, 0] = np.arange(49408)  # row i says i
+    _write_safetensors(folder / "text_encoder" / "model.safetensors", {TOKEN_KEY: rows})
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    model = read_model(folder)
+    reference = transformers.CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    for prompt in ("a red fox in the snow", "Watercolor, pastel!! cats' 2 dogs", "an über-café at night"):
+        expected = reference(prompt, add_special_tokens=False).input_ids
+        got = _vectors(library, f'"{prompt}"', model=model)["clip_l"][:, 0]
+        assert got.astype(np.int64).tolist() == expected, prompt
