@@ -27,6 +27,7 @@ Every mistake is one line naming the column and what is wrong there.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -138,25 +139,23 @@ def parse(expression: str) -> _Node:
             raise _fail(expression, column(), f"expected {op!r}, found {found}")
         pos += 1
 
-    def expr(depth: int) -> _Node:
+    def chain(depth: int, ops: tuple[str, str], operand: Callable[[int], _Node]) -> _Node:
+        """``operand (op operand)*``, left to right."""
         nonlocal pos
-        if depth > MAX_DEPTH:
-            raise _fail(expression, column(), f"nested more than {MAX_DEPTH} deep")
-        node = product(depth)
-        while peek("+", "-"):
+        node = operand(depth)
+        while peek(*ops):
             op, at = tokens[pos][1], tokens[pos][2]
             pos += 1
-            node = _Node(op, at, children=[node, product(depth)])
+            node = _Node(op, at, children=[node, operand(depth)])
         return node
 
+    def expr(depth: int) -> _Node:
+        if depth > MAX_DEPTH:
+            raise _fail(expression, column(), f"nested more than {MAX_DEPTH} deep")
+        return chain(depth, ("+", "-"), product)
+
     def product(depth: int) -> _Node:
-        nonlocal pos
-        node = unary(depth)
-        while peek("*", "/"):
-            op, at = tokens[pos][1], tokens[pos][2]
-            pos += 1
-            node = _Node(op, at, children=[node, unary(depth)])
-        return node
+        return chain(depth, ("*", "/"), unary)
 
     def unary(depth: int) -> _Node:
         nonlocal pos
@@ -373,22 +372,15 @@ def _encode(ctx: _Context, node: _Node, key: str) -> list[int]:
 
 
 def _bpe(chars: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE of one pre-token: the lowest-ranked adjacent pair is joined until none is known."""
+    from conceptlib.tiny import join_pair
+
     parts = [*chars[:-1], chars[-1] + "</w>"]
     while len(parts) > 1:
         best = min(((ranks.get(pair, -1), i) for i, pair in enumerate(zip(parts, parts[1:], strict=False)) if pair in ranks), default=None)
         if best is None:
             break
-        pair = (parts[best[1]], parts[best[1] + 1])
-        merged: list[str] = []
-        i = 0
-        while i < len(parts):
-            if i + 1 < len(parts) and (parts[i], parts[i + 1]) == pair:
-                merged.append(parts[i] + parts[i + 1])
-                i += 2
-            else:
-                merged.append(parts[i])
-                i += 1
-        parts = merged
+        parts = join_pair(parts, (parts[best[1]], parts[best[1] + 1]))
     return parts
 
 

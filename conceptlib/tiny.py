@@ -101,6 +101,21 @@ def byte_decoder() -> dict[str, int]:
     return dict(zip(_bytes_to_unicode(), order, strict=True))
 
 
+def join_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    """``symbols`` with every adjacent occurrence of ``pair`` joined into one, left to right:
+    one BPE merge, as training learns it and as encoding applies it."""
+    out: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
 def _train_bpe(words: tuple[str, ...]) -> list[tuple[str, str]]:
     """Learn merges until every word in ``words`` is one symbol.
 
@@ -126,16 +141,8 @@ def _train_bpe(words: tuple[str, ...]) -> list[tuple[str, str]]:
         merges.append(best)
         merged: dict[tuple[str, ...], int] = {}
         for symbols, weight in corpus.items():
-            out: list[str] = []
-            i = 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    out.append(symbols[i] + symbols[i + 1])
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            merged[tuple(out)] = merged.get(tuple(out), 0) + weight
+            out = tuple(join_pair(list(symbols), best))
+            merged[out] = merged.get(out, 0) + weight
         corpus = merged
 
 
