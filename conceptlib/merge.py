@@ -159,6 +159,8 @@ def parse(expression: str) -> _Node:
 
     def unary(depth: int) -> _Node:
         nonlocal pos
+        if depth > MAX_DEPTH:
+            raise _fail(expression, column(), f"nested more than {MAX_DEPTH} deep")
         if peek("-"):
             at = tokens[pos][2]
             pos += 1

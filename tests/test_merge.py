@@ -57,6 +57,8 @@ def _vectors(lib: Library, expression: str, **kw: Any) -> dict[str, np.ndarray]:
     ("<a> ^ 2", 5, "unexpected '^'"),
     ("{clip_l <a>}", 9, "expected ':', found '<a>'"),
     ("(" * 70 + "<a>" + ")" * 70, 66, "nested more than 64 deep"),
+    ("-" * 3000 + "<a>", 66, "nested more than 64 deep"),
+    ("concat(" * 70 + "<a>" + ")" * 70, None, "nested more than 64 deep"),
 ])  # fmt: skip
 def test_parse_errors_name_the_column(expression: str, column: int | None, problem: str) -> None:
     with pytest.raises(MergeExpressionError) as caught:
@@ -196,3 +198,12 @@ def test_words_tokenize_as_clip_does(shared_models: Path, library: Library, tmp_
         expected = reference(prompt, add_special_tokens=False).input_ids
         got = _vectors(library, f'"{prompt}"', model=model)["clip_l"][:, 0]
         assert got.astype(np.int64).tolist() == expected, prompt
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("<>ab01.-+*/()[]{}:,'\" cat_lgc")), max_size=80) | st.text(max_size=60))
+def test_any_text_parses_or_says_where_not(text: str) -> None:
+    try:
+        parse(text)
+    except MergeExpressionError as exc:
+        assert exc.message.startswith("merge expression")
