@@ -57,6 +57,34 @@ def test_preview_workflow_runs_on_every_file_preview_reads() -> None:
     assert step(data, "Upload grids")["if"] == "always()"
 
 
+def test_workflows_pin_every_action_and_keep_no_credentials() -> None:
+    import re
+
+    for path in sorted(WORKFLOW.parent.glob("*.yml")):
+        text = path.read_text(encoding="utf-8")
+        uses = re.findall(r"^\s*(?:- )?uses:\s*(\S+)(.*)$", text, re.M)
+        assert uses, path
+        for action, rest in uses:
+            # A full commit SHA, and its release tag beside it for whoever bumps it.
+            assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", action), f"{path.name}: {action} is not pinned to a commit"
+            assert re.fullmatch(r"\s*# v\d+(\.\d+)*", rest), f"{path.name}: {action} has no '# vX.Y.Z' tag comment"
+        checkouts = re.findall(r"uses: actions/checkout@.*\n((?:\s{8,}.*\n)+)", text)
+        assert checkouts and all("persist-credentials: false" in block for block in checkouts), path
+        assert re.search(r"^permissions: \{\}", text, re.M), f"{path.name}: the workflow-level token should have no permissions"
+
+
+def test_workflows_pass_zizmor() -> None:
+    import shutil
+    import subprocess
+
+    zizmor = shutil.which("zizmor")
+    if zizmor is None:
+        pytest.skip("zizmor is not installed (pip install 'conceptlib[dev]')")
+    files = sorted(str(p) for p in WORKFLOW.parent.glob("*.yml"))
+    done = subprocess.run([zizmor, "--offline", "--persona", "auditor", *files], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 # 2 with a summary: a changed file was refused; 2 without: the preview could not start.
 @pytest.mark.parametrize(("code", "writes_summary"), [(0, True), (1, True), (2, True), (2, False)])
 def test_preview_workflow_step_always_leaves_a_summary(tmp_path: Path, code: int, writes_summary: bool) -> None:
