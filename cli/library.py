@@ -157,6 +157,45 @@ def merge(
     _write(lines)
 
 
+# --- gallery -----------------------------------------------------------------------------------
+
+
+def gallery(
+    out: Annotated[Path, typer.Argument(help="Folder of the gallery (created; an earlier build there is brought up to date).", show_default=False)],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Validate every concept against this model and show the result as a badge.", show_default=False),
+    ] = None,
+    title: Annotated[str, typer.Option("--title", help="The page title.")] = "Concepts",
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Build a static gallery of the library: open OUT/index.html, or publish OUT on GitHub Pages.
+
+    Cards with thumbnails, search and filters, a page per concept with its hashes, lineage and
+    downloads (AUTOMATIC1111/ComfyUI and diffusers), and index.json for tools. No server, no
+    network at view time; the same library gives the same bytes; a rebuild writes what changed.
+
+    Example: conceptlib gallery site --model sd15 --title "Our concepts"
+    """
+    from conceptlib.gallery import build
+
+    lib = _library(home)
+    described = None
+    if model is not None:
+        from conceptlib.models import resolve_model
+
+        described = resolve_model(model, home=lib.home, hash_files=False)
+    report = build(lib, out, model=described, title=title)
+    if json_:
+        print_json(report.to_dict())
+        return
+    for line in report.skipped:
+        warn(f"skipped {line}")
+    _write([(report.out / "index.html").resolve().as_uri()])
+    info(f"{_plural(report.items, 'concept')}; {_plural(report.written, 'file')} written, {report.removed} removed.")
+
+
 # --- similar and near-duplicate concepts ----------------------------------------------------
 
 
@@ -430,5 +469,6 @@ def register(app: typer.Typer) -> None:
     app.command("reindex")(reindex)
     app.command("verify")(verify)
     app.command("merge")(merge)
+    app.command("gallery")(gallery)
     app.command("similar")(similar)
     app.command("dedupe")(dedupe)

@@ -1,0 +1,524 @@
+"""A static gallery of the library: open ``index.html`` from a folder or publish it on GitHub Pages.
+
+``conceptlib gallery OUT`` writes::
+
+    OUT/index.html        the cards: search, filters, paging (no server, no CDN, no network)
+    OUT/items.js          every item's fields for the page (a script, so file:// can load it)
+    OUT/index.json        the same, for tools
+    OUT/app.js, style.css
+    OUT/items/NAME.html   one page per concept: images, description, hashes, lineage, downloads
+    OUT/thumbs/HASH.png   a thumbnail per distinct sample image (or vectors), by content hash
+    OUT/files/HASH/...    the concept as AUTOMATIC1111/ComfyUI and diffusers load it
+
+The same library gives the same bytes (items sorted by name, no build time written). A rebuild
+writes only what changed: thumbnails and downloads are named by content hash and kept, pages are
+rewritten only when their bytes differ, and what no concept uses any more is removed.
+
+Item fields come from concept manifests and file names written by strangers: every value is
+HTML-escaped in pages and JSON-encoded (with ``<`` escaped) in scripts.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from conceptlib._atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from conceptlib.concept import Concept
+    from conceptlib.library import Library
+    from conceptlib.models import ModelInfo
+
+__all__ = ["GalleryReport", "build"]
+
+#: Thumbnail size in pixels (the longer side).
+THUMB = 256
+
+
+@dataclass
+class GalleryReport:
+    """What :func:`build` did.
+
+    Attributes:
+        out: the gallery folder.
+        items: concepts in the gallery.
+        written: files written this time (others were already right).
+        removed: files of earlier builds that no concept uses any more.
+    """
+
+    out: Path
+    items: int
+    written: int = 0
+    removed: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"out": str(self.out), "index": str(self.out / "index.html"), "items": self.items, "written": self.written, "removed": self.removed, "skipped": list(self.skipped)}
+
+
+class _Writer:
+    """Writes files only when their bytes change, and remembers what the gallery holds."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.kept: set[Path] = set()
+        self.written = 0
+
+    def put(self, rel: str, data: bytes) -> str:
+        path = self.out / rel
+        self.kept.add(path)
+        try:
+            if path.stat().st_size == len(data) and path.read_bytes() == data:
+                return rel
+        except OSError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
+        self.written += 1
+        return rel
+
+    def has(self, rel: str) -> bool:
+        path = self.out / rel
+        if path.is_file():
+            self.kept.add(path)
+            return True
+        return False
+
+
+def _script_json(value: Any) -> str:
+    """JSON that is safe inside a <script>: ``</script>`` and comments cannot close it."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _thumbnail(source: bytes) -> bytes | None:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(source)) as img:
+            img.thumbnail((THUMB, THUMB))
+            out = io.BytesIO()
+            img.convert("RGB").save(out, format="PNG", optimize=False)
+            return out.getvalue()
+    except Exception:  # a sample image Pillow cannot read: the item shows its vectors instead
+        return None
+
+
+def _vector_picture(vectors: Any) -> bytes:
+    """A concept without images, drawn from its vectors: a heat map (blue < 0 < red)."""
+    import numpy as np
+    from PIL import Image
+
+    rows = np.concatenate([t.to_float32().reshape(t.shape[0], -1) for t in vectors.values()], axis=1)
+    rows = rows[:, : (rows.shape[1] // 16) * 16].reshape(rows.shape[0], -1, 16).mean(axis=2)
+    scale = float(np.abs(rows).max()) or 1.0
+    values = np.clip(rows / scale, -1, 1)
+    red = (255 * (1 - np.maximum(-values, 0))).astype(np.uint8)
+    blue = (255 * (1 - np.maximum(values, 0))).astype(np.uint8)
+    picture = Image.fromarray(np.stack([blue, np.minimum(red, blue), red], axis=2), "RGB")
+    picture = picture.resize((THUMB, max(16, min(THUMB, 16 * rows.shape[0]))), Image.Resampling.NEAREST)
+    out = io.BytesIO()
+    picture.save(out, format="PNG", optimize=False)
+    return out.getvalue()
+
+
+def _snippets(concept: Concept, word: str) -> dict[str, str]:
+    return {
+        "a1111": word,
+        "comfyui": f"embedding:{word}",
+        "diffusers": f'pipe.load_textual_inversion("{concept.name}/learned_embeds.safetensors", token="{concept.token}")',
+    }
+
+
+def _badge(library: Library, name: str, model: ModelInfo | None) -> dict[str, str] | None:
+    if model is None:
+        return None
+    from conceptlib.validate import validate
+
+    try:
+        findings = validate(library.embedding(name), model, home=library.home)
+    except Exception as exc:  # a damaged concept is shown as such, not a stopped build
+        return {"status": "error", "text": str(getattr(exc, "message", exc))[:200]}
+    errors = [f for f in findings if f.severity == "error"]
+    warnings = [f for f in findings if f.severity == "warning"]
+    if errors:
+        return {"status": "error", "text": errors[0].message}
+    if warnings:
+        return {"status": "warning", "text": warnings[0].message}
+    return {"status": "ok", "text": f"fits {model.display_name}"}
+
+
+def _files(library: Library, concept: Concept, writer: _Writer) -> tuple[str, dict[str, str]]:
+    """The concept's downloads, by content hash: (the UI word, layout -> relative path)."""
+    import tempfile
+
+    key = concept.content_hash[:20]
+    folder = f"files/{key}"
+    existing = sorted((writer.out / folder).glob("a1111/*.safetensors")) if (writer.out / folder).is_dir() else []
+    if existing and writer.has(f"{folder}/diffusers/learned_embeds.safetensors"):
+        writer.kept.add(existing[0])
+        return existing[0].stem, {"a1111": f"{folder}/a1111/{existing[0].name}", "diffusers": f"{folder}/diffusers/learned_embeds.safetensors"}
+    with tempfile.TemporaryDirectory(dir=library.staging_dir, prefix="gallery-") as tmp:
+        [ui] = library.export(concept.name, None, Path(tmp) / "a1111", target="a1111")
+        a1111 = ui.files[0]
+        word = ui.prompt_word
+        paths = {"a1111": writer.put(f"{folder}/a1111/{a1111.name}", a1111.read_bytes())}
+        from conceptlib.formats import write
+
+        emb = library.embedding(concept.name)
+        target = Path(tmp) / "learned_embeds.safetensors"
+        write(emb, target, format="sdxl" if len(emb.vectors) > 1 else "diffusers")
+        paths["diffusers"] = writer.put(f"{folder}/diffusers/learned_embeds.safetensors", target.read_bytes())
+    return word, paths
+
+
+def build(
+    library: Library,
+    out: str | os.PathLike[str],
+    *,
+    model: ModelInfo | None = None,
+    title: str = "Concepts",
+) -> GalleryReport:
+    """Write (or bring up to date) the gallery of ``library`` in ``out``.
+
+    Args:
+        library: the library.
+        out: the gallery folder (created; files of earlier builds that no concept uses any
+            more are removed, nothing else in it is touched).
+        model: validate every concept against it and show the result as a badge.
+        title: the page title.
+
+    Returns:
+        A :class:`GalleryReport`.
+    """
+    from conceptlib._terminal import printable
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    writer = _Writer(root)
+    items: list[dict[str, Any]] = []
+    report = GalleryReport(root, 0)
+    for summary in library.list():
+        try:
+            concept = library.show(summary.name)
+            word, downloads = _files(library, concept, writer)
+        except Exception as exc:  # one damaged concept is one skipped card, not a failed gallery
+            report.skipped.append(f"{summary.name}: {printable(str(getattr(exc, 'message', exc)), 200)}")
+            continue
+        images: list[dict[str, Any]] = []
+        folder = concept.path
+        for record in concept.images:
+            picture = folder / record.path if folder else None
+            rel = f"thumbs/{record.sha256[:20]}.png"
+            if not writer.has(rel) and picture is not None and picture.is_file():
+                thumb = _thumbnail(picture.read_bytes())
+                if thumb is None:
+                    continue
+                writer.put(rel, thumb)
+                writer.put(f"images/{record.sha256[:20]}{Path(record.path).suffix.lower()}", picture.read_bytes())
+            elif writer.has(rel):
+                writer.has(f"images/{record.sha256[:20]}{Path(record.path).suffix.lower()}")
+            else:
+                continue
+            images.append({"thumb": rel, "full": f"images/{record.sha256[:20]}{Path(record.path).suffix.lower()}"})
+        if not images:
+            rel = f"thumbs/v-{concept.content_hash[:20]}.png"
+            if not writer.has(rel):
+                writer.put(rel, _vector_picture(library.embedding(concept.name).vectors))
+            images.append({"thumb": rel, "full": rel, "vectors": True})
+        source = concept.source or {}
+        item: dict[str, Any] = {
+            "name": concept.name,
+            "token": concept.token,
+            "word": word,
+            "type": concept.type,
+            "family": concept.family or "unknown",
+            "family_label": concept.family_label,
+            "vectors": concept.vectors,
+            "dtype": concept.dtype,
+            "tags": sorted(concept.tags),
+            "license": concept.license,
+            "description": concept.description,
+            "content_hash": concept.content_hash,
+            "sha256": concept.file_sha256,
+            "autov2": concept.file_sha256[:10] if concept.file_sha256 else None,
+            "a1111": concept.file_sha256[:12] if concept.file_sha256 else None,
+            "format": concept.format,
+            "source": {k: v for k, v in source.items() if isinstance(v, (str, int, float, list, dict)) or v is None},
+            "history": [str(h.get("content_hash", ""))[:12] for h in concept.history],
+            "images": images,
+            "downloads": downloads,
+            "snippets": _snippets(concept, word),
+            "badge": _badge(library, concept.name, model),
+            "page": f"items/{concept.name}.html",
+        }
+        items.append(item)
+        writer.put(item["page"], _item_page(item, title).encode("utf-8"))
+    report.items = len(items)
+    writer.put("index.json", (json.dumps({"title": title, "items": items}, ensure_ascii=False, sort_keys=True, indent=1) + "\n").encode("utf-8"))
+    writer.put("items.js", f"window.GALLERY = {_script_json({'title': title, 'items': items})};\n".encode())
+    writer.put("index.html", _index_page(title, model).encode("utf-8"))
+    writer.put("app.js", _APP_JS.encode("utf-8"))
+    writer.put("style.css", _STYLE_CSS.encode("utf-8"))
+    for sub in ("items", "thumbs", "images", "files"):
+        base = root / sub
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*"), reverse=True):
+            if path.is_file() and path not in writer.kept:
+                path.unlink()
+                report.removed += 1
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+    report.written = writer.written
+    return report
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _index_page(title: str, model: ModelInfo | None) -> str:
+    against = f" Validation badges: against {_e(model.display_name)}." if model is not None else ""
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title>
+<link rel="stylesheet" href="style.css">
+</head>
+<body>
+<header>
+<h1>{_e(title)}</h1>
+<p class="about">Textual-inversion concepts, built by conceptlib.{against}</p>
+<form id="filters" role="search" onsubmit="return false">
+<label>Search <input id="q" type="search" placeholder="name, token, tag, description" autocomplete="off"></label>
+<label>Family <select id="family"><option value="">all</option></select></label>
+<label>Type <select id="type"><option value="">all</option></select></label>
+<label>Tag <select id="tag"><option value="">all</option></select></label>
+<span id="count" aria-live="polite"></span>
+</form>
+</header>
+<main>
+<ul id="cards" class="cards"></ul>
+<nav id="pages" aria-label="pages"></nav>
+</main>
+<script src="items.js"></script>
+<script src="app.js"></script>
+</body>
+</html>
+"""
+
+
+def _item_page(item: dict[str, Any], title: str) -> str:
+    images = "\n".join(
+        f'<a href="../{_e(i["full"])}"><img src="../{_e(i["thumb"])}" alt="{_e(item["name"])}: ' + ("its vectors as a heat map" if i.get("vectors") else f"sample image {n + 1}") + '" loading="lazy"></a>'
+        for n, i in enumerate(item["images"])
+    )
+    rows = [
+        ("token", item["token"]), ("type", item["type"]), ("base", item["family_label"]), ("vectors", f"{item['vectors']} ({item['dtype']})"),
+        ("tags", ", ".join(item["tags"])), ("license", item["license"]), ("format", item["format"]),
+        ("content hash", item["content_hash"]), ("sha256", item["sha256"]), ("AutoV2", item["autov2"]), ("A1111", item["a1111"]),
+        ("history", ", ".join(item["history"])),
+    ]  # fmt: skip
+    source = item["source"]
+    if source.get("type") == "merge":
+        rows.append(("merged from", source.get("expression")))
+        rows.append(("parents", ", ".join(f"{p.get('name')} ({str(p.get('content_hash', ''))[:12]})" for p in source.get("parents") or [] if isinstance(p, dict))))
+    elif source.get("repo_id"):
+        rows.append(("source", f"{source.get('repo_id')}@{str(source.get('commit') or source.get('revision') or '')[:12]}"))
+    table = "\n".join(f"<tr><th scope=\"row\">{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows if v not in (None, ""))
+    badge = item["badge"]
+    badge_html = f'<p class="badge {_e(badge["status"])}">{_e(badge["text"])}</p>' if badge else ""
+    downloads = item["downloads"]
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(item["name"])} · {_e(title)}</title>
+<link rel="stylesheet" href="../style.css">
+</head>
+<body>
+<header><p><a href="../index.html">← {_e(title)}</a></p><h1>{_e(item["name"])}</h1>{badge_html}</header>
+<main class="item">
+<section class="images">{images}</section>
+<section>
+<p class="description">{_e(item["description"] or "")}</p>
+<table>{table}</table>
+<h2>Download</h2>
+<ul>
+<li><a href="../{_e(downloads["a1111"])}" download>AUTOMATIC1111 / ComfyUI</a>: put it in <code>embeddings/</code>, write <code>{_e(item["snippets"]["a1111"])}</code> (ComfyUI: <code>{_e(item["snippets"]["comfyui"])}</code>)</li>
+<li><a href="../{_e(downloads["diffusers"])}" download>diffusers</a>: <code>{_e(item["snippets"]["diffusers"])}</code></li>
+</ul>
+</section>
+</main>
+</body>
+</html>
+"""
+
+
+_STYLE_CSS = """:root { color-scheme: light dark; font-family: system-ui, sans-serif; }
+body { margin: 0 auto; max-width: 1200px; padding: 0 1rem 2rem; }
+header h1 { margin-bottom: 0.2rem; }
+#filters { display: flex; flex-wrap: wrap; gap: 0.8rem; align-items: end; margin: 1rem 0; }
+#filters label { display: flex; flex-direction: column; font-size: 0.85rem; }
+.cards { list-style: none; padding: 0; display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 1rem; }
+.card { border: 1px solid #8884; border-radius: 8px; padding: 0.6rem; display: flex; flex-direction: column; gap: 0.3rem; }
+.card img { width: 100%; aspect-ratio: 1; object-fit: cover; border-radius: 4px; background: #8882; }
+.card h2 { font-size: 1rem; margin: 0; }
+.meta { font-size: 0.8rem; opacity: 0.8; }
+.tags span { font-size: 0.75rem; border: 1px solid #8886; border-radius: 4px; padding: 0 0.3rem; margin-right: 0.2rem; }
+.badge { font-size: 0.8rem; border-radius: 4px; padding: 0.1rem 0.3rem; }
+.badge.ok { background: #2a72; } .badge.warning { background: #da22; } .badge.error { background: #d222; }
+.copy { display: flex; gap: 0.3rem; flex-wrap: wrap; }
+.copy button { font-size: 0.75rem; }
+#pages { display: flex; gap: 0.4rem; margin-top: 1rem; flex-wrap: wrap; }
+#pages button[aria-current="page"] { font-weight: bold; }
+.item { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 1rem; }
+.item .images img { max-width: 48%; margin: 0 1% 1% 0; }
+table th { text-align: left; padding-right: 1rem; vertical-align: top; }
+td { word-break: break-all; }
+"""
+
+_APP_JS = r"""// conceptlib gallery: search, filters, paging and copy buttons over window.GALLERY.
+(function () {
+  "use strict";
+  var data = window.GALLERY || { items: [] };
+  var items = data.items;
+  var PAGE = 60;
+  var page = 0;
+  var q = document.getElementById("q");
+  var selects = { family: document.getElementById("family"), type: document.getElementById("type"), tag: document.getElementById("tag") };
+  var cards = document.getElementById("cards");
+  var pages = document.getElementById("pages");
+  var count = document.getElementById("count");
+  items.forEach(function (item) {
+    item._text = [item.name, item.token, item.word, item.type, item.family_label, item.description || "", item.tags.join(" ")].join(" ").toLowerCase();
+  });
+
+  function fill(select, values) {
+    values.sort().forEach(function (value) {
+      var option = document.createElement("option");
+      option.value = value;
+      option.textContent = value;
+      select.appendChild(option);
+    });
+  }
+  function unique(values) { return Object.keys(values.reduce(function (seen, v) { seen[v] = 1; return seen; }, {})); }
+  fill(selects.family, unique(items.map(function (i) { return i.family; })));
+  fill(selects.type, unique(items.map(function (i) { return i.type; })));
+  fill(selects.tag, unique([].concat.apply([], items.map(function (i) { return i.tags; }))));
+
+  function matching() {
+    var words = q.value.toLowerCase().split(/\s+/).filter(Boolean);
+    return items.filter(function (item) {
+      if (selects.family.value && item.family !== selects.family.value) return false;
+      if (selects.type.value && item.type !== selects.type.value) return false;
+      if (selects.tag.value && item.tags.indexOf(selects.tag.value) < 0) return false;
+      return words.every(function (w) { return item._text.indexOf(w) >= 0; });
+    });
+  }
+
+  function copy(text, button) {
+    var done = function () { button.setAttribute("data-copied", text); button.textContent = "copied"; };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(done, function () { fallback(text); done(); });
+    } else {
+      fallback(text);
+      done();
+    }
+  }
+  function fallback(text) {
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "absolute";
+    area.style.left = "-9999px";
+    document.body.appendChild(area);
+    area.select();
+    try { document.execCommand("copy"); } catch (e) { /* the text stays selectable */ }
+    document.body.removeChild(area);
+  }
+
+  function card(item) {
+    var li = document.createElement("li");
+    li.className = "card";
+    li.setAttribute("data-name", item.name);
+    var link = document.createElement("a");
+    link.href = item.page;
+    var img = document.createElement("img");
+    img.src = item.images[0].thumb;
+    img.alt = item.name + (item.images[0].vectors ? ": its vectors as a heat map" : ": sample image");
+    img.loading = "lazy";
+    link.appendChild(img);
+    var h = document.createElement("h2");
+    var title = document.createElement("a");
+    title.href = item.page;
+    title.textContent = item.name;
+    h.appendChild(title);
+    var meta = document.createElement("p");
+    meta.className = "meta";
+    meta.textContent = item.word + " · " + item.type + " · " + item.family_label + " · " + item.vectors + (item.vectors === 1 ? " vector" : " vectors") + (item.license ? " · " + item.license : "");
+    var tags = document.createElement("p");
+    tags.className = "tags";
+    item.tags.forEach(function (t) { var s = document.createElement("span"); s.textContent = t; tags.appendChild(s); });
+    li.appendChild(link);
+    li.appendChild(h);
+    li.appendChild(meta);
+    li.appendChild(tags);
+    if (item.badge) {
+      var badge = document.createElement("p");
+      badge.className = "badge " + item.badge.status;
+      badge.textContent = item.badge.text;
+      li.appendChild(badge);
+    }
+    var buttons = document.createElement("div");
+    buttons.className = "copy";
+    [["a1111", "A1111"], ["comfyui", "ComfyUI"], ["diffusers", "diffusers"]].forEach(function (pair) {
+      var b = document.createElement("button");
+      b.type = "button";
+      b.className = "copy-" + pair[0];
+      b.textContent = "copy " + pair[1];
+      b.setAttribute("aria-label", "copy the " + pair[1] + " prompt snippet for " + item.name);
+      b.addEventListener("click", function () { copy(item.snippets[pair[0]], b); });
+      buttons.appendChild(b);
+    });
+    li.appendChild(buttons);
+    return li;
+  }
+
+  function render() {
+    var found = matching();
+    var total = Math.max(1, Math.ceil(found.length / PAGE));
+    if (page >= total) page = total - 1;
+    cards.textContent = "";
+    var fragment = document.createDocumentFragment();
+    found.slice(page * PAGE, (page + 1) * PAGE).forEach(function (item) { fragment.appendChild(card(item)); });
+    cards.appendChild(fragment);
+    count.textContent = found.length + " of " + items.length;
+    pages.textContent = "";
+    if (total > 1) {
+      for (var p = 0; p < total; p++) {
+        var b = document.createElement("button");
+        b.type = "button";
+        b.textContent = String(p + 1);
+        if (p === page) b.setAttribute("aria-current", "page");
+        b.addEventListener("click", (function (target) { return function () { page = target; render(); window.scrollTo(0, 0); }; })(p));
+        pages.appendChild(b);
+      }
+    }
+  }
+  var timer = null;
+  q.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(function () { page = 0; render(); }, 60); });
+  Object.keys(selects).forEach(function (k) { selects[k].addEventListener("change", function () { page = 0; render(); }); });
+  render();
+})();
+"""
