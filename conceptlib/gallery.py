@@ -24,7 +24,8 @@ import html
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from conceptlib._atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
     from conceptlib.concept import Concept
+    from conceptlib.embedding import Embedding
     from conceptlib.library import Library
     from conceptlib.models import ModelInfo
 
@@ -136,15 +138,12 @@ def _snippets(concept: Concept, word: str) -> dict[str, str]:
     }
 
 
-def _badge(library: Library, name: str, model: ModelInfo | None) -> dict[str, str] | None:
+def _badge(library: Library, emb: Embedding, model: ModelInfo | None) -> dict[str, str] | None:
     if model is None:
         return None
     from conceptlib.validate import validate
 
-    try:
-        findings = validate(library.embedding(name), model, home=library.home)
-    except Exception as exc:  # a damaged concept is shown as such, not a stopped build
-        return {"status": "error", "text": str(getattr(exc, "message", exc))[:200]}
+    findings = validate(emb, model, home=library.home)
     errors = [f for f in findings if f.severity == "error"]
     warnings = [f for f in findings if f.severity == "warning"]
     if errors:
@@ -154,27 +153,42 @@ def _badge(library: Library, name: str, model: ModelInfo | None) -> dict[str, st
     return {"status": "ok", "text": f"fits {model.display_name}"}
 
 
-def _files(library: Library, concept: Concept, writer: _Writer) -> tuple[str, dict[str, str]]:
-    """The concept's downloads, by content hash: (the UI word, layout -> relative path)."""
-    import tempfile
+class _Lazy:
+    """A concept's vectors, decoded (and their hash checked) only when a file must be made, once."""
 
-    key = concept.content_hash[:20]
-    folder = f"files/{key}"
-    existing = sorted((writer.out / folder).glob("a1111/*.safetensors")) if (writer.out / folder).is_dir() else []
-    if existing and writer.has(f"{folder}/diffusers/learned_embeds.safetensors"):
-        writer.kept.add(existing[0])
-        return existing[0].stem, {"a1111": f"{folder}/a1111/{existing[0].name}", "diffusers": f"{folder}/diffusers/learned_embeds.safetensors"}
-    with tempfile.TemporaryDirectory(dir=library.staging_dir, prefix="gallery-") as tmp:
-        [ui] = library.export(concept.name, None, Path(tmp) / "a1111", target="a1111")
-        a1111 = ui.files[0]
-        word = ui.prompt_word
-        paths = {"a1111": writer.put(f"{folder}/a1111/{a1111.name}", a1111.read_bytes())}
-        from conceptlib.formats import write
+    def __init__(self, library: Library, name: str) -> None:
+        self.library, self.name = library, name
+        self._emb: Embedding | None = None
 
-        emb = library.embedding(concept.name)
-        target = Path(tmp) / "learned_embeds.safetensors"
-        write(emb, target, format="sdxl" if len(emb.vectors) > 1 else "diffusers")
-        paths["diffusers"] = writer.put(f"{folder}/diffusers/learned_embeds.safetensors", target.read_bytes())
+    def __call__(self) -> Embedding:
+        if self._emb is None:
+            self._emb = self.library.embedding(self.name)
+        return self._emb
+
+
+def _files(concept: Concept, load: Callable[[], Embedding], writer: _Writer) -> tuple[str, dict[str, str]]:
+    """The concept's downloads, by content hash: (the UI word, layout -> relative path).
+
+    The AUTOMATIC1111/ComfyUI file is the one ``export --for a1111`` writes (the same format,
+    the same word for its name); the diffusers one is ``learned_embeds.safetensors``.
+    """
+    from conceptlib.formats import FORMATS, plan
+    from conceptlib.library import UI_FORMATS, ui_word
+
+    single, sdxl = UI_FORMATS["a1111"]
+    is_sdxl = concept.family == "sdxl"
+    fmt = sdxl if is_sdxl else single
+    word = ui_word(concept.prompt_word, "a1111") or ui_word(concept.name, "a1111") or f"concept-{concept.content_hash[:12]}"
+    folder = f"files/{concept.content_hash[:20]}"
+    paths = {"a1111": f"{folder}/a1111/{word}{FORMATS[fmt].suffix}", "diffusers": f"{folder}/diffusers/learned_embeds.safetensors"}
+    if all(writer.has(rel) for rel in paths.values()):
+        return word, paths  # by content hash: already the right bytes, nothing is decoded
+    emb = load()
+    # Named by its word, as export names it (AUTOMATIC1111 reads the file's stored name).
+    [(_, data)] = plan(replace(emb, name=word), Path(paths["a1111"]).name, format=fmt)[1]
+    writer.put(paths["a1111"], data)
+    [(_, data)] = plan(emb, "learned_embeds.safetensors", format="sdxl" if is_sdxl else "diffusers")[1]
+    writer.put(paths["diffusers"], data)
     return word, paths
 
 
@@ -205,9 +219,11 @@ def build(
     items: list[dict[str, Any]] = []
     report = GalleryReport(root, 0)
     for summary in library.list():
+        load = _Lazy(library, summary.name)
         try:
             concept = library.show(summary.name)
-            word, downloads = _files(library, concept, writer)
+            word, downloads = _files(concept, load, writer)
+            badge = _badge(library, load(), model) if model is not None else None
         except Exception as exc:  # one damaged concept is one skipped card, not a failed gallery
             report.skipped.append(f"{summary.name}: {printable(str(getattr(exc, 'message', exc)), 200)}")
             continue
@@ -230,7 +246,7 @@ def build(
         if not images:
             rel = f"thumbs/v-{concept.content_hash[:20]}.png"
             if not writer.has(rel):
-                writer.put(rel, _vector_picture(library.embedding(concept.name).vectors))
+                writer.put(rel, _vector_picture(load().vectors))
             images.append({"thumb": rel, "full": rel, "vectors": True})
         source = concept.source or {}
         item: dict[str, Any] = {
@@ -255,7 +271,7 @@ def build(
             "images": images,
             "downloads": downloads,
             "snippets": _snippets(concept, word),
-            "badge": _badge(library, concept.name, model),
+            "badge": badge,
             "page": f"items/{concept.name}.html",
         }
         items.append(item)

@@ -81,6 +81,9 @@ def test_the_gallery_files(library: Library, tmp_path: Path) -> None:
     for item in index["items"]:
         for layout in ("a1111", "diffusers"):
             assert read(site / item["downloads"][layout]).content_hash() == library.embedding(item["name"]).content_hash()
+    # The AUTOMATIC1111/ComfyUI file is the one `export --for a1111` writes, byte for byte.
+    [exported] = library.export("xl-style", None, tmp_path / "ui", target="a1111")
+    assert (site / index["items"][2]["downloads"]["a1111"]).read_bytes() == exported.files[0].read_bytes()
     # A concept without images shows its vectors.
     assert index["items"][0]["images"][0].get("vectors") is True
     # Strangers' text is escaped: nothing closes the script or opens a tag.
