@@ -32,7 +32,8 @@ def demo(
     ] = None,
 ) -> None:
     """Run the whole workflow on sample files in a fresh library: inspect, convert, add,
-    search, validate against a built-in tiny model, export for AUTOMATIC1111, verify.
+    search, validate against a built-in tiny model, export for AUTOMATIC1111, train and render
+    (with the torch extra), verify, and build the gallery.
 
     Example: conceptlib demo --dir /tmp/my-demo
     """
@@ -115,10 +116,44 @@ def demo(
         for path in item.files:
             out.print(f"  {path}", markup=False)
 
-    _step("7. Verify the library")
+    runnable = _deps.available("torch") and _deps.available("diffusers") and _deps.available("transformers")
+    _step("7. Train a concept on the tiny model from cat-toy's pictures, and add it")
+    if runnable:
+        from conceptlib.train import TrainConfig, train
+
+        trained = train(TrainConfig(
+            model=str(model_dir), images=str(downloads / "cat-toy" / "concept_images"), token="<demo-cat>",
+            init_word="cat", name="demo-cat", steps=12, lr=0.02, resolution=32, save_every=0,
+            out=str(root / "training" / "demo-cat"), home=str(library.home), seed=0,
+        ))  # fmt: skip
+        out.print(f"  demo-cat: {trained.steps} steps, evaluation loss {trained.eval_loss_start:.4f} -> {trained.eval_loss_end:.4f}, "
+                  f"{trained.library_action} to the library", markup=False)  # fmt: skip
+    else:
+        out.print("  (skipped: training needs conceptlib[torch])", markup=False)
+
+    _step("8. Render a grid that composes two concepts, with a negative one")
+    if runnable:
+        from conceptlib.render import RenderConfig, render
+
+        rendered = render(RenderConfig(
+            model=str(model_dir), prompts=["a <demo-cat> in the style of <birb-style>"], negative="bad-artist",
+            images_per_prompt=4, batch_size=4, steps=4, size=(64, 64), seed=1, grid=True,
+            out=root / "renders", home=library.home,
+        ))  # fmt: skip
+        out.print(f"  {len(rendered.images)} images with {', '.join(c.name for c in rendered.concepts)}; grid {rendered.grid}", markup=False)
+    else:
+        out.print("  (skipped: rendering needs conceptlib[torch])", markup=False)
+
+    _step("9. Verify the library")
     checked = library.verify()
     out.print("  clean: every hash matches, index and manifests agree" if checked.ok else
               f"  {len(checked.problems)} problems", markup=False)
+
+    _step("10. Build the gallery")
+    from conceptlib.gallery import build
+
+    gallery = build(library, root / "gallery", title="conceptlib demo")
+    out.print(f"  {gallery.items} concepts; open {(root / 'gallery' / 'index.html').resolve().as_uri()}", markup=False)
     library.close()
     out.print()
     out.print(f"Try: conceptlib list --home {root / 'library'}", markup=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,9 @@ def check(output: str, home: Path) -> None:
     assert "  cat-toy          fits" in output
     assert "same content hash: True" in output
     assert "clean: every hash matches" in output
+    # The gallery of the demo library, at the address printed.
+    index = home / "gallery" / "index.html"
+    assert f"; open {index.resolve().as_uri()}\n" in output and index.is_file()
     assert sorted(p.name for p in (home / "a1111-embeddings").iterdir()) == [
         "bad-artist.safetensors", "birb-style.safetensors", "cat-toy.safetensors", "easy-negative.safetensors"
     ]
@@ -59,6 +63,8 @@ def check(output: str, home: Path) -> None:
 def test_demo_without_torch(tmp_path: Path) -> None:
     output = run_demo(tmp_path / "demo", block_torch=True)
     assert "install conceptlib[torch] for its weights" in output
+    assert "  (skipped: training needs conceptlib[torch])\n" in output and "  (skipped: rendering needs conceptlib[torch])\n" in output
+    assert "  6 concepts; open " in output
     check(output, tmp_path / "demo")
 
 
@@ -68,6 +74,10 @@ def test_demo_with_tiny_model(tmp_path: Path) -> None:
     assert "a runnable tiny model with seeded weights" in output
     check(output, tmp_path / "demo")
     assert (tmp_path / "demo" / "models" / "tiny-sd1" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    # It trains a concept, renders it beside two others, and shows all seven in the gallery.
+    assert re.search(r"  demo-cat: 12 steps, evaluation loss [\d.]+ -> [\d.]+, added to the library\n", output)
+    assert f"  4 images with demo-cat, birb-style, bad-artist; grid {tmp_path / 'demo' / 'renders' / 'grid.png'}\n" in output
+    assert "  7 concepts; open " in output
 
 
 def test_demo_refuses_a_non_empty_home(tmp_path: Path) -> None:
