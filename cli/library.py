@@ -167,6 +167,8 @@ def gallery(
         typer.Option("--model", "-m", help="Validate every concept against this model and show the result as a badge.", show_default=False),
     ] = None,
     title: Annotated[str, typer.Option("--title", help="The page title.")] = "Concepts",
+    steps: Annotated[int, typer.Option("--steps", help="With --model and the torch extra: sampling steps of the preview rendered for a concept without sample images, 1 to 1000.")] = 20,
+    no_previews: Annotated[bool, typer.Option("--no-previews", help="Never render previews (concepts without images show their vectors).")] = False,
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
@@ -179,14 +181,16 @@ def gallery(
     Example: conceptlib gallery site --model sd15 --title "Our concepts"
     """
     from conceptlib.gallery import build
+    from conceptlib.render import check_range
 
+    check_range("--steps", steps, 1, 1000)
     lib = _library(home)
     described = None
     if model is not None:
         from conceptlib.models import resolve_model
 
         described = resolve_model(model, home=lib.home, hash_files=False)
-    report = build(lib, out, model=described, title=title)
+    report = build(lib, out, model=described, title=title, previews=not no_previews, steps=steps)
     if json_:
         print_json(report.to_dict())
         return

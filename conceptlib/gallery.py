@@ -20,6 +20,7 @@ HTML-escaped in pages and JSON-encoded (with ``<`` escaped) in scripts.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
@@ -192,12 +193,61 @@ def _files(concept: Concept, load: Callable[[], Embedding], writer: _Writer) -> 
     return word, paths
 
 
+class _Previews:
+    """Preview renders for concepts without sample images: one pipeline, loaded on first need.
+
+    Each preview is cached by what made it (the concept's content hash, the model's fingerprints,
+    the prompt, steps, size and seed), so a rebuild renders only new or changed concepts.
+    """
+
+    def __init__(self, library: Library, model: ModelInfo, steps: int) -> None:
+        from conceptlib.single_file import native_size
+
+        self.library, self.model, self.steps = library, model, steps
+        self.size = min(512, native_size(model, None))
+        self._pipe: Any = None
+        self.failed: list[str] = []
+
+    def key(self, concept: Concept) -> tuple[str, str, str]:
+        from conceptlib.preview import NEGATIVE_PROMPTS, OBJECT_TEMPLATES, STYLE_TEMPLATES
+
+        if concept.type == "negative":
+            prompt, negative = NEGATIVE_PROMPTS[0], concept.token
+        else:
+            prompt, negative = (STYLE_TEMPLATES if concept.type == "style" else OBJECT_TEMPLATES)[0].format(concept.token), ""
+        made_by = json.dumps([concept.content_hash, self.model.fingerprints(), prompt, negative, self.steps, self.size, 0], sort_keys=True)
+        return hashlib.sha256(made_by.encode()).hexdigest()[:20], prompt, negative
+
+    def render(self, concept: Concept, prompt: str, negative: str) -> bytes | None:
+        import tempfile
+
+        from conceptlib.errors import ConceptlibError
+        from conceptlib.render import RenderConfig, render
+
+        try:
+            if self._pipe is None:
+                from conceptlib.pipelines import load_pipeline
+
+                self._pipe = load_pipeline(self.model)
+            with tempfile.TemporaryDirectory(dir=self.library.staging_dir, prefix="gallery-") as folder:
+                done = render(
+                    RenderConfig(model=self.model, prompts=[prompt], negative=negative, steps=self.steps, size=(self.size, self.size), seed=0, out=folder, home=self.library.home),
+                    pipeline=self._pipe,
+                )  # fmt: skip
+                return _thumbnail(done.images[0].path.read_bytes())
+        except ConceptlibError as exc:  # a concept that does not fit the model keeps its vectors' picture
+            self.failed.append(f"{concept.name}: no preview ({exc.message})")
+            return None
+
+
 def build(
     library: Library,
     out: str | os.PathLike[str],
     *,
     model: ModelInfo | None = None,
     title: str = "Concepts",
+    previews: bool = True,
+    steps: int = 20,
 ) -> GalleryReport:
     """Write (or bring up to date) the gallery of ``library`` in ``out``.
 
@@ -205,8 +255,12 @@ def build(
         library: the library.
         out: the gallery folder (created; files of earlier builds that no concept uses any
             more are removed, nothing else in it is touched).
-        model: validate every concept against it and show the result as a badge.
+        model: validate every concept against it and show the result as a badge; with the
+            torch extra and weights, concepts without sample images get a preview render as
+            their thumbnail.
         title: the page title.
+        previews: render previews with ``model`` (False: the vectors' picture instead).
+        steps: sampling steps of a preview.
 
     Returns:
         A :class:`GalleryReport`.
@@ -218,6 +272,12 @@ def build(
     writer = _Writer(root)
     items: list[dict[str, Any]] = []
     report = GalleryReport(root, 0)
+    renders: _Previews | None = None
+    if model is not None and previews and model.kind in ("diffusers", "checkpoint"):
+        from conceptlib import _deps
+
+        if _deps.available("torch") and _deps.available("diffusers") and _deps.available("transformers"):
+            renders = _Previews(library, model, steps)
     for summary in library.list():
         load = _Lazy(library, summary.name)
         try:
@@ -243,6 +303,11 @@ def build(
             else:
                 continue
             images.append({"thumb": rel, "full": f"images/{record.sha256[:20]}{Path(record.path).suffix.lower()}"})
+        if not images and renders is not None:
+            key, prompt, negative = renders.key(concept)
+            rel = f"thumbs/r-{key}.png"
+            if writer.has(rel) or ((rendered := renders.render(concept, prompt, negative)) is not None and writer.put(rel, rendered)):
+                images.append({"thumb": rel, "full": rel, "preview": prompt + (f" (negative: {negative})" if negative else "")})
         if not images:
             rel = f"thumbs/v-{concept.content_hash[:20]}.png"
             if not writer.has(rel):
@@ -250,6 +315,7 @@ def build(
             images.append({"thumb": rel, "full": rel, "vectors": True})
         source = concept.source or {}
         item: dict[str, Any] = {
+            "kind": "concept",
             "name": concept.name,
             "token": concept.token,
             "word": word,
@@ -277,6 +343,8 @@ def build(
         items.append(item)
         writer.put(item["page"], _item_page(item, title).encode("utf-8"))
     report.items = len(items)
+    if renders is not None:
+        report.skipped += renders.failed
     writer.put("index.json", (json.dumps({"title": title, "items": items}, ensure_ascii=False, sort_keys=True, indent=1) + "\n").encode("utf-8"))
     writer.put("items.js", f"window.GALLERY = {_script_json({'title': title, 'items': items})};\n".encode())
     writer.put("index.html", _index_page(title, model).encode("utf-8"))
@@ -318,6 +386,7 @@ def _index_page(title: str, model: ModelInfo | None) -> str:
 <label>Search <input id="q" type="search" placeholder="name, token, tag, description" autocomplete="off"></label>
 <label>Family <select id="family"><option value="">all</option></select></label>
 <label>Type <select id="type"><option value="">all</option></select></label>
+<label>Kind <select id="kind"><option value="">all</option></select></label>
 <label>Tag <select id="tag"><option value="">all</option></select></label>
 <span id="count" aria-live="polite"></span>
 </form>
@@ -333,9 +402,18 @@ def _index_page(title: str, model: ModelInfo | None) -> str:
 """
 
 
+def _shows(image: dict[str, Any], n: int) -> str:
+    """What a picture of an item shows, for its alt text."""
+    if image.get("vectors"):
+        return "its vectors as a heat map"
+    if image.get("preview"):
+        return f"preview render of {image['preview']}"
+    return f"sample image {n + 1}"
+
+
 def _item_page(item: dict[str, Any], title: str) -> str:
     images = "\n".join(
-        f'<a href="../{_e(i["full"])}"><img src="../{_e(i["thumb"])}" alt="{_e(item["name"])}: ' + ("its vectors as a heat map" if i.get("vectors") else f"sample image {n + 1}") + '" loading="lazy"></a>'
+        f'<a href="../{_e(i["full"])}"><img src="../{_e(i["thumb"])}" alt="{_e(item["name"])}: {_e(_shows(i, n))}" loading="lazy"></a>'
         for n, i in enumerate(item["images"])
     )
     rows = [
@@ -412,7 +490,7 @@ _APP_JS = r"""// conceptlib gallery: search, filters, paging and copy buttons ov
   var PAGE = 60;
   var page = 0;
   var q = document.getElementById("q");
-  var selects = { family: document.getElementById("family"), type: document.getElementById("type"), tag: document.getElementById("tag") };
+  var selects = { family: document.getElementById("family"), type: document.getElementById("type"), kind: document.getElementById("kind"), tag: document.getElementById("tag") };
   var cards = document.getElementById("cards");
   var pages = document.getElementById("pages");
   var count = document.getElementById("count");
@@ -431,6 +509,7 @@ _APP_JS = r"""// conceptlib gallery: search, filters, paging and copy buttons ov
   function unique(values) { return Object.keys(values.reduce(function (seen, v) { seen[v] = 1; return seen; }, {})); }
   fill(selects.family, unique(items.map(function (i) { return i.family; })));
   fill(selects.type, unique(items.map(function (i) { return i.type; })));
+  fill(selects.kind, unique(items.map(function (i) { return i.kind; })));
   fill(selects.tag, unique([].concat.apply([], items.map(function (i) { return i.tags; }))));
 
   function matching() {
@@ -438,6 +517,7 @@ _APP_JS = r"""// conceptlib gallery: search, filters, paging and copy buttons ov
     return items.filter(function (item) {
       if (selects.family.value && item.family !== selects.family.value) return false;
       if (selects.type.value && item.type !== selects.type.value) return false;
+      if (selects.kind.value && item.kind !== selects.kind.value) return false;
       if (selects.tag.value && item.tags.indexOf(selects.tag.value) < 0) return false;
       return words.every(function (w) { return item._text.indexOf(w) >= 0; });
     });
@@ -472,7 +552,7 @@ _APP_JS = r"""// conceptlib gallery: search, filters, paging and copy buttons ov
     link.href = item.page;
     var img = document.createElement("img");
     img.src = item.images[0].thumb;
-    img.alt = item.name + (item.images[0].vectors ? ": its vectors as a heat map" : ": sample image");
+    img.alt = item.name + (item.images[0].vectors ? ": its vectors as a heat map" : item.images[0].preview ? ": preview render of " + item.images[0].preview : ": sample image");
     img.loading = "lazy";
     link.appendChild(img);
     var h = document.createElement("h2");

@@ -195,3 +195,24 @@ def test_in_a_browser(browser: Any, library: Library, tmp_path: Path) -> None:
     loaded = page.locator(".images img").evaluate_all("imgs => imgs.map(i => i.complete && i.naturalWidth > 0)")
     assert loaded == [True, True]
     assert problems == []
+
+
+@pytest.mark.torch
+def test_previews_for_concepts_without_images(library: Library, tmp_path: Path) -> None:
+    from conceptlib.models import read_model
+    from conceptlib.tiny import create_tiny
+
+    model = read_model(create_tiny(tmp_path / "tiny", "sd1", seed=0), home=library.home)
+    report = build(library, tmp_path / "site", model=model, steps=2)
+    index = json.loads((tmp_path / "site" / "index.json").read_text())
+    pictures = {i["name"]: i["images"][0] for i in index["items"]}
+    assert pictures["bad-hands"]["preview"] == "a portrait of a woman (negative: <bad-hands>)"
+    assert pictures["cat-toy"].get("preview") is None and len(index["items"][1]["images"]) == 2  # its own images
+    # The SDXL concept cannot be rendered with an SD 1.x model: its vectors, and a line saying why.
+    assert pictures["xl-style"].get("vectors") is True
+    assert [line.split(":")[0] for line in report.skipped] == ["xl-style"]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "site" / pictures["bad-hands"]["thumb"]).size == (64, 64)  # the tiny model's native size
+    # Cached by what made it: a rebuild renders nothing.
+    assert build(library, tmp_path / "site", model=model, steps=2).written == 0
