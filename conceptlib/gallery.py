@@ -290,19 +290,19 @@ def build(
         images: list[dict[str, Any]] = []
         folder = concept.path
         for record in concept.images:
-            picture = folder / record.path if folder else None
-            rel = f"thumbs/{record.sha256[:20]}.png"
-            if not writer.has(rel) and picture is not None and picture.is_file():
-                thumb = _thumbnail(picture.read_bytes())
+            thumb_rel = f"thumbs/{record.sha256[:20]}.png"
+            full_rel = f"images/{record.sha256[:20]}{Path(record.path).suffix.lower()}"
+            if not (writer.has(thumb_rel) and writer.has(full_rel)):  # both, by the image's hash
+                picture = folder / record.path if folder else None
+                if picture is None or not picture.is_file():
+                    continue
+                data = picture.read_bytes()
+                thumb = _thumbnail(data)
                 if thumb is None:
                     continue
-                writer.put(rel, thumb)
-                writer.put(f"images/{record.sha256[:20]}{Path(record.path).suffix.lower()}", picture.read_bytes())
-            elif writer.has(rel):
-                writer.has(f"images/{record.sha256[:20]}{Path(record.path).suffix.lower()}")
-            else:
-                continue
-            images.append({"thumb": rel, "full": f"images/{record.sha256[:20]}{Path(record.path).suffix.lower()}"})
+                writer.put(thumb_rel, thumb)
+                writer.put(full_rel, data)
+            images.append({"thumb": thumb_rel, "full": full_rel})
         if not images and renders is not None:
             key, prompt, negative = renders.key(concept)
             rel = f"thumbs/r-{key}.png"

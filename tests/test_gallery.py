@@ -99,6 +99,10 @@ def test_same_library_same_bytes_and_rebuilds_write_what_changed(library: Librar
     assert first.written == len(_files(tmp_path / "one"))
     again = build(library, tmp_path / "one")
     assert (again.written, again.removed) == (0, 0)
+    # A picture deleted by hand is made again; nothing else is written.
+    [full] = sorted((tmp_path / "one" / "images").iterdir())[:1]
+    full.unlink()
+    assert build(library, tmp_path / "one").written == 1 and full.is_file()
     # One tag: its page and the two indexes.
     library.tag("bad-hands", add=["hands"])
     changed = build(library, tmp_path / "one")
