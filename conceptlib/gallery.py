@@ -42,6 +42,8 @@ __all__ = ["GalleryReport", "build"]
 
 #: Thumbnail size in pixels (the longer side).
 THUMB = 256
+#: The fields of a concept's source a gallery shows.
+_PUBLIC_SOURCE = ("type", "repo_id", "revision", "commit", "url", "file", "expression", "parents", "words")
 
 
 @dataclass
@@ -266,6 +268,7 @@ def build(
         A :class:`GalleryReport`.
     """
     from conceptlib._terminal import printable
+    from conceptlib.errors import ConceptlibError
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -284,7 +287,7 @@ def build(
             concept = library.show(summary.name)
             word, downloads = _files(concept, load, writer)
             badge = _badge(library, load(), model) if model is not None else None
-        except Exception as exc:  # one damaged concept is one skipped card, not a failed gallery
+        except (ConceptlibError, OSError) as exc:  # one damaged concept is one skipped card, not a failed gallery
             report.skipped.append(f"{summary.name}: {printable(str(getattr(exc, 'message', exc)), 200)}")
             continue
         images: list[dict[str, Any]] = []
@@ -332,7 +335,10 @@ def build(
             "autov2": concept.file_sha256[:10] if concept.file_sha256 else None,
             "a1111": concept.file_sha256[:12] if concept.file_sha256 else None,
             "format": concept.format,
-            "source": {k: v for k, v in source.items() if isinstance(v, (str, int, float, list, dict)) or v is None},
+            # Where it came from, as far as it is public: a Hub repository, a merge. A local
+            # source is a path on the machine that built the gallery, which a published site
+            # must not show.
+            "source": {k: v for k, v in source.items() if k in _PUBLIC_SOURCE},
             "history": [str(h.get("content_hash", ""))[:12] for h in concept.history],
             "images": images,
             "downloads": downloads,

@@ -84,6 +84,8 @@ def test_the_gallery_files(library: Library, tmp_path: Path) -> None:
     # The AUTOMATIC1111/ComfyUI file is the one `export --for a1111` writes, byte for byte.
     [exported] = library.export("xl-style", None, tmp_path / "ui", target="a1111")
     assert (site / index["items"][2]["downloads"]["a1111"]).read_bytes() == exported.files[0].read_bytes()
+    # A local source is a path on the building machine: never published.
+    assert all("path" not in item["source"] for item in index["items"]) and str(tmp_path) not in (site / "items.js").read_text()
     # A concept without images shows its vectors.
     assert index["items"][0]["images"][0].get("vectors") is True
     # Strangers' text is escaped: nothing closes the script or opens a tag.
