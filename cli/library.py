@@ -116,7 +116,7 @@ def add(
 
 
 def merge(
-    expression: Annotated[str, typer.Argument(help="What to compute, e.g. \"0.6*<cat-toy> + 0.4*<birb-style>\" (see below).", show_default=False)],
+    expression: Annotated[str, typer.Argument(help="What to compute, e.g. \"0.6*<cat-toy> + 0.4*<birb-style>\" (the language is above).", show_default=False)],
     name: Annotated[str, typer.Option("--name", help="Name of the new concept.", show_default=False)],
     token: TokenOpt = None,
     type_: TypeOpt = None,
