@@ -51,6 +51,17 @@ CASES: list[tuple[str, Any, type[BadInputError], str]] = [
     ("sdxl rows differ", {"clip_l": vectors(2, 768), "clip_g": vectors(3, 1280)}, EmbeddingStructureError, "different numbers"),
     ("clip_g wrong width", {"clip_l": vectors(1, 768), "clip_g": vectors(1, 768)}, EmbeddingStructureError, "1280 wide"),
     ("a list", [vectors(1, 768)], EmbeddingStructureError, "holds a list"),
+    # AUTOMATIC1111 keeps hypernetworks beside embeddings: named for what they are.
+    ("a1111 hypernetwork", {
+        768: [{"linear.0.weight": vectors(4, 768), "linear.0.bias": vectors(1, 4)}, {"linear.0.weight": vectors(4, 768)}],
+        320: [{"linear.0.weight": vectors(2, 320)}, {"linear.0.weight": vectors(2, 320)}],
+        "layer_structure": [1, 2, 1], "activation_func": "relu", "name": "hn",
+    }, EmbeddingStructureError, r"is a hypernetwork \(attention widths 320, 768\), not a textual-inversion embedding"),
+    ("novelai hypernetwork", {768: [{"linear1.weight": vectors(4, 768), "linear2.weight": vectors(768, 4)}] * 2},
+     EmbeddingStructureError, r"is a hypernetwork \(attention widths 768\)"),
+    ("optimizer sidecar", {"hash": "0123456789", "optimizer_name": "AdamW", "optimizer_state_dict": {"state": {}}},
+     EmbeddingStructureError, r"the optimizer state AUTOMATIC1111 saves beside a hypernetwork or embedding \(NAME.pt.optim\)"),
+    ("int keys but not modules", {768: [{"weight": vectors(1, 768)}, {}]}, EmbeddingStructureError, "holds no tensors"),
 ]
 
 

@@ -347,6 +347,22 @@ def _snapshot_list(state: list[Any]) -> bool:
     )
 
 
+def _hypernetwork_widths(state: dict[Any, Any]) -> list[int]:
+    """The attention widths of an AUTOMATIC1111/NovelAI/kohya hypernetwork dict, or [] for anything else.
+
+    Such a dict maps integer widths (320, 640, 768, 1024, 1280) to a pair of module state dicts
+    (``linear.N.weight``/``bias``; NovelAI's ``linear1``/``linear2``), beside metadata fields.
+    """
+
+    def module_pair(value: object) -> bool:
+        return isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(m, dict) and m and all(isinstance(k, str) and k.startswith("linear") for k in m) for m in value
+        )
+
+    ints = [k for k in state if isinstance(k, int) and not isinstance(k, bool)]
+    return sorted(ints) if ints and all(module_pair(state[k]) for k in ints) else []
+
+
 def interpret(
     state: Any,
     path: str | os.PathLike[str],
@@ -396,6 +412,20 @@ def interpret(
         raise EmbeddingStructureError(
             "holds an empty dict: there are no vectors in this file", path=path,
             hint="the file was saved before training produced anything; get the real file",
+        )
+    widths = _hypernetwork_widths(state)
+    if widths:
+        # AUTOMATIC1111 users keep these beside their embeddings: say what it is, not "no tensors".
+        raise EmbeddingStructureError(
+            f"is a hypernetwork (attention widths {', '.join(str(w) for w in widths[:8])}{', ...' if len(widths) > 8 else ''}), not a textual-inversion embedding",
+            path=path,
+            hint="AUTOMATIC1111 loads it from models/hypernetworks/ and calls it as <hypernet:NAME:1>; conceptlib does not manage hypernetworks yet",
+        )
+    if "optimizer_state_dict" in state and "hash" in state:
+        raise EmbeddingStructureError(
+            "is the optimizer state AUTOMATIC1111 saves beside a hypernetwork or embedding (NAME.pt.optim), not an embedding",
+            path=path,
+            hint="it only resumes training in AUTOMATIC1111; read the .pt it belongs to",
         )
 
     fields: dict[str, Any] = {}
