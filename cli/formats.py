@@ -32,10 +32,16 @@ def _file_facts(path: Path) -> dict[str, Any]:
 
 def inspect_path(path: Path, strict: bool) -> dict[str, Any]:
     """Everything ``inspect`` shows about one file, as a JSON-ready dict."""
+    from conceptlib.errors import IsHypernetworkError
     from conceptlib.formats import FORMATS, read
     from conceptlib.hashing import a1111_checksum
 
-    emb = read(path, strict=strict)
+    try:
+        emb = read(path, strict=strict)
+    except IsHypernetworkError:
+        from conceptlib import hypernet
+
+        return {"file": _file_facts(path), **hypernet.read(path).describe()}
     info: dict[str, Any] = {"file": _file_facts(path)}
     info.update(emb.describe())
     info["format_description"] = FORMATS[emb.source_format].description if emb.source_format in FORMATS else None
@@ -163,6 +169,8 @@ def inspect(
         try:
             path = _library_file(path, home)
             info = inspect_path(path, strict)
+            if described is not None and info.get("kind") == "hypernetwork":
+                raise UsageError("--model reads a concept's vectors against a vocabulary: this file is a hypernetwork", path=path)
             if described is not None:
                 from conceptlib.analysis import analyse
                 from conceptlib.analysis import plot as draw
@@ -179,11 +187,16 @@ def inspect(
             results.append({"file": {"path": str(path)}, "error": message.removeprefix("Error: ")})
             continue
         results.append(info)
-        for key, count in info["non_finite"].items():
+        for key, count in info.get("non_finite", {}).items():
             warn(f"{printable(str(path), None)}: {count} NaN/Inf values in {key} (the concept is damaged; --strict makes this an error)")
+        for line in info.get("warnings", []):
+            warn(f"{printable(str(path), None)}: {line}")
         if not json_:
             if i:
                 out.print()
+            if info.get("kind") == "hypernetwork":
+                _show_hypernetwork(info)
+                continue
             _show(info)
             if "analysis" in info:
                 _show_analysis(info["analysis"], explain_)
@@ -211,9 +224,14 @@ def convert(
 
     Example: conceptlib convert bad-artist.pt bad-artist.safetensors --token bad-artist
     """
+    from conceptlib.errors import IsHypernetworkError
     from conceptlib.formats import convert as do_convert
 
-    result = do_convert(src, dst, to=to, token=token, force=force, strict=strict)
+    try:
+        result = do_convert(src, dst, to=to, token=token, force=force, strict=strict)
+    except IsHypernetworkError:
+        _convert_hypernetwork(src, dst, to=to, force=force, json_=json_)
+        return
     emb = result.embedding
     if json_ and token is not None and not result.token_stored:
         err.print(
@@ -242,6 +260,47 @@ def convert(
         f"Converted {src} ({result.source_format}) to {result.format}: {emb.num_vectors} × {emb.width_label}, {emb.dtype}, {word}",
         markup=False,
     )
+
+
+def _convert_hypernetwork(src: Path, dst: Path, *, to: str | None, force: bool, json_: bool) -> None:
+    """``convert`` of a hypernetwork: AUTOMATIC1111 ``.pt`` <-> the safetensors form."""
+    from conceptlib import hypernet
+    from conceptlib.errors import UsageError
+
+    if to is not None and to not in ("a1111", "safetensors"):
+        raise UsageError(f"--to {to}: a hypernetwork converts to a1111 (.pt) or safetensors", path=src)
+    network = hypernet.read(src)
+    written = hypernet.write(network, dst, format=to, force=force)
+    chosen = to or {".pt": "a1111", ".safetensors": "safetensors"}[written.suffix.lower()]
+    if json_:
+        print_json({"source": str(src), "source_format": f"hypernetwork-{network.layout}", "format": f"hypernetwork-{chosen}", "files": [str(written)], "kind": "hypernetwork"})
+        return
+    out.print(str(written), markup=False)
+    err.print(f"Converted the hypernetwork {src} ({network.layout}) to {chosen}: widths {', '.join(map(str, network.widths))}", markup=False)
+
+
+def _show_hypernetwork(info: dict[str, Any]) -> None:
+    fields = info["fields"]
+    structure = ", ".join(f"{x:g}" for x in fields["layer_structure"])
+    rows = [
+        ("kind", f"hypernetwork ({info['layout']} layout)"),
+        ("name", printable(fields.get("name") or "")),
+        ("widths", ", ".join(str(w) for w in info["widths"])),
+        ("structure", f"[{structure}], activation {printable(str(fields['activation_func']))}, layer norm {'yes' if fields['is_layer_norm'] else 'no'}, "
+         f"dropout {'yes' if fields['use_dropout'] else 'no'}, output activated {'yes' if fields['activate_output'] else 'no'}"),
+        ("parameters", f"{info['parameters']:,} ({info['dtype']})"),
+    ]  # fmt: skip
+    if fields.get("step") is not None:
+        rows.append(("step", str(fields["step"])))
+    if fields.get("sd_checkpoint") or fields.get("sd_checkpoint_name"):
+        rows.append(("trained on", printable(f"{fields.get('sd_checkpoint_name') or ''} [{fields.get('sd_checkpoint') or '?'}]".strip())))
+    if info["defaulted"]:
+        rows.append(("defaults", "not in the file, AUTOMATIC1111's taken: " + ", ".join(info["defaulted"])))
+    f = info["file"]
+    rows.append(("file sha256", f"{f['sha256']} (AutoV2 {f['autov2']})"))
+    out.print(printable(f["path"], None), markup=False)
+    for label, value in rows:
+        out.print(f"  {label:<13} {value}", markup=False)
 
 
 def formats(json_: JsonOpt = False) -> None:

@@ -88,6 +88,14 @@ class EmbeddingStructureError(EmbeddingFileError):
     """The container is fine but its content is not a usable embedding (keys, rank, sizes)."""
 
 
+class IsHypernetworkError(EmbeddingStructureError):
+    """A hypernetwork where an embedding was expected (read it with :mod:`conceptlib.hypernet`)."""
+
+
+class HypernetworkStructureError(EmbeddingStructureError):
+    """A hypernetwork file whose modules or fields do not make a network."""
+
+
 class UnknownEncoderError(EmbeddingStructureError):
     """A vector width that belongs to no Stable Diffusion text encoder."""
 

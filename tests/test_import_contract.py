@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     # records
     ("conceptlib.concept", "conceptlib.embedding", "conceptlib.similarity"),
     # files: formats and the link-safe readers
-    ("conceptlib.formats", "conceptlib._inputs", "conceptlib._images"),
+    ("conceptlib.formats", "conceptlib._inputs", "conceptlib._images", "conceptlib.hypernet"),
     # which files make a concept, and reading them
     ("conceptlib.layout", "conceptlib._snapshots"),
     # models, the index, the Hub transport

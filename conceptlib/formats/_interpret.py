@@ -38,7 +38,7 @@ from typing import Any
 from conceptlib._terminal import printable
 from conceptlib.concept import step_or_none
 from conceptlib.embedding import Embedding
-from conceptlib.errors import EmbeddingStructureError, UnknownEncoderError
+from conceptlib.errors import EmbeddingStructureError, IsHypernetworkError, UnknownEncoderError
 from conceptlib.families import ENCODERS, FOREIGN_WIDTHS, WIDTH_TO_ENCODER
 from conceptlib.tensor import FLOAT_DTYPES, Tensor
 
@@ -414,12 +414,15 @@ def interpret(
             hint="the file was saved before training produced anything; get the real file",
         )
     widths = _hypernetwork_widths(state)
+    if not widths and (metadata or {}).get("hypernetwork") is not None:  # conceptlib's safetensors form
+        widths = sorted({int(k.split(".", 1)[0]) for k in state if isinstance(k, str) and k.split(".", 1)[0].isdigit()})
     if widths:
         # AUTOMATIC1111 users keep these beside their embeddings: say what it is, not "no tensors".
-        raise EmbeddingStructureError(
+        raise IsHypernetworkError(
             f"is a hypernetwork (attention widths {', '.join(str(w) for w in widths[:8])}{', ...' if len(widths) > 8 else ''}), not a textual-inversion embedding",
             path=path,
-            hint="AUTOMATIC1111 loads it from models/hypernetworks/ and calls it as <hypernet:NAME:1>; conceptlib does not manage hypernetworks yet",
+            hint="AUTOMATIC1111 loads it from models/hypernetworks/ and calls it as <hypernet:NAME:1>; "
+            "`conceptlib inspect` and `convert` read it, the library does not keep hypernetworks yet",
         )
     if "optimizer_state_dict" in state and "hash" in state:
         raise EmbeddingStructureError(
