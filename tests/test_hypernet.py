@@ -148,3 +148,104 @@ def test_the_commands(cli: Any, tmp_path: Path) -> None:
     _save(tmp_path, {"hash": "0123456789", "optimizer_name": "AdamW", "optimizer_state_dict": {"state": {}}}, "hn.pt.optim")
     run = cli("inspect", str(tmp_path / "hn.pt.optim"))
     assert run.exit_code == 2 and "the optimizer state AUTOMATIC1111 saves beside a hypernetwork" in run.stderr
+
+
+# --- applied to a UNet, as AUTOMATIC1111 applies them ----------------------------------------
+
+
+def _a1111_sequential(network: hypernet.Hypernetwork, width: int, side: int) -> Any:
+    """An independent build: AUTOMATIC1111's HypernetworkModule layer list, loaded by slot number."""
+    import torch
+
+    fields = network.fields
+    structure = fields["layer_structure"]
+    layers: list[Any] = []
+    for i in range(len(structure) - 1):
+        layers.append(torch.nn.Linear(int(width * structure[i]), int(width * structure[i + 1])))
+        if not (fields["activation_func"] in ("linear", None) or (i >= len(structure) - 2 and not fields["activate_output"])):
+            layers.append({"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "swish": torch.nn.Hardswish}[fields["activation_func"]]())
+        if fields["is_layer_norm"]:
+            layers.append(torch.nn.LayerNorm(int(width * structure[i + 1])))
+    sequential = torch.nn.Sequential(*layers)
+    sequential.load_state_dict({k.removeprefix("linear."): torch.from_numpy(v.to_float32().copy()) for k, v in network.modules[width][side].items()})
+    return sequential.eval()
+
+
+def _unet_network(widths: tuple[int, ...], seed: int, activation: str, *, norm: bool = False, activate_output: bool = True) -> hypernet.Hypernetwork:
+    obj: dict[Any, Any] = {}
+    for w in widths:
+        pair = []
+        for side in (0, 1):
+            rng = np.random.default_rng(seed * 10 + side + w)
+            module: OrderedDict[str, Tensor] = OrderedDict()
+            slot = 0
+            for i, (out, inp) in enumerate(((2 * w, w), (w, 2 * w))):
+                module[f"linear.{slot}.weight"] = Tensor.from_numpy((rng.standard_normal((out, inp)) * 0.05).astype(np.float32))
+                module[f"linear.{slot}.bias"] = Tensor.from_numpy((rng.standard_normal(out) * 0.05).astype(np.float32))
+                slot += 1
+                if activation != "linear" and (i == 0 or activate_output):
+                    slot += 1
+                if norm:
+                    module[f"linear.{slot}.weight"] = Tensor.from_numpy((1 + rng.standard_normal(out) * 0.1).astype(np.float32))
+                    module[f"linear.{slot}.bias"] = Tensor.from_numpy((rng.standard_normal(out) * 0.1).astype(np.float32))
+                    slot += 1
+            pair.append(module)
+        obj[w] = pair
+    obj.update({"layer_structure": [1, 2, 1], "activation_func": activation, "is_layer_norm": norm, "activate_output": activate_output})
+    return hypernet.interpret(obj, "unet-network.pt")
+
+
+@pytest.mark.torch
+def test_applied_as_automatic1111_applies_them(tmp_path: Path) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import Attention
+
+    from conceptlib.hypernet_apply import applied
+    from conceptlib.tiny import create_tiny
+
+    unet = UNet2DConditionModel.from_pretrained(create_tiny(tmp_path / "tiny", "sd1", seed=0) / "unet").eval()
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn((2, 4, 8, 8), generator=generator)
+    text = torch.randn((2, 77, 768), generator=generator)
+
+    def run() -> Any:
+        with torch.no_grad():
+            return unet(sample, 10, encoder_hidden_states=text).sample
+
+    plain = run()
+    first = _unet_network((32, 768), 1, "relu", norm=True, activate_output=False)
+    second = _unet_network((768,), 2, "swish")
+    # Multiplier 0: exactly the image without it.
+    with applied(unet, [(first, 0.0)]):
+        assert torch.equal(run(), plain)
+    with applied(unet, [(first, 0.7), (second, 0.4)]):
+        ours = run()
+    assert not torch.allclose(ours, plain)
+    # Removed: the UNet is what it was, bit for bit, and gives the same output.
+    assert all(torch.equal(before[k], v) for k, v in unet.state_dict().items()) and torch.equal(run(), plain)
+    assert not any("to_k" in vars(m) for m in unet.modules() if isinstance(m, Attention))
+
+    # The same output from AUTOMATIC1111's own layer lists, applied one network after the other.
+    originals = {}
+    for module in unet.modules():
+        if isinstance(module, Attention):
+            originals[module] = (module.to_k, module.to_v)
+
+            def chain(side: int, to: Any) -> Any:
+                def call(context: Any) -> Any:
+                    for network, multiplier in ((first, 0.7), (second, 0.4)):
+                        if context.shape[-1] in network.modules:
+                            context = context + _a1111_sequential(network, context.shape[-1], side)(context) * multiplier
+                    return to(context)
+
+                return call
+
+            object.__setattr__(module, "to_k", chain(0, module.to_k))
+            object.__setattr__(module, "to_v", chain(1, module.to_v))
+    reference = run()
+    for module in originals:
+        object.__delattr__(module, "to_k")
+        object.__delattr__(module, "to_v")
+    assert torch.allclose(ours, reference, atol=1e-6, rtol=1e-5)

@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("conceptlib.models", "conceptlib.hubclient", "conceptlib.registry", "conceptlib.single_file",
      "conceptlib.validate", "conceptlib.tiny", "conceptlib.samples"),
     # the library, the diffusers loader
-    ("conceptlib.library", "conceptlib.pipelines"),
+    ("conceptlib.library", "conceptlib.pipelines", "conceptlib.hypernet_apply"),
     # operations on the library and on models
     ("conceptlib.hub", "conceptlib.render", "conceptlib.preview", "conceptlib.train", "conceptlib.analysis", "conceptlib.merge", "conceptlib.gallery"),
     # the command line
