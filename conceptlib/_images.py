@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from conceptlib._terminal import printable
 from conceptlib.errors import ImageFileError
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "ImageInfo", "check_image", "sniff_image"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "ImageInfo", "check_image", "sniff_image", "thumbnail_png"]
 
 #: The suffixes the library keeps as images, and the format each one claims.
 SUFFIX_FORMATS: dict[str, str] = {
@@ -179,3 +179,25 @@ def check_image(data: bytes, path: str | os.PathLike[str]) -> ImageInfo:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ImageFileError(f"is a damaged {fmt} image ({printable(detail)})", path=path) from None
     return ImageInfo(fmt, width, height)
+
+
+def thumbnail_png(data: bytes, path: str | os.PathLike[str], box: tuple[int, int]) -> bytes:
+    """A PNG of the image in ``data`` scaled down to fit ``box`` (never up), in RGB.
+
+    The bytes are checked first (:func:`check_image`: format, size and pixel limits), so a
+    picture is only decoded within the bounds every image in conceptlib has.
+
+    Raises:
+        ImageFileError: see :func:`check_image`.
+    """
+    check_image(data, path)
+    from PIL import Image
+
+    with _DECODE_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(io.BytesIO(data)) as image:
+            picture = image.convert("RGB")
+    picture.thumbnail(box)
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    return out.getvalue()

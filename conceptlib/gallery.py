@@ -102,16 +102,15 @@ def _script_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
-def _thumbnail(source: bytes) -> bytes | None:
-    from PIL import Image
+def _thumbnail(source: bytes, path: str | os.PathLike[str]) -> bytes | None:
+    """The thumbnail of a picture, or None for one that is no image within the limits (the card
+    then shows another picture, or the vectors)."""
+    from conceptlib._images import thumbnail_png
+    from conceptlib.errors import ImageFileError
 
     try:
-        with Image.open(io.BytesIO(source)) as img:
-            img.thumbnail((THUMB, THUMB))
-            out = io.BytesIO()
-            img.convert("RGB").save(out, format="PNG", optimize=False)
-            return out.getvalue()
-    except Exception:  # a sample image Pillow cannot read: the item shows its vectors instead
+        return thumbnail_png(source, path, (THUMB, THUMB))
+    except ImageFileError:
         return None
 
 
@@ -236,7 +235,7 @@ class _Previews:
                     RenderConfig(model=self.model, prompts=[prompt], negative=negative, steps=self.steps, size=(self.size, self.size), seed=0, out=folder, home=self.library.home),
                     pipeline=self._pipe,
                 )  # fmt: skip
-                return _thumbnail(done.images[0].path.read_bytes())
+                return _thumbnail(done.images[0].path.read_bytes(), done.images[0].path)
         except ConceptlibError as exc:  # a concept that does not fit the model keeps its vectors' picture
             self.failed.append(f"{concept.name}: no preview ({exc.message})")
             return None
@@ -300,7 +299,7 @@ def build(
                 if picture is None or not picture.is_file():
                     continue
                 data = picture.read_bytes()
-                thumb = _thumbnail(data)
+                thumb = _thumbnail(data, picture)
                 if thumb is None:
                     continue
                 writer.put(thumb_rel, thumb)

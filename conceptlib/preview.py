@@ -28,7 +28,6 @@ changes no concept still gets a summary, saying so.
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import tempfile
@@ -582,9 +581,8 @@ def preview(
         >>> preview(["cat-toy"], model="tiny-sd1", out="preview").exit_code  # doctest: +SKIP
         0
     """
-    from PIL import Image
-
     from conceptlib._deps import quiet_loading
+    from conceptlib._images import thumbnail_png
     from conceptlib._inputs import concerns_the_library, unexpected_reason
     from conceptlib._parallel import process_device
     from conceptlib.layout import SKIP_PLAIN_IMAGE, SKIP_THUMBNAIL
@@ -668,13 +666,8 @@ def preview(
         item.images = [i.path for i in rendered.images]
         item.grid = rendered.grid
         if rendered.grid is not None:
-            with Image.open(rendered.grid) as grid:
-                thumb = grid.convert("RGB")
-            thumb.thumbnail((THUMB_WIDTH, THUMB_WIDTH * 4))
             item.thumbnail = rendered.grid.with_name("thumb.png")
-            buffer = io.BytesIO()
-            thumb.save(buffer, format="PNG")
-            atomic_write_bytes(item.thumbnail, buffer.getvalue())
+            atomic_write_bytes(item.thumbnail, thumbnail_png(rendered.grid.read_bytes(), rendered.grid, (THUMB_WIDTH, THUMB_WIDTH * 4)))
 
     with tempfile.TemporaryDirectory(prefix="conceptlib-preview-") as scratch, Library.open(home) as user_lib:
         # Files go through a scratch library: the same reading and token rules as `add`.

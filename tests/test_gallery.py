@@ -94,6 +94,33 @@ def test_the_gallery_files(library: Library, tmp_path: Path) -> None:
     assert "&lt;/script&gt;&lt;script&gt;" in page and "<script" not in page
 
 
+def _huge_png(width: int, height: int) -> bytes:
+    """A valid PNG of width x height black pixels: a few hundred KB that decode to hundreds of MB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = bytes(1 + 3 * width)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_library_pictures_are_checked_again_before_decoding(library: Library, tmp_path: Path) -> None:
+    # Changed on disk after they were checked in: a page, and 8,200 x 8,200 pixels (200 MB of
+    # pixels, past the limit, below Pillow's own bomb check). Neither is decoded or published.
+    concept = library.show("cat-toy")
+    assert concept.path is not None
+    (concept.path / concept.images[0].path).write_bytes(b"<html><script>alert(1)</script></html>")
+    (concept.path / concept.images[1].path).write_bytes(_huge_png(8200, 8200))
+    build(library, tmp_path / "site")
+    [cat] = [i for i in json.loads((tmp_path / "site" / "index.json").read_text())["items"] if i["name"] == "cat-toy"]
+    assert [i.get("vectors") for i in cat["images"]] == [True]
+    assert not (tmp_path / "site" / "images").exists() or not any((tmp_path / "site" / "images").iterdir())
+
+
 def test_same_library_same_bytes_and_rebuilds_write_what_changed(library: Library, tmp_path: Path) -> None:
     first = build(library, tmp_path / "one")
     build(library, tmp_path / "two")
