@@ -41,7 +41,7 @@ from conceptlib.models import ModelInfo, token_matrix, tokens_by_id
 if TYPE_CHECKING:
     from conceptlib.embedding import Embedding
 
-__all__ = ["Explanation", "Neighbor", "Vocabulary", "analyse", "check_model", "explain", "explain_many", "load_vocabulary", "nearest", "plot"]
+__all__ = ["Explanation", "Neighbor", "Vocabulary", "analyse", "check_model", "explain", "explain_many", "heat_rgb", "load_vocabulary", "nearest", "plot"]
 
 #: Neighbours shown per vector unless asked otherwise.
 DEFAULT_NEIGHBORS = 10
@@ -316,6 +316,15 @@ def analyse(
     return report
 
 
+def heat_rgb(values: np.ndarray) -> np.ndarray:
+    """Colours of ``values`` in [-1, 1] (any shape, plus a last axis of R, G, B as uint8):
+    white at 0, deeper red towards 1, deeper blue towards -1."""
+    values = np.clip(values, -1, 1)
+    red = (255 * (1 - np.maximum(-values, 0))).astype(np.uint8)  # full where the value is >= 0
+    blue = (255 * (1 - np.maximum(values, 0))).astype(np.uint8)  # full where the value is <= 0
+    return np.stack([red, np.minimum(red, blue), blue], axis=-1)
+
+
 def plot(report: dict[str, Any], embedding: Embedding, path: str | os.PathLike[str]) -> Path:
     """Draw ``report`` as a PNG: per encoder, the vectors' norms beside the vocabulary's, a heat
     map of the values (blue negative, red positive), and each vector's nearest words."""
@@ -338,11 +347,7 @@ def plot(report: dict[str, Any], embedding: Embedding, path: str | os.PathLike[s
             y = 36 + i * row_h
             length = int((bar_w - 20) * row["norm"] / top)
             draw.rectangle((10, y + 3, 10 + max(1, length), y + row_h - 3), fill=(70, 110, 200))
-            values = vectors[i][columns] / scale
-            red = np.clip(255 * (1 - np.maximum(-values, 0)), 0, 255).astype(np.uint8)
-            blue = np.clip(255 * (1 - np.maximum(values, 0)), 0, 255).astype(np.uint8)
-            green = np.minimum(red, blue)
-            strip = np.stack([blue, green, red], axis=1)[None].repeat(row_h - 4, axis=0)
+            strip = heat_rgb(vectors[i][columns] / scale)[None].repeat(row_h - 4, axis=0)
             panel.paste(Image.fromarray(strip, "RGB"), (bar_w + 10, y + 2))
             words = ", ".join(nb["word"] for nb in row["neighbors"][:5])
             draw.text((bar_w + heat_w + 24, y + 3), f"{i}: |v| {row['norm']:.3f}  {words}"[:70], fill="black", font=font)

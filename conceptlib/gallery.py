@@ -119,13 +119,12 @@ def _vector_picture(vectors: Any) -> bytes:
     import numpy as np
     from PIL import Image
 
+    from conceptlib.analysis import heat_rgb
+
     rows = np.concatenate([t.to_float32().reshape(t.shape[0], -1) for t in vectors.values()], axis=1)
     rows = rows[:, : (rows.shape[1] // 16) * 16].reshape(rows.shape[0], -1, 16).mean(axis=2)
     scale = float(np.abs(rows).max()) or 1.0
-    values = np.clip(rows / scale, -1, 1)
-    red = (255 * (1 - np.maximum(-values, 0))).astype(np.uint8)
-    blue = (255 * (1 - np.maximum(values, 0))).astype(np.uint8)
-    picture = Image.fromarray(np.stack([blue, np.minimum(red, blue), red], axis=2), "RGB")
+    picture = Image.fromarray(heat_rgb(rows / scale), "RGB")
     picture = picture.resize((THUMB, max(16, min(THUMB, 16 * rows.shape[0]))), Image.Resampling.NEAREST)
     out = io.BytesIO()
     picture.save(out, format="PNG", optimize=False)

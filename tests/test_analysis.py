@@ -182,3 +182,12 @@ def test_sdxl_concepts_are_read_per_encoder(tmp_path: Path) -> None:
     report = analyse(concept, model, neighbors=1)
     assert report["encoders"]["clip_l"]["vectors"][0]["neighbors"][0]["word"] == "cat"
     assert report["encoders"]["clip_g"]["vectors"][0]["neighbors"][0]["word"] == "toy"
+
+
+def test_heat_colours_follow_the_legend() -> None:
+    # "blue < 0 < red", as the plot's legend and the gallery's alt text say.
+    from conceptlib.analysis import heat_rgb
+
+    assert heat_rgb(np.array([1.0, 0.5, 0.0, -1.0, -3.0])).tolist() == [
+        [255, 0, 0], [255, 127, 127], [255, 255, 255], [0, 0, 255], [0, 0, 255],
+    ]  # fmt: skip
