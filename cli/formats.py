@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from conceptlib._terminal import printable
 from conceptlib.cli._options import ForceOpt, HomeOpt, JsonOpt, StrictOpt, TokenOpt
 from conceptlib.cli._output import err, out, print_json, warn
+
+if TYPE_CHECKING:
+    from conceptlib.embedding import Embedding
 
 #: Longest metadata value `inspect` shows (the full text is in --json).
 _MAX_META = 120
@@ -32,6 +35,12 @@ def _file_facts(path: Path) -> dict[str, Any]:
 
 def inspect_path(path: Path, strict: bool) -> dict[str, Any]:
     """Everything ``inspect`` shows about one file, as a JSON-ready dict."""
+    return _inspected(path, strict)[0]
+
+
+def _inspected(path: Path, strict: bool) -> tuple[dict[str, Any], Embedding | None]:
+    """:func:`inspect_path`'s dict, and the embedding decoded for it (None for a hypernetwork),
+    so that ``--model`` reads the same vectors without decoding the file again."""
     from conceptlib.errors import IsHypernetworkError
     from conceptlib.formats import FORMATS, read
     from conceptlib.hashing import a1111_checksum
@@ -41,7 +50,7 @@ def inspect_path(path: Path, strict: bool) -> dict[str, Any]:
     except IsHypernetworkError:
         from conceptlib import hypernet
 
-        return {"file": _file_facts(path), **hypernet.read(path).describe()}
+        return {"file": _file_facts(path), **hypernet.read(path).describe()}, None
     info: dict[str, Any] = {"file": _file_facts(path)}
     info.update(emb.describe())
     info["format_description"] = FORMATS[emb.source_format].description if emb.source_format in FORMATS else None
@@ -49,7 +58,7 @@ def inspect_path(path: Path, strict: bool) -> dict[str, Any]:
     info["a1111_checksum"] = {k: a1111_checksum(t) for k, t in emb.vectors.items()}
     info["norms"] = {k: [round(n, 4) for n in v] for k, v in emb.norms().items()}
     info["non_finite"] = emb.non_finite()
-    return info
+    return info, emb
 
 
 def _show(info: dict[str, Any]) -> None:
@@ -168,15 +177,13 @@ def inspect(
     for i, path in enumerate(files):
         try:
             path = _library_file(path, home)
-            info = inspect_path(path, strict)
-            if described is not None and info.get("kind") == "hypernetwork":
+            info, emb = _inspected(path, strict)
+            if described is not None and emb is None:
                 raise UsageError("--model reads a concept's vectors against a vocabulary: this file is a hypernetwork", path=path)
-            if described is not None:
+            if described is not None and emb is not None:
                 from conceptlib.analysis import analyse
                 from conceptlib.analysis import plot as draw
-                from conceptlib.formats import read
 
-                emb = read(path, strict=strict)
                 info["analysis"] = analyse(emb, described, neighbors=neighbors, terms=terms if explain_ else 0, home=home)
                 if plot is not None:
                     info["plot"] = str(draw(info["analysis"], emb, plot))

@@ -204,9 +204,9 @@ def test_stray_warnings_become_one_line_each(cli: Any, cat_file: Path, monkeypat
 
     from conceptlib.cli import formats
 
-    original = formats.inspect_path
+    original = formats._inspected
 
-    def noisy(path: Path, strict: bool) -> dict[str, Any]:
+    def noisy(path: Path, strict: bool) -> Any:
         warnings.warn("some library\nsays two lines \x1b[31m", UserWarning, stacklevel=1)
         warnings.warn("some library\nsays two lines \x1b[31m", UserWarning, stacklevel=1)  # once
         warnings.warn(Image.DecompressionBombWarning("Image size (100000000 pixels) exceeds limit of 89478485 pixels"), stacklevel=1)
@@ -215,7 +215,7 @@ def test_stray_warnings_become_one_line_each(cli: Any, cat_file: Path, monkeypat
         np.float32(3e38) * np.float32(100)  # numpy's overflow warning: dropped
         return original(path, strict)
 
-    monkeypatch.setattr(formats, "inspect_path", noisy)
+    monkeypatch.setattr(formats, "_inspected", noisy)
     result = cli("inspect", str(cat_file))
     assert result.exit_code == 0
     assert result.stderr == (
