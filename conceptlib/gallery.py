@@ -174,12 +174,12 @@ def _files(concept: Concept, load: Callable[[], Embedding], writer: _Writer) -> 
     the same word for its name); the diffusers one is ``learned_embeds.safetensors``.
     """
     from conceptlib.formats import FORMATS, plan
-    from conceptlib.library import UI_FORMATS, ui_word
+    from conceptlib.library import UI_FORMATS, concept_word
 
     single, sdxl = UI_FORMATS["a1111"]
     is_sdxl = concept.family == "sdxl"
     fmt = sdxl if is_sdxl else single
-    word = ui_word(concept.prompt_word, "a1111") or ui_word(concept.name, "a1111") or f"concept-{concept.content_hash[:12]}"
+    word = concept_word(concept, "a1111")
     folder = f"files/{concept.content_hash[:20]}"
     paths = {"a1111": f"{folder}/a1111/{word}{FORMATS[fmt].suffix}", "diffusers": f"{folder}/diffusers/learned_embeds.safetensors"}
     if all(writer.has(rel) for rel in paths.values()):

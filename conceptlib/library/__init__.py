@@ -189,6 +189,12 @@ def ui_word(text: str, target: str, *, max_bytes: int = MAX_STEM_BYTES) -> str:
     return _DASH_RUNS.sub("-", word)
 
 
+def concept_word(concept: Concept, target: str) -> str:
+    """The word a concept goes by in a ``--for`` target (and its exported file's stem): its
+    prompt word made :func:`ui_word`, else its name's, else ``concept-`` and its hash."""
+    return ui_word(concept.prompt_word, target) or ui_word(concept.name, target) or f"concept-{concept.content_hash[:12]}"
+
+
 Progress = Callable[[int, int, Path], None]
 
 
@@ -1594,7 +1600,7 @@ class Library:
             by_word = ui is not None or fmt in STEM_IS_PROMPT_WORD
             rules = ui or "a1111"  # the --format layouts named by their stem are AUTOMATIC1111's
             wanted = concept.prompt_word if by_word else concept.name
-            word = (ui_word(wanted, rules) or ui_word(concept.name, rules) or f"concept-{concept.content_hash[:12]}") if by_word else wanted
+            word = concept_word(concept, rules) if by_word else wanted
             readable = word
             candidates = itertools.chain([word, f"{word}-{concept.family}"], (f"{word}-{i}" for i in itertools.count(2)))
             word = next(c for c in candidates if c.casefold() not in taken)
