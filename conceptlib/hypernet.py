@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from conceptlib.errors import HypernetworkStructureError
+from conceptlib.formats._interpret import HYPERNETWORK_KEY
 from conceptlib.tensor import Tensor
 
 __all__ = ["A1111_DEFAULTS", "FIELDS", "Hypernetwork", "dumps", "interpret", "read", "write"]
@@ -54,8 +55,9 @@ FIELDS = (
     "layer_structure", "activation_func", "is_layer_norm", "weight_initialization", "activate_output", "use_dropout",
     "dropout_structure", "last_layer_dropout", "optional_info", "sd_checkpoint", "sd_checkpoint_name", "step", "name",
 )  # fmt: skip
-#: The safetensors form's metadata entry holding the fields as JSON.
-METADATA_KEY = "hypernetwork"
+#: The safetensors form's metadata entry holding the fields as JSON (the embedding reader knows
+#: it too, to say such a file is a hypernetwork).
+METADATA_KEY = HYPERNETWORK_KEY
 _NOVELAI_KEYS = {"linear1.weight": "linear.0.weight", "linear1.bias": "linear.0.bias", "linear2.weight": "linear.1.weight", "linear2.bias": "linear.1.bias"}
 _SAFETENSORS_KEY = re.compile(r"^(\d{1,5})\.([01])\.(linear\.\d{1,3}\.(?:weight|bias))$")
 _LINEAR_KEY = re.compile(r"^linear\.(\d{1,3})\.(weight|bias)$")

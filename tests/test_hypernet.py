@@ -109,6 +109,9 @@ def test_written_back_in_both_forms(tmp_path: Path) -> None:
                 assert all(pair[side][k].equal(copy.modules[width][side][k]) for k in pair[side])
     with pytest.raises(Exception, match="already exists"):
         hypernet.write(network, tmp_path / "again.pt")
+    # The embedding reader names the safetensors form for what it is too.
+    with pytest.raises(IsHypernetworkError, match=r"is a hypernetwork \(attention widths 320, 768\)"):
+        read(tmp_path / "again.safetensors")
 
 
 @pytest.mark.torch

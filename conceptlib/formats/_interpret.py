@@ -47,6 +47,8 @@ META_PREFIX = "conceptlib."
 #: Metadata marking conceptlib's canonical layout (one tensor per encoder key).
 CANONICAL_KEY = "conceptlib.layout"
 CANONICAL_VALUE = "encoders-v1"
+#: The safetensors metadata entry of conceptlib's hypernetwork form (:mod:`conceptlib.hypernet`).
+HYPERNETWORK_KEY = "hypernetwork"
 #: Metadata keys that only describe the container, dropped on reading.
 _CONTAINER_META = {"format", CANONICAL_KEY}
 
@@ -414,7 +416,7 @@ def interpret(
             hint="the file was saved before training produced anything; get the real file",
         )
     widths = _hypernetwork_widths(state)
-    if not widths and (metadata or {}).get("hypernetwork") is not None:  # conceptlib's safetensors form
+    if not widths and (metadata or {}).get(HYPERNETWORK_KEY) is not None:  # conceptlib's safetensors form
         widths = sorted({int(k.split(".", 1)[0]) for k in state if isinstance(k, str) and k.split(".", 1)[0].isdigit()})
     if widths:
         # AUTOMATIC1111 users keep these beside their embeddings: say what it is, not "no tensors".
