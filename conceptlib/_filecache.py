@@ -83,6 +83,7 @@ class FileCache:
         self.folder = home / CACHE_DIR
         self.path = self.folder / f"{name}.json"
         self._check = check
+        self._read: dict[str, Any] | None = None
 
     # --- reading -------------------------------------------------------------------------------
     def _entries(self) -> dict[str, Any]:
@@ -103,8 +104,14 @@ class FileCache:
         return table["entries"]
 
     def get(self, key: str, stamp: Stamp) -> Any | None:
-        """The value stored for ``key`` while its files still have ``stamp``, else None."""
-        entry = self._entries().get(key)
+        """The value stored for ``key`` while its files still have ``stamp``, else None.
+
+        The table is read once per instance (a model's weight files ask one after the other);
+        a new instance sees what other commands wrote since.
+        """
+        if self._read is None:
+            self._read = self._entries()
+        entry = self._read.get(key)
         if not isinstance(entry, dict) or entry.get("stamp") != stamp:
             return None
         value = entry.get("value")
@@ -130,6 +137,7 @@ class FileCache:
                         del entries[gone]
                 data = json.dumps({"version": FORMAT_VERSION, "entries": entries}, separators=(",", ":"), allow_nan=False)
                 atomic_write_bytes(self.path, data.encode("utf-8"))
+                self._read = entries
         except (OSError, ValueError):
             # A read-only or full home, a value JSON cannot hold: the next run computes it again.
             return
