@@ -124,16 +124,15 @@ def signatures(library: Library, *, fill: Collection[str] | None = None) -> _Tab
 
     A concept that cannot be read (damaged) has none and is left out: ``verify`` names it.
     """
-    index = library.index
-    fresh: dict[str, tuple[str, Embedding]] = {}
-    for name, content_hash in index.unsigned(fill):
+    # Signed as each is decoded: only the signatures are kept, not thousands of embeddings.
+    computed: dict[str, tuple[str, dict[str, Any], str | None]] = {}
+    for name, content_hash in library.index.unsigned(fill):
         try:
-            fresh[name] = (content_hash, library.embedding(name))
+            emb = library.embedding(name)
         except ConceptlibError:
             continue
-    table = _stored(library)
-    if fresh:
-        computed = {name: (content_hash, signature(emb), emb.family.key if emb.family else None) for name, (content_hash, emb) in fresh.items()}
+        computed[name] = (content_hash, signature(emb), emb.family.key if emb.family else None)
+    if computed:
         try:
             with library._lock(exclusive=False), library.registry.transaction() as tx:
                 for name, (content_hash, vectors, _family) in computed.items():
@@ -142,10 +141,10 @@ def signatures(library: Library, *, fill: Collection[str] | None = None) -> _Tab
             if not _cannot_write(exc):
                 raise
             # A read-only or busy library: compared all the same, stored another time.
-        table = _stored(library)  # what was just stored, appended
-        for name, (_hash, vectors, family) in computed.items():
-            if name not in table.signed:  # not stored: still compared this time
-                table.put(name, _Signed(family, vectors))
+    table = _stored(library)  # with what was just stored, appended
+    for name, (_hash, vectors, family) in computed.items():
+        if name not in table.signed:  # not stored: still compared this time
+            table.put(name, _Signed(family, vectors))
     return table
 
 
