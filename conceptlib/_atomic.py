@@ -1,6 +1,7 @@
 """Atomic file writes: temporary file in the same folder, fsync, rename, fsync the folder.
 
 A reader (or a crash) sees either the old file or the whole new one, never a partial write.
+Writers that must not interleave (the library, the caches) take a :func:`file_lock` first.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import contextlib
 import errno
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +20,50 @@ from conceptlib.errors import ConceptlibError, DestinationExistsError, NameTooLo
 # Read once at import (single-threaded then): os.umask can only be read by setting it.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+try:  # POSIX advisory locks; Windows has no shared flock
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+#: Whether :func:`file_lock` really locks (False on Windows, where it always yields True).
+HAS_FLOCK = fcntl is not None
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str], *, exclusive: bool, wait_s: float) -> Iterator[bool]:
+    """Hold an advisory ``flock`` on ``path`` (created if missing) while the block runs.
+
+    Args:
+        path: the lock file.
+        exclusive: alone, or shared with other shared holders.
+        wait_s: how long to wait for another holder, polling; 0 tries once.
+
+    Yields:
+        Whether the lock is held: False when it stayed taken for ``wait_s``. Without flock
+        (Windows) nothing is locked and it yields True. Closing the file (or the process
+        dying) releases the lock.
+    """
+    if fcntl is None:  # pragma: no cover - Windows
+        yield True
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, mode)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.01)
+        yield True
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

@@ -25,20 +25,14 @@ Imports point down: errors-free, torch-free; :mod:`conceptlib.models` uses it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conceptlib._atomic import atomic_write_bytes
-
-try:  # POSIX advisory locks; without them (Windows) writes are still atomic, a racing write may be lost
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from conceptlib._atomic import atomic_write_bytes, file_lock
 
 __all__ = ["CACHE_DIR", "FileCache", "identity"]
 
@@ -125,7 +119,7 @@ class FileCache:
         """Store ``value`` for ``key`` at ``stamp``; a failure to write is silent (see the module)."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with self._locked() as held:
+            with file_lock(self.folder / ".lock", exclusive=True, wait_s=LOCK_WAIT_S) as held:
                 if not held:
                     return
                 entries = {k: v for k, v in self._entries().items() if isinstance(v, dict) and v.get("stamp") is not None}
@@ -141,28 +135,6 @@ class FileCache:
         except (OSError, ValueError):
             # A read-only or full home, a value JSON cannot hold: the next run computes it again.
             return
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[bool]:
-        """Hold ``cache/.lock`` (exclusive); yields False when another writer kept it too long."""
-        if fcntl is None:  # pragma: no cover - Windows
-            yield True
-            return
-        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + LOCK_WAIT_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        yield False
-                        return
-                    time.sleep(0.01)
-            yield True
-        finally:
-            os.close(fd)  # releases the lock
 
 
 def _written(entry: Any) -> float:

@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conceptlib import config
-from conceptlib._atomic import atomic_write_bytes, fsync_dir
+from conceptlib._atomic import HAS_FLOCK, atomic_write_bytes, file_lock, fsync_dir
 from conceptlib._images import IMAGE_SUFFIXES
 from conceptlib._inputs import (
     Folder,
@@ -115,10 +115,6 @@ if TYPE_CHECKING:
     from conceptlib.library._similar import _Table
     from conceptlib.registry.store import Registry, Writer
 
-try:  # POSIX advisory locks; Windows has no shared flock (see _lock)
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "AddReport",
@@ -720,7 +716,7 @@ class Library:
         leftovers (an add's half-copied files) leave the index right, and wait for ``verify``.
         """
         lock = self.home / LOCK_FILE
-        if fcntl is None or not self._swap_leftovers() or not os.access(lock if lock.exists() else self.home, os.W_OK):
+        if not HAS_FLOCK or not self._swap_leftovers() or not os.access(lock if lock.exists() else self.home, os.W_OK):
             return  # (a library this user cannot write waits for `conceptlib reindex` by its owner)
         with self._lock(exclusive=True, wait=False) as held:
             if held and self._swap_leftovers():
@@ -749,27 +745,10 @@ class Library:
         Yields whether the lock is held: always, unless ``wait`` is False and it is taken.
         """
         self._ensure_index()
-        if fcntl is None:  # pragma: no cover - Windows
-            yield True
-            return
-        fd = os.open(self.home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
-            deadline = time.monotonic() + LOCK_TIMEOUT_S
-            while True:
-                try:
-                    fcntl.flock(fd, mode)
-                    break
-                except BlockingIOError:
-                    if not wait:
-                        yield False
-                        return
-                    if time.monotonic() > deadline:
-                        raise LibraryBusyError(f"the library {self.home} stayed locked for {LOCK_TIMEOUT_S:.0f} s") from None
-                    time.sleep(0.01)
-            yield True
-        finally:
-            os.close(fd)  # closing releases the lock, as does the process dying
+        with file_lock(self.home / LOCK_FILE, exclusive=exclusive, wait_s=LOCK_TIMEOUT_S if wait else 0) as held:
+            if not held and wait:
+                raise LibraryBusyError(f"the library {self.home} stayed locked for {LOCK_TIMEOUT_S:.0f} s")
+            yield held
 
     def _stage(self, prefix: str, *, create: bool = True) -> Path:
         """A new unique path in ``.staging/`` (created unless ``create`` is False)."""
