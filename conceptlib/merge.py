@@ -288,9 +288,45 @@ class _Context:
         self.home = home
         self.parents: dict[str, str] = {}
         self.words: list[str] = []
+        # Per encoder, read once however many words the expression holds.
+        self.matrices: dict[str, Any] = {}
+        self.vocabularies: dict[str, tuple[dict[str, int], dict[tuple[str, str], int]] | None] = {}
 
     def fail(self, node: _Node, problem: str) -> MergeExpressionError:
         return _fail(self.expression, node.column, problem)
+
+    def matrix(self, key: str) -> Any:
+        """The model's token matrix for ``key``."""
+        from conceptlib.models import token_matrix
+
+        if key not in self.matrices:
+            assert self.model is not None
+            self.matrices[key] = token_matrix(self.model, key)
+        return self.matrices[key]
+
+    def vocabulary(self, key: str) -> tuple[dict[str, int], dict[tuple[str, str], int]] | None:
+        """token -> id and the BPE merges' ranks of ``key``'s tokenizer (no merges: empty), or None."""
+        from pathlib import Path
+
+        from conceptlib.models import tokens_by_id
+
+        if key not in self.vocabularies:
+            assert self.model is not None
+            tokens = tokens_by_id(self.model, key, home=self.home)
+            if tokens is None:
+                self.vocabularies[key] = None
+                return None
+            enc = self.model.encoder(key)
+            merges = Path(enc.tokenizer.path) / "merges.txt" if enc is not None and enc.tokenizer is not None and enc.tokenizer.path else None
+            ranks: dict[tuple[str, str], int] = {}
+            if merges is not None and merges.is_file():
+                lines = merges.read_text(encoding="utf-8").splitlines()
+                for rank, line in enumerate(line for line in lines[1:] if line and not line.startswith("#version")):
+                    parts = line.split()
+                    if len(parts) == 2:
+                        ranks[(parts[0], parts[1])] = rank
+            self.vocabularies[key] = ({token: i for i, token in enumerate(tokens) if token}, ranks)
+        return self.vocabularies[key]
 
 
 def _describe(value: _Value) -> str:
@@ -321,7 +357,6 @@ def _concept(ctx: _Context, node: _Node) -> _Value:
 
 def _words(ctx: _Context, node: _Node) -> _Value:
     from conceptlib.analysis import check_model
-    from conceptlib.models import token_matrix
     from conceptlib.tensor import Tensor
 
     if ctx.model is None:
@@ -330,7 +365,7 @@ def _words(ctx: _Context, node: _Node) -> _Value:
     found: dict[str, np.ndarray] = {}
     for key in ctx.model.encoder_keys:
         ids = _encode(ctx, node, key)
-        matrix = token_matrix(ctx.model, key)
+        matrix = ctx.matrix(key)
         if any(i >= matrix.shape[0] for i in ids):
             raise ctx.fail(node, f"a token of '{node.value}' is past the end of {key}'s vocabulary matrix")
         found[key] = np.concatenate([Tensor(matrix.array[i : i + 1], matrix.dtype).to_float32() for i in ids]).astype(np.float64)
@@ -340,25 +375,13 @@ def _words(ctx: _Context, node: _Node) -> _Value:
 
 def _encode(ctx: _Context, node: _Node, key: str) -> list[int]:
     """The token ids of the node's words: CLIP's lower-cased pieces, each a BPE of its bytes."""
-    from pathlib import Path
-
-    from conceptlib.models import tokens_by_id
     from conceptlib.tiny import byte_decoder
 
     assert ctx.model is not None
-    tokens = tokens_by_id(ctx.model, key, home=ctx.home)
-    if tokens is None:
+    vocabulary = ctx.vocabulary(key)
+    if vocabulary is None:
         raise ctx.fail(node, f"{ctx.model.display_name} has no {key} vocabulary at hand to read words with")
-    ids = {token: i for i, token in enumerate(tokens) if token}
-    enc = ctx.model.encoder(key)
-    merges_path = Path(enc.tokenizer.path) / "merges.txt" if enc is not None and enc.tokenizer is not None and enc.tokenizer.path else None
-    ranks: dict[tuple[str, str], int] = {}
-    if merges_path is not None and merges_path.is_file():
-        lines = merges_path.read_text(encoding="utf-8").splitlines()
-        for rank, line in enumerate(line for line in lines[1:] if line and not line.startswith("#version")):
-            parts = line.split()
-            if len(parts) == 2:
-                ranks[(parts[0], parts[1])] = rank
+    ids, ranks = vocabulary
     to_char = {b: c for c, b in byte_decoder().items()}
     found: list[int] = []
     for piece in re.findall(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+", " ".join(node.value.lower().split())):
