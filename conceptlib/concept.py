@@ -22,6 +22,10 @@ CONCEPT_TYPES: tuple[str, ...] = ("object", "style", "negative")
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "concept.json"
 EMBEDDING_NAME = "embedding.safetensors"
+#: A hypernetwork item's canonical file (conceptlib's safetensors form, see :mod:`conceptlib.hypernet`).
+HYPERNETWORK_NAME = "hypernetwork.safetensors"
+#: What a library item can be. Embeddings are the concepts proper; hypernetworks sit beside them.
+KINDS: tuple[str, ...] = ("embedding", "hypernetwork")
 ORIGINAL_DIR = "original"
 IMAGES_DIR = "images"
 #: The largest training-step count conceptlib keeps (an Embedding's ``step``, a record's
@@ -155,6 +159,9 @@ class Concept:
         metadata: other string facts (``concept_type`` from the original, safetensors metadata).
         created: when it entered the library (ISO 8601, UTC).
         updated: when its record last changed.
+        kind: ``embedding`` or ``hypernetwork``. A hypernetwork item has no vectors (``vectors``
+            0, ``encoders`` empty); its token is the word of ``<hypernet:WORD:MULT>``, its
+            ``content_hash`` hashes its tensors, and ``metadata`` holds its widths and structure.
         path: the concept folder, when the record comes from a library (not serialised).
     """
 
@@ -182,6 +189,7 @@ class Concept:
     metadata: dict[str, str] = field(default_factory=dict)
     created: str = ""
     updated: str = ""
+    kind: str = "embedding"
     path: Path | None = field(default=None, compare=False, repr=False)
 
     # --- derived ------------------------------------------------------------------------------
@@ -204,6 +212,11 @@ class Concept:
     def embedding_path(self) -> Path | None:
         """The canonical ``embedding.safetensors``, when the folder is known."""
         return self.path / EMBEDDING_NAME if self.path else None
+
+    @property
+    def canonical_name(self) -> str:
+        """The canonical file's name: ``embedding.safetensors`` or ``hypernetwork.safetensors``."""
+        return HYPERNETWORK_NAME if self.kind == "hypernetwork" else EMBEDDING_NAME
 
     @property
     def prompt_word(self) -> str:
@@ -249,6 +262,9 @@ class Concept:
             "metadata": dict(self.metadata),
             "created": self.created,
             "updated": self.updated,
+            # Only where it is not an embedding: every manifest written before kinds existed
+            # stays byte for byte what this version writes.
+            **({"kind": self.kind} if self.kind != "embedding" else {}),
         }
 
     def to_json(self) -> str:
@@ -268,6 +284,9 @@ class Concept:
         for key in ("name", "token", "content_hash"):
             if not isinstance(data.get(key), str) or not data[key]:
                 raise ValueError(f"concept.json lacks {key!r}")
+        kind = data.get("kind", "embedding")
+        if kind not in KINDS:
+            raise ValueError(f"concept.json says kind {kind!r}, which is none of {', '.join(KINDS)}")
         return cls(
             name=data["name"],
             token=data["token"],
@@ -294,6 +313,7 @@ class Concept:
             metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
             created=str(data.get("created") or ""),
             updated=str(data.get("updated") or ""),
+            kind=kind,
         )
 
     @classmethod
@@ -352,6 +372,7 @@ class ConceptSummary:
     source_repo_id: str | None
     created: str
     updated: str
+    kind: str = "embedding"
 
     @property
     def family_label(self) -> str:
@@ -362,6 +383,7 @@ class ConceptSummary:
         """JSON-ready form (``conceptlib list --json``)."""
         return {
             "name": self.name,
+            "kind": self.kind,
             "token": self.token,
             "type": self.type,
             "family": self.family,

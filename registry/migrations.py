@@ -232,6 +232,24 @@ CREATE TABLE signatures (
     )
 
 
+@migration
+def m006_kinds(conn: Connection) -> None:
+    """What kind of library item each row is: ``embedding`` (every row so far) or ``hypernetwork``.
+
+    Hypernetworks live in the same table as embeddings so that list, search, show, tag, rename,
+    remove, verify and reindex serve both; readers of vectors (render's concept lookup,
+    signatures, merge) ask for embeddings only. A token is unique among items of one kind and
+    family: a hypernetwork called ``anime`` does not clash with an embedding ``anime``, since
+    prompts call them differently (``<hypernet:anime>``).
+    """
+    _run(
+        conn,
+        """
+ALTER TABLE concepts ADD COLUMN kind TEXT NOT NULL DEFAULT 'embedding'
+""",
+    )
+
+
 def applied(conn: Connection) -> set[str]:
     """Names of the migrations recorded in the database."""
     return {row[0] for row in conn.exec_driver_sql(f"SELECT name FROM {RECORD_TABLE}")}

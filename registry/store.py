@@ -52,7 +52,7 @@ _TAG_SEP = "\x1f"
 _TAGS_COLUMN = f"(SELECT group_concat(t.tag, '{_TAG_SEP}') FROM tags t WHERE t.concept_id = c.id) AS tags"
 _SUMMARY_COLUMNS = f"""c.name, c.token, c.type, c.family, c.encoders, c.vectors, c.dtype, {_TAGS_COLUMN},
     c.description, c.license, c.content_hash, c.source_type, c.source_repo_id,
-    c.created_at, c.updated_at"""
+    c.created_at, c.updated_at, c.kind"""
 _SQL_LIST = f"SELECT {_SUMMARY_COLUMNS} FROM concepts c"
 _SQL_ROWS = f"SELECT c.name, c.token, c.type, c.family, c.vectors, {_TAGS_COLUMN} FROM concepts c"
 _SQL_FTS = f"""SELECT {_SUMMARY_COLUMNS} FROM concepts_fts JOIN concepts c ON c.id = concepts_fts.rowid
@@ -66,10 +66,11 @@ _SQL_LIKE = f"""SELECT {_SUMMARY_COLUMNS} FROM concepts c
 _SQL_HAS = "SELECT 1 FROM concepts WHERE name = :name"
 # Signatures still valid (computed from the concept's current vectors), and the concepts without one.
 _SQL_SIGNATURES = """SELECT c.name, c.family, s.encoder, s.vector FROM signatures s
-JOIN concepts c ON c.id = s.concept_id AND c.content_hash = s.content_hash WHERE s.rowid > :after ORDER BY c.name, s.encoder"""
+JOIN concepts c ON c.id = s.concept_id AND c.content_hash = s.content_hash
+WHERE s.rowid > :after AND c.kind = 'embedding' ORDER BY c.name, s.encoder"""
 _SQL_SIGNATURE_MARK = "SELECT count(*), coalesce(max(rowid), 0) FROM signatures"
 _SQL_UNSIGNED = """SELECT c.name, c.content_hash FROM concepts c
-WHERE NOT EXISTS (SELECT 1 FROM signatures s WHERE s.concept_id = c.id AND s.content_hash = c.content_hash)
+WHERE c.kind = 'embedding' AND NOT EXISTS (SELECT 1 FROM signatures s WHERE s.concept_id = c.id AND s.content_hash = c.content_hash)
 ORDER BY c.name"""
 _SQL_BY_TOKEN = "SELECT name FROM concepts WHERE token = :token ORDER BY name"
 _SQL_BY_REPO = "SELECT name FROM concepts WHERE source_repo_id = :repo_id ORDER BY updated_at DESC, name"
@@ -80,7 +81,7 @@ _SQL_FTS_COUNT = "SELECT count(*) FROM concepts_fts"
 _SQL_CONTENT_HASH = "SELECT name FROM concepts WHERE content_hash = :content_hash AND name != :exclude ORDER BY name"
 # CLIP's tokenizer lowercases the prompt, so <Cat> and <cat> are one token to the model.
 _SQL_TOKEN = """SELECT name FROM concepts
-    WHERE family IS :family AND lower(token) = lower(:token) AND name != :exclude ORDER BY name"""
+    WHERE family IS :family AND lower(token) = lower(:token) AND kind = :kind AND name != :exclude ORDER BY name"""
 
 
 def default_url(home: Path) -> str:
@@ -150,14 +151,17 @@ def _summary(row: Sequence[Any]) -> ConceptSummary:
     return ConceptSummary(
         row[0], row[1], row[2], row[3], dict(_encoders(row[4])), row[5], row[6],
         _tags(row[7]),
-        row[8], row[9], row[10], row[11], row[12], row[13], row[14],
+        row[8], row[9], row[10], row[11], row[12], row[13], row[14], row[15],
     )
 
 
-def _filters(type: str | None, family: str | None, tag: str | None) -> tuple[str, dict[str, Any]]:
+def _filters(type: str | None, family: str | None, tag: str | None, kind: str | None = None) -> tuple[str, dict[str, Any]]:
     """The WHERE clause (with its parameters) of ``list``'s filters, all of which must hold."""
     clauses: list[str] = []
     params: dict[str, Any] = {}
+    if kind is not None:
+        clauses.append("c.kind = :kind")
+        params["kind"] = kind
     if type is not None:
         clauses.append("c.type = :type")
         params["type"] = type
@@ -272,19 +276,19 @@ class IndexReader:
             found += [(row[0], row[1]) for row in self._query(sql, params)]
         return found
 
-    def token_owner(self, family: str | None, token: str, *, exclude: str = "") -> str | None:
-        """The name of a concept of ``family`` using ``token`` (case-insensitively), other than ``exclude``."""
-        rows = self._query(_SQL_TOKEN, {"family": family, "token": token, "exclude": exclude})
+    def token_owner(self, family: str | None, token: str, *, exclude: str = "", kind: str = "embedding") -> str | None:
+        """The name of an item of ``kind`` and ``family`` using ``token`` (case-insensitively), other than ``exclude``."""
+        rows = self._query(_SQL_TOKEN, {"family": family, "token": token, "exclude": exclude, "kind": kind})
         return rows[0][0] if rows else None
 
-    def summaries(self, *, type: str | None = None, family: str | None = None, tag: str | None = None) -> list[ConceptSummary]:
-        """Every concept matching all the filters given, sorted by name."""
-        where, params = _filters(type, family, tag)
+    def summaries(self, *, type: str | None = None, family: str | None = None, tag: str | None = None, kind: str | None = None) -> list[ConceptSummary]:
+        """Every item matching all the filters given, sorted by name."""
+        where, params = _filters(type, family, tag, kind)
         return [_summary(row) for row in self._query(f"{_SQL_LIST}{where} ORDER BY c.name", params)]
 
-    def rows(self, *, type: str | None = None, family: str | None = None, tag: str | None = None) -> list[ConceptRow]:
+    def rows(self, *, type: str | None = None, family: str | None = None, tag: str | None = None, kind: str | None = None) -> list[ConceptRow]:
         """What :meth:`summaries` finds, as the six fields of ``list``'s table only."""
-        where, params = _filters(type, family, tag)
+        where, params = _filters(type, family, tag, kind)
         return [
             ConceptRow(name, token, type_, family_, vectors, _tags(tags))
             for name, token, type_, family_, vectors, tags in self._query(f"{_SQL_ROWS}{where} ORDER BY c.name", params)
@@ -445,13 +449,14 @@ def _row_values(concept: Concept, manifest: str) -> dict[str, Any]:
         "created_at": concept.created,
         "updated_at": concept.updated,
         "manifest_sha256": manifest_sha256(manifest),
+        "kind": concept.kind,
     }
 
 
 def _child_rows(concept_id: int, concept: Concept, embedding_sha256: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     files = []
     if embedding_sha256:
-        files.append({"concept_id": concept_id, "role": "embedding", "path": "embedding.safetensors", "sha256": embedding_sha256, "size": 0})
+        files.append({"concept_id": concept_id, "role": "embedding", "path": concept.canonical_name, "sha256": embedding_sha256, "size": 0})
     files += [{"concept_id": concept_id, "role": "original", "path": f.path, "sha256": f.sha256, "size": f.size} for f in concept.files]
     images = [{"concept_id": concept_id, "path": i.path, "sha256": i.sha256, "size": i.size} for i in concept.images]
     tags = [{"concept_id": concept_id, "tag": t} for t in sorted(set(concept.tags))]

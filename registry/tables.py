@@ -48,6 +48,7 @@ class ConceptRow(SQLModel, table=True):
     created_at: str
     updated_at: str
     manifest_sha256: str
+    kind: str = "embedding"  # or "hypernetwork" (migration m006_kinds)
 
 
 class FileRow(SQLModel, table=True):

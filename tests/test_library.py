@@ -274,14 +274,14 @@ def test_vectors_another_process_adds_mid_check_are_a_duplicate_not_a_token_clas
     real = reader.token_owner
     started: list[bool] = []
 
-    def token_owner(self: object, family: str | None, token: str, *, exclude: str = "") -> str | None:
+    def token_owner(self: object, family: str | None, token: str, *, exclude: str = "", kind: str = "embedding") -> str | None:
         if not started:
             # The other `conceptlib add` of the same file commits right after this one found
             # the vectors new and before it looks the token up.
             started.append(True)
             with Library.open(lib.home) as other:
                 other.add(path).one()
-        return real(self, family, token, exclude=exclude)  # type: ignore[arg-type]
+        return real(self, family, token, exclude=exclude, kind=kind)  # type: ignore[arg-type]
 
     monkeypatch.setattr(reader, "token_owner", token_owner)
     report = lib.add(path)

@@ -98,7 +98,7 @@ def test_blank_database_gets_exactly_the_declared_schema(tmp_path: Path) -> None
 def test_migrations_are_recorded_once_in_order(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'index.sqlite'}"
     first = open_registry(url)
-    assert first.applied == migrations.names() == ["m001_initial", "m002_images", "m003_search", "m004_token_lookup", "m005_signatures"]
+    assert first.applied == migrations.names() == ["m001_initial", "m002_images", "m003_search", "m004_token_lookup", "m005_signatures", "m006_kinds"]
     first.close()
     again = open_registry(url)  # every open migrates: nothing left to do
     assert again.applied == []
@@ -130,7 +130,7 @@ def test_old_schema_with_rows_migrates_cleanly(tmp_path: Path) -> None:
     conn.close()
 
     registry = open_registry(f"sqlite:///{path}")
-    assert registry.applied == ["m002_images", "m003_search", "m004_token_lookup", "m005_signatures"]
+    assert registry.applied == ["m002_images", "m003_search", "m004_token_lookup", "m005_signatures", "m006_kinds"]
     assert registry.names() == ["cat-toy", "style-x"]
     assert [s.name for s in registry.search("fluffy")] == ["cat-toy"]
     assert [s.name for s in registry.search("painting")] == ["style-x"]

@@ -298,6 +298,6 @@ def test_token_check_is_an_index_lookup(registry: Registry, db_path: Path) -> No
     from conceptlib.registry.store import _SQL_TOKEN
 
     plan = sqlite3.connect(db_path).execute(
-        "EXPLAIN QUERY PLAN " + _SQL_TOKEN, {"family": "sd1", "token": "<x>", "exclude": ""}
+        "EXPLAIN QUERY PLAN " + _SQL_TOKEN, {"family": "sd1", "token": "<x>", "exclude": "", "kind": "embedding"}
     ).fetchall()
     assert any("ix_concepts_family_token_lower" in row[3] and "<expr>=?" in row[3] for row in plan), plan
