@@ -186,11 +186,23 @@ def _summary_rows(concepts: list[ConceptRow] | list[ConceptSummary]) -> list[str
 
 def describe(concept: Concept) -> list[str]:
     """The lines ``show`` prints for one concept."""
-    rows: list[tuple[str, str | None]] = [
-        ("token", concept.token),
-        ("type", concept.type),
-        ("base", f"{concept.family_label} ({', '.join(f'{k} {w}' for k, w in concept.encoders.items())})"),
-        ("vectors", f"{concept.vectors} × {concept.width_label}, {concept.dtype}"),
+    rows: list[tuple[str, str | None]] = [("token", concept.token), ("type", concept.type)]
+    if concept.kind == "hypernetwork":
+        meta = concept.metadata
+        rows += [
+            ("kind", f"hypernetwork ({meta.get('hypernetwork_layout', '?')} layout); call it as <hypernet:{concept.token}:1>"),
+            ("base", concept.family_label),
+            ("widths", meta.get("hypernetwork_widths")),
+            ("structure", f"{meta.get('layer_structure')}, {meta.get('activation_func')}"
+             + (", layer norm" if meta.get("is_layer_norm") == "true" else "") + (", dropout" if meta.get("use_dropout") == "true" else "")),
+            ("parameters", f"{meta.get('parameters')}, {concept.dtype}"),
+        ]
+    else:
+        rows += [
+            ("base", f"{concept.family_label} ({', '.join(f'{k} {w}' for k, w in concept.encoders.items())})"),
+            ("vectors", f"{concept.vectors} × {concept.width_label}, {concept.dtype}"),
+        ]
+    rows += [
         ("tags", ", ".join(concept.tags) or None),
         ("description", concept.description),
         ("license", concept.license),
@@ -229,6 +241,7 @@ def list_concepts(
     base: str | None = None,
     tag: str | None = None,
     compatible_with: str | None = None,
+    kind: str | None = None,
     json_: bool = False,
     home: Path | None = None,
 ) -> None:
@@ -236,14 +249,14 @@ def list_concepts(
     library = _library(home)
     concepts: list[ConceptRow] | list[ConceptSummary]
     if json_ or compatible_with is not None:  # every indexed field: for scripts, or to check widths
-        concepts = library.list(type=type_, base=base, tag=tag, compatible_with=compatible_with)
+        concepts = library.list(type=type_, base=base, tag=tag, compatible_with=compatible_with, kind=kind)
         if json_:
             _print_rows_json([c.to_dict() for c in concepts])
             return
     else:
-        concepts = library.rows(type=type_, base=base, tag=tag)
+        concepts = library.rows(type=type_, base=base, tag=tag, kind=kind)
     if not concepts:
-        filtered = type_ is not None or base is not None or tag is not None or compatible_with is not None
+        filtered = type_ is not None or base is not None or tag is not None or compatible_with is not None or kind is not None
         info("No concept matches these filters." if filtered else "The library is empty: add concepts with `conceptlib add FILE...`.")
         return
     _write(_summary_rows(concepts))
@@ -279,7 +292,7 @@ def show_concept(*, name: str, json_: bool = False, home: Path | None = None) ->
 # options, missing arguments, unusual spellings) returns None and goes through Typer, so
 # messages and errors stay Typer's. tests/test_cli_library.py runs every form both ways.
 _FAST_COMMANDS: dict[str, tuple[dict[str, str], str | None]] = {
-    "list": ({"--type": "type_", "--base": "base", "--tag": "tag", "-t": "tag", "--compatible-with": "compatible_with"}, None),
+    "list": ({"--type": "type_", "--base": "base", "--tag": "tag", "-t": "tag", "--compatible-with": "compatible_with", "--kind": "kind"}, None),
     "search": ({}, "query"),
     "show": ({}, "name"),
 }

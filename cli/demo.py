@@ -104,7 +104,7 @@ def demo(
         write_model_description(model_dir)
         out.print("  (the tiny model's configs and tokenizer; install conceptlib[torch] for its weights)", markup=False)
     model = read_model(model_dir, home=library.home)  # its cache goes with the demo library
-    for summary in library.list():
+    for summary in library.list(kind="embedding"):
         findings = [f for f in validate(library.embedding(summary.name), model, token=summary.token) if f.severity != "info"]
         verdict = "fits" if not findings else findings[0].message
         out.print(f"  {summary.name:<16} {verdict}", markup=False)

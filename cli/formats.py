@@ -109,7 +109,7 @@ def _library_file(target: Path, home: Path | None) -> Path:
         concept = library.show(str(target))
     finally:
         library.close()
-    return concept.embedding_path or target
+    return concept.path / concept.canonical_name if concept.path else target
 
 
 def _show_analysis(report: dict[str, Any], explained: bool) -> None:

@@ -42,6 +42,7 @@ from conceptlib.cli._readonly import (  # noqa: F401  (table, describe, fast_mai
 )
 
 if TYPE_CHECKING:
+    from conceptlib.concept import Concept
     from conceptlib.library import Problem
 
 
@@ -96,7 +97,7 @@ def add(
         print_json(report.to_dict())
     else:
         lines = [
-            *(f"added      {c.name}  ({printable(c.token)}, {c.family_label}, {_plural(c.vectors, 'vector')})" for c in report.added),
+            *(f"added      {c.name}  ({printable(c.token)}, {c.family_label}, {_added_what(c)})" for c in report.added),
             *(f"duplicate  {printable(d.path, None)}  (same vectors as {d.existing})" for d in report.duplicates),
             *(f"rejected   {printable(r.path, None)}: {printable(r.reason, None)}" for r in report.rejected),
             *(f"near-dup   {n.name}  (near-duplicate of {n.existing} ({n.score:.2f}))" for n in report.near_duplicates),
@@ -255,6 +256,12 @@ def dedupe(
     info(f"{_plural(len(groups), 'group')} of near-duplicates at {threshold:g}." if groups else f"No near-duplicates at {threshold:g}.")
 
 
+def _added_what(concept: Concept) -> str:
+    if concept.kind == "hypernetwork":
+        return f"hypernetwork, widths {concept.metadata.get('hypernetwork_widths', '?')}; call it as <hypernet:{printable(concept.token)}:1>"
+    return _plural(concept.vectors, "vector")
+
+
 # --- queries -----------------------------------------------------------------------------------
 
 
@@ -266,14 +273,15 @@ def list_(
         str | None,
         typer.Option("--compatible-with", help="Only concepts that fit this base model (registered name, path or family).", show_default=False),
     ] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="Only items of this kind: embedding or hypernetwork.", show_default=False)] = None,
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
-    """List the concepts in the library, sorted by name.
+    """List the concepts (and hypernetworks) in the library, sorted by name.
 
     Example: conceptlib list --type negative --base sd1
     """
-    list_concepts(type_=type_, base=base, tag=tag, compatible_with=compatible_with, json_=json_, home=home)
+    list_concepts(type_=type_, base=base, tag=tag, compatible_with=compatible_with, kind=kind, json_=json_, home=home)
 
 
 def search(

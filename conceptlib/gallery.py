@@ -279,7 +279,7 @@ def build(
 
         if _deps.available("torch") and _deps.available("diffusers") and _deps.available("transformers"):
             renders = _Previews(library, model, steps)
-    for summary in library.list():
+    for summary in library.list(kind="embedding"):
         load = _Lazy(library, summary.name)
         try:
             concept = library.show(summary.name)

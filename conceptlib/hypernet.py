@@ -25,6 +25,7 @@ in the ``hypernetwork`` metadata entry.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -36,7 +37,7 @@ from conceptlib.errors import HypernetworkStructureError
 from conceptlib.formats._interpret import HYPERNETWORK_KEY
 from conceptlib.tensor import Tensor
 
-__all__ = ["A1111_DEFAULTS", "FIELDS", "Hypernetwork", "dumps", "interpret", "read", "write"]
+__all__ = ["A1111_DEFAULTS", "FIELDS", "Hypernetwork", "dumps", "family_of", "interpret", "read", "write"]
 
 #: What AUTOMATIC1111's ``Hypernetwork.load`` takes for a field the file lacks.
 A1111_DEFAULTS: dict[str, Any] = {
@@ -100,6 +101,30 @@ class Hypernetwork:
                     total += size
         return total
 
+    def content_hash(self) -> str:
+        """sha256 of the tensors alone (widths, sides, keys, shapes, dtypes and bytes, in order),
+        whatever the container and the fields: the library's duplicate check."""
+        digest = hashlib.sha256(b"conceptlib-hypernetwork-1\0")
+        for width, pair in sorted(self.modules.items()):
+            for side, module in enumerate(pair):
+                for key in sorted(module):
+                    tensor = module[key]
+                    digest.update(f"{width}.{side}.{key}\0{','.join(map(str, tensor.shape))}\0{tensor.dtype}\0".encode())
+                    digest.update(tensor.tobytes())
+        return digest.hexdigest()
+
+    def non_finite(self) -> dict[str, int]:
+        """Count of NaN/Inf values per module (``"768.0"``: width 768, key side), only where any."""
+        import numpy as np
+
+        counts: dict[str, int] = {}
+        for width, pair in self.modules.items():
+            for side, module in enumerate(pair):
+                bad = sum(int(np.count_nonzero(~np.isfinite(t.to_float32()))) for t in module.values())
+                if bad:
+                    counts[f"{width}.{side}"] = bad
+        return counts
+
     def linear_layers(self, width: int) -> int:
         """Linear layers of each of ``width``'s modules (2-D weights)."""
         return sum(1 for k, t in self.modules[width][0].items() if k.endswith(".weight") and t.ndim == 2)
@@ -129,6 +154,19 @@ class Hypernetwork:
             "defaulted": list(self.missing),
             "warnings": self.warnings(),
         }
+
+
+def family_of(widths: list[int]) -> str | None:
+    """The base-model family a hypernetwork was most likely made for, from its widths.
+
+    A network touches the text encoder's width in cross-attention: 768 for SD 1.x, 1024 for
+    SD 2.x, 2048 for SDXL. AUTOMATIC1111 creates modules for 768 *and* 1024 by default (its
+    ``enable_sizes``), so 768 wins over 1024: an SD 2.x network has no reason to carry 768.
+    """
+    for width, family in ((768, "sd1"), (1024, "sd2"), (2048, "sdxl")):
+        if width in widths:
+            return family
+    return None
 
 
 def _module(value: Any, path: str, where: str, novelai: bool) -> dict[str, Tensor]:

@@ -144,9 +144,11 @@ def test_the_commands(cli: Any, tmp_path: Path) -> None:
     assert run.exit_code == 0 and run.stdout == f"{tmp_path / 'anime.safetensors'}\n"
     assert hypernet.read(tmp_path / "anime.safetensors").fields["name"] == "anime"
     assert cli("convert", str(path), str(tmp_path / "x.png"), "--to", "png").stderr.startswith("Error: ")
-    # The library keeps embeddings only: refused, saying what it is.
-    run = cli("add", str(path))
-    assert run.exit_code == 2 and "is a hypernetwork (attention widths 320, 768), not a textual-inversion embedding" in run.stderr
+    # Where an embedding is needed, refused saying what it is (the library keeps it as one).
+    run = cli("validate", str(path), "--model", "sd1", "--json")
+    assert run.exit_code == 0 and json.loads(run.stdout)["results"][0]["kind"] == "hypernetwork"
+    with pytest.raises(IsHypernetworkError, match=r"is a hypernetwork \(attention widths 320, 768\), not a textual-inversion embedding"):
+        read(path)
     # AUTOMATIC1111's optimizer sidecar.
     _save(tmp_path, {"hash": "0123456789", "optimizer_name": "AdamW", "optimizer_state_dict": {"state": {}}}, "hn.pt.optim")
     run = cli("inspect", str(tmp_path / "hn.pt.optim"))

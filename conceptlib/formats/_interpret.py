@@ -424,7 +424,7 @@ def interpret(
             f"is a hypernetwork (attention widths {', '.join(str(w) for w in widths[:8])}{', ...' if len(widths) > 8 else ''}), not a textual-inversion embedding",
             path=path,
             hint="AUTOMATIC1111 loads it from models/hypernetworks/ and calls it as <hypernet:NAME:1>; "
-            "`conceptlib inspect` and `convert` read it, the library does not keep hypernetworks yet",
+            "`conceptlib add` keeps it as a hypernetwork, and `inspect`, `convert` and `validate` read it",
         )
     if "optimizer_state_dict" in state and "hash" in state:
         raise EmbeddingStructureError(

@@ -51,6 +51,7 @@ import builtins
 import contextlib
 import difflib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -75,7 +76,9 @@ from conceptlib._terminal import invisible_characters, printable
 from conceptlib.concept import (
     CONCEPT_TYPES,
     EMBEDDING_NAME,
+    HYPERNETWORK_NAME,
     IMAGES_DIR,
+    KINDS,
     MANIFEST_NAME,
     ORIGINAL_DIR,
     Concept,
@@ -96,6 +99,7 @@ from conceptlib.errors import (
     FormatCapabilityError,
     IndexDamagedError,
     InvalidNameError,
+    IsHypernetworkError,
     LibraryBusyError,
     LibraryCorruptError,
     NoEmbeddingInImageError,
@@ -567,12 +571,21 @@ class _AddOptions:
 # --- the library -------------------------------------------------------------------------------
 
 
-def _list_filters(type: str | None, base: str | None, tag: str | None) -> dict[str, str | None]:
+def check_kind(kind: str) -> str:
+    """``embedding`` or ``hypernetwork`` (any case), else :class:`UsageError`."""
+    value = kind.strip().lower()
+    if value not in KINDS:
+        raise UsageError(f"unknown kind {kind!r}", hint=f"use one of: {', '.join(KINDS)}")
+    return value
+
+
+def _list_filters(type: str | None, base: str | None, tag: str | None, kind: str | None = None) -> dict[str, str | None]:
     """``list``'s filters as the index takes them: checked, and the base as a family key."""
     return {
         "type": check_type(type) if type is not None else None,
         "family": family_key(base) if base is not None else None,
         "tag": check_tag(tag) if tag is not None else None,
+        "kind": check_kind(kind) if kind is not None else None,
     }
 
 
@@ -803,6 +816,7 @@ class Library:
         base: str | None = None,
         tag: str | None = None,
         compatible_with: str | None = None,
+        kind: str | None = None,
     ) -> builtins.list[ConceptSummary]:
         """Concepts matching every filter given, sorted by name.
 
@@ -810,6 +824,7 @@ class Library:
             type: ``object``, ``style`` or ``negative``.
             base: base-model family: ``sd1``, ``sd2``, ``sdxl`` (``sd15``, ``xl``... accepted).
             tag: a tag the concept carries.
+            kind: ``embedding`` or ``hypernetwork`` (default: both).
             compatible_with: a base model (registered name, path or family name): only the
                 concepts whose encoders and widths it accepts.
 
@@ -820,7 +835,7 @@ class Library:
             >>> [c.name for c in lib.list(type="negative", base="sd1")]
             ['bad-artist', 'easynegative']
         """
-        summaries = self.index.summaries(**_list_filters(type, base, tag))
+        summaries = self.index.summaries(**_list_filters(type, base, tag, kind))
         if compatible_with is None:
             return summaries
         from conceptlib.models import compatible, resolve_model
@@ -829,13 +844,14 @@ class Library:
         model = resolve_model(compatible_with, home=self.home, hash_files=False)
         return [s for s in summaries if compatible(s, model)]
 
-    def rows(self, *, type: str | None = None, base: str | None = None, tag: str | None = None) -> builtins.list[ConceptRow]:
+    def rows(self, *, type: str | None = None, base: str | None = None, tag: str | None = None, kind: str | None = None) -> builtins.list[ConceptRow]:
         """What :meth:`list` finds, as only the six fields ``conceptlib list`` shows.
 
         Args:
             type: ``object``, ``style`` or ``negative``.
             base: base-model family: ``sd1``, ``sd2``, ``sdxl`` (``sd15``, ``xl``... accepted).
             tag: a tag the concept carries.
+            kind: ``embedding`` or ``hypernetwork`` (default: both).
 
         Returns:
             Name, token, type, family, vector count and tags of each concept, sorted by name:
@@ -845,7 +861,7 @@ class Library:
             >>> [(r.name, r.vectors) for r in lib.rows(tag="anime")]
             [('cat-toy', 4)]
         """
-        return self.index.rows(**_list_filters(type, base, tag))
+        return self.index.rows(**_list_filters(type, base, tag, kind))
 
     def search(self, query: str, *, limit: int | None = None) -> builtins.list[ConceptSummary]:
         """Full-text search over names, tokens, descriptions and tags, best matches first.
@@ -903,6 +919,11 @@ class Library:
         from conceptlib.formats import read
 
         concept = self.show(name)
+        if concept.kind == "hypernetwork":
+            raise IsHypernetworkError(
+                f"{concept.name} is a hypernetwork, not an embedding",
+                hint=f"call it in a prompt as <hypernet:{concept.token}:1>, or read it with Library.hypernetwork()",
+            )
         path = self.folder(concept.name) / EMBEDDING_NAME
         try:
             emb = read(path)
@@ -914,6 +935,29 @@ class Library:
             raise ConceptDamagedError(f"the vectors no longer match the concept's content hash {concept.content_hash[:12]} (the file was damaged or changed)", path=path)
         emb.token = concept.token
         return emb
+
+    def hypernetwork(self, name: str) -> Any:
+        """A hypernetwork item's network (:class:`conceptlib.hypernet.Hypernetwork`), from its
+        canonical file, checked against its content hash.
+
+        Raises:
+            ConceptNotFoundError: no such item.
+            UsageError: the item is an embedding.
+            ConceptDamagedError: the canonical file is missing, damaged or changed.
+        """
+        from conceptlib import hypernet
+
+        concept = self.show(name)
+        if concept.kind != "hypernetwork":
+            raise UsageError(f"{concept.name} is an embedding, not a hypernetwork", hint=f"use it in a prompt as {concept.token}")
+        path = self.folder(concept.name) / HYPERNETWORK_NAME
+        try:
+            network = hypernet.read(path)
+        except (OSError, BadInputError) as exc:
+            raise ConceptDamagedError(f"cannot read the hypernetwork: {exc}", path=path) from exc
+        if network.content_hash() != concept.content_hash:
+            raise ConceptDamagedError(f"the tensors no longer match the content hash {concept.content_hash[:12]} (the file was damaged or changed)", path=path)
+        return network
 
     # --- add ----------------------------------------------------------------------------------
     def _candidates(
@@ -1169,7 +1213,15 @@ class Library:
             staging: Path | None = None
             try:
                 skipped += [Rejected(s.path, s.reason, s.error) for s in snap.skipped]
-                emb = self._read_input(snap)
+                try:
+                    emb = self._read_input(snap)
+                except IsHypernetworkError:
+                    if not snap.copy.is_file():
+                        raise
+                    concept = self._hypernetwork_item(snap, path, options, scratch, skipped, timestamp)
+                    staging = self._stage(_store.ADD_PREFIX)
+                    self._stage_item(staging, concept, [snap.copy], [*self._images_for(options, scratch, skipped), *snap.images])
+                    return self._commit_new(staging, concept, explicit_name=name is not None, path=path)
                 family = emb.family
                 assert family is not None
                 word = token or check_token(emb.prompt_word() or path.stem, path=path)
@@ -1215,6 +1267,87 @@ class Library:
                 if staging is not None and staging.exists():
                     _store.discard(staging)
 
+    def _hypernetwork_item(self, snap: Snapshot, path: Path, options: _AddOptions, scratch: Path, skipped: builtins.list[Rejected], timestamp: str) -> Concept:
+        """The record of a hypernetwork input (files are staged by :meth:`_stage_item`).
+
+        AUTOMATIC1111 calls a hypernetwork by its file's base name (``<hypernet:anime:1>`` for
+        ``anime.pt``), so that is the default word; the file's own ``name`` field is kept in the
+        metadata.
+        """
+        from conceptlib import hypernet
+
+        network = hypernet.read(snap.copy)
+        bad = network.non_finite()
+        if bad:
+            where = ", ".join(f"{k} ({n})" for k, n in sorted(bad.items())[:4])
+            raise EmbeddingStructureError(f"its hypernetwork holds NaN or infinite values: {where}", path=path)
+        word = options.token or check_token(path.stem, path=path)
+        if word.startswith("<") or ":" in word:
+            raise InvalidNameError(f"{word!r} cannot be called as <hypernet:{word}:1>", hint="pass --token a plain word")
+        family = hypernet.family_of(network.widths)
+        content_hash = network.content_hash()
+        self._check_unique(self.index, content_hash, family or "", word, path=path, kind="hypernetwork")
+        described = network.describe()
+        metadata = {
+            "hypernetwork_layout": network.layout,
+            "hypernetwork_widths": ",".join(str(w) for w in network.widths),
+            "layer_structure": json.dumps(network.fields.get("layer_structure")),
+            "activation_func": str(network.fields.get("activation_func")),
+            "is_layer_norm": json.dumps(bool(network.fields.get("is_layer_norm"))),
+            "activate_output": json.dumps(bool(network.fields.get("activate_output"))),
+            "use_dropout": json.dumps(bool(network.fields.get("use_dropout"))),
+            "parameters": str(network.parameters),
+            **({"hypernetwork_name": str(network.fields["name"])} if network.fields.get("name") else {}),
+            **({"defaulted": ",".join(network.missing)} if network.missing else {}),
+            **options.metadata,
+        }
+        concept_type = options.type or ("style" if (options.metadata.get("concept_type") or "") not in CONCEPT_TYPES else options.metadata["concept_type"])
+        return Concept(
+            name=options.name or slugify(word) or slugify(path.stem) or "hypernetwork",
+            token=word,
+            type=concept_type,
+            description=options.description,
+            tags=list(options.tags),
+            license=options.license or options.metadata.get("license"),
+            family=family,
+            dtype=described["dtype"] if isinstance(described["dtype"], str) else ",".join(described["dtype"]),
+            content_hash=content_hash,
+            format=f"hypernetwork-{network.layout}",
+            checkpoint_hash=network.fields.get("sd_checkpoint"),
+            checkpoint_name=network.fields.get("sd_checkpoint_name"),
+            steps=network.fields.get("step"),
+            source=dict(options.source) if options.source else {"type": "local", "path": str(path.resolve())},
+            metadata=metadata,
+            created=timestamp,
+            updated=timestamp,
+            kind="hypernetwork",
+        )
+
+    def _images_for(self, options: _AddOptions, scratch: Path, skipped: builtins.list[Rejected]) -> builtins.list[Path]:
+        """``--images`` checked and copied into the input's scratch folder; refusals go to ``skipped``."""
+        images, refused = copy_images(options.images, scratch / "images")
+        skipped += [Rejected(r.path, r.reason, r.error) for r in refused]
+        return images
+
+    def _stage_item(self, staging: Path, concept: Concept, originals: builtins.list[Path], images: builtins.list[Path]) -> None:
+        """Write a hypernetwork item's files into ``staging`` and record them in ``concept``:
+        the original byte for byte, the canonical safetensors form, the images; then fsync."""
+        from conceptlib import hypernet
+
+        records: builtins.list[FileRecord] = []
+        taken: set[str] = set()
+        for src in originals:
+            stored = _unique_name(src.stem, src.suffix, taken)
+            record = _copy(src, staging / ORIGINAL_DIR / stored)
+            record.path = f"{ORIGINAL_DIR}/{stored}"
+            records.append(record)
+        canonical = hypernet.dumps(hypernet.read(staging / records[0].path), "safetensors")
+        concept.files = records
+        concept.file_sha256 = records[0].sha256
+        concept.embedding_sha256 = _store.write_new(staging / HYPERNETWORK_NAME, canonical).sha256
+        concept.images = self._store_images(images, staging)
+        self._fsync_tree(staging)
+
     def _copy_originals(self, snap: Snapshot, emb: Embedding, staging: Path) -> builtins.list[FileRecord]:
         """Copy the input's files into ``staging/original/``; the primary file's record first."""
         originals, primary = self._original_files(snap, emb)
@@ -1252,18 +1385,21 @@ class Library:
         _fmt, files = plan(replace(emb, token=None), EMBEDDING_NAME, format="conceptlib")
         return files[0][1]
 
-    def _check_unique(self, index: IndexReader, content_hash: str, family: str, token: str, *, path: Path | None = None, exclude: str = "") -> None:
+    def _check_unique(
+        self, index: IndexReader, content_hash: str, family: str, token: str, *, path: Path | None = None, exclude: str = "", kind: str = "embedding"
+    ) -> None:
         owner = index.content_hash_owner(content_hash, exclude=exclude)
         if owner is not None:
             raise DuplicateConceptError(owner, content_hash, path=str(path) if path else None)
-        user = index.token_owner(family, token, exclude=exclude)
+        user = index.token_owner(family, token, exclude=exclude, kind=kind)
         if user is not None:
             # Outside a transaction another process may have added these very vectors between
             # the two queries: then this is a duplicate, not a token clash.
             owner = index.content_hash_owner(content_hash, exclude=exclude)
             if owner is not None:
                 raise DuplicateConceptError(owner, content_hash, path=str(path) if path else None)
-            raise TokenInUseError(token, family=FAMILIES[family].label, used_by=user, path=str(path) if path else None)
+            label = FAMILIES[family].label if family in FAMILIES else "any family"
+            raise TokenInUseError(token, family=label if kind == "embedding" else f"hypernetworks of {label}", used_by=user, path=str(path) if path else None)
 
     def _name_free(self, tx: Writer, name: str) -> bool:
         folder = self.concepts_dir / name
@@ -1272,7 +1408,7 @@ class Library:
     def _commit_new(self, staging: Path, concept: Concept, *, explicit_name: bool, path: Path) -> Concept:
         # Publish outside the transaction: a failed commit takes the folder back out.
         with _store.Publish(staging) as publish, self.registry.transaction() as tx:
-            self._check_unique(tx, concept.content_hash, concept.family or "", concept.token, path=path)
+            self._check_unique(tx, concept.content_hash, concept.family or "", concept.token, path=path, kind=concept.kind)
             name = concept.name
             if not self._name_free(tx, name):
                 if explicit_name:
@@ -1324,6 +1460,8 @@ class Library:
             TokenInUseError: the token is taken in the family.
         """
         current = self.show(name)
+        if current.kind != "embedding":
+            raise UsageError(f"{current.name} is a {current.kind}: update replaces an embedding's vectors", hint=f"remove it and add the new file: conceptlib remove {current.name}")
         src = Path(path)
         word = check_token(token) if token is not None else current.token
         concept_type = check_type(type) if type is not None else current.type
@@ -1469,7 +1607,9 @@ class Library:
                     raise ConceptExistsError(new_name, hint="choose another name")
                 concept.name = new_name
             if new_token is not None and new_token != concept.token:
-                user = tx.token_owner(concept.family, new_token, exclude=old_name)
+                if concept.kind == "hypernetwork" and (new_token.startswith("<") or ":" in new_token):
+                    raise InvalidNameError(f"{new_token!r} cannot be called as <hypernet:{new_token}:1>", hint="give a plain word")
+                user = tx.token_owner(concept.family, new_token, exclude=old_name, kind=concept.kind)
                 if user is not None:
                     raise TokenInUseError(new_token, family=concept.family_label, used_by=user)
                 concept.token = new_token
@@ -1569,6 +1709,9 @@ class Library:
         # tell Cat-Toy from cat-toy.
         taken: set[str] = set()
         for concept in concepts:
+            if concept.kind == "hypernetwork":
+                planned.append(self._plan_hypernetwork(concept, format, ui, out, taken))
+                continue
             emb = self.embedding(concept.name)
             if ui is not None:
                 single, sdxl = UI_FORMATS[ui]
@@ -1611,6 +1754,34 @@ class Library:
             for path, data in files:
                 atomic_write_bytes(path, data)
         return [result for result, _files in planned]
+
+    def _plan_hypernetwork(
+        self, concept: Concept, format: str | None, ui: str | None, out: Path, taken: set[str]
+    ) -> tuple[ExportedConcept, builtins.list[tuple[Path, bytes]]]:
+        """A hypernetwork item's export: an AUTOMATIC1111 ``.pt`` named by its word.
+
+        AUTOMATIC1111 and ComfyUI both load that file from ``models/hypernetworks/`` and find
+        it by its base name; InvokeAI has no hypernetworks, and no embedding format holds one.
+        """
+        from conceptlib import hypernet
+
+        if ui == "invokeai" or (format is not None and format != "a1111"):
+            what = "--for invokeai" if ui == "invokeai" else f"--format {format}"
+            raise FormatCapabilityError(f"{concept.name} is a hypernetwork, which {what} cannot hold", hint="export it with --for a1111 or --for comfyui (both read AUTOMATIC1111's .pt)")
+        network = self.hypernetwork(concept.name)
+        word = portable_stem(concept.token) or concept.name
+        base = word
+        n = 2
+        while word.casefold() in taken:
+            word = f"{base}-{n}"
+            n += 1
+        taken.add(word.casefold())
+        note = "AUTOMATIC1111 and ComfyUI read hypernetworks from models/hypernetworks/"
+        if word != concept.token:
+            note = f"{concept.token!r} is not a file name every system accepts, or another export has it; the file is named {word!r}. " + note
+        prompt = f"<hypernet:{word}:1>"
+        result = ExportedConcept(concept.name, "hypernetwork-a1111", [out / f"{word}.pt"], word, prompt, note)
+        return result, [(out / f"{word}.pt", hypernet.dumps(network, "a1111"))]
 
     # --- maintenance --------------------------------------------------------------------------
     def _clean_staging(self) -> builtins.list[str]:
@@ -1696,31 +1867,30 @@ class Library:
         return ReindexReport(count, cleaned + fixed, problems)
 
     def _check_files(self, concept: Concept) -> builtins.list[Problem]:
-        """Hash every file of a concept against its manifest; decode the canonical embedding."""
-        from conceptlib.formats import read
-
+        """Hash every file of a concept against its manifest; decode the canonical file."""
         problems: builtins.list[Problem] = []
         folder = concept.path
         assert folder is not None
-        canonical = folder / EMBEDDING_NAME
+        name = concept.canonical_name
+        canonical = folder / name
         # conceptlib writes regular files only; a link was put there by hand, and reading
         # through it would hash, export or push a file from anywhere as the concept's own.
-        linked = [rel for rel in (".", EMBEDDING_NAME, *(r.path for r in (*concept.files, *concept.images))) if (folder / rel).is_symlink()]
+        linked = [rel for rel in (".", name, *(r.path for r in (*concept.files, *concept.images))) if (folder / rel).is_symlink()]
         for rel in linked:
             problems.append(Problem("link", concept.name, f"{'the concept folder' if rel == '.' else rel} is a symbolic link; a library holds only regular files"))
         if linked:
             return problems
         if not canonical.is_file():
-            problems.append(Problem("embedding", concept.name, f"{EMBEDDING_NAME} is missing", bool(concept.files)))
+            problems.append(Problem("embedding", concept.name, f"{name} is missing", bool(concept.files)))
         elif _sha256(canonical) != concept.embedding_sha256:
-            problems.append(Problem("embedding", concept.name, f"{EMBEDDING_NAME} does not match its sha256 (damaged or changed)", bool(concept.files)))
+            problems.append(Problem("embedding", concept.name, f"{name} does not match its sha256 (damaged or changed)", bool(concept.files)))
         else:
             try:
-                emb = read(canonical, strict=False)
-                if emb.content_hash() != concept.content_hash:
-                    problems.append(Problem("embedding", concept.name, "the vectors do not match the content hash", bool(concept.files)))
+                if _content_hash(canonical, concept.kind) != concept.content_hash:
+                    what = "tensors" if concept.kind == "hypernetwork" else "vectors"
+                    problems.append(Problem("embedding", concept.name, f"the {what} do not match the content hash", bool(concept.files)))
             except (OSError, BadInputError) as exc:
-                problems.append(Problem("embedding", concept.name, f"{EMBEDDING_NAME} cannot be read: {exc.args[0] if exc.args else exc}", bool(concept.files)))
+                problems.append(Problem("embedding", concept.name, f"{name} cannot be read: {exc.args[0] if exc.args else exc}", bool(concept.files)))
         for kind, records in (("original", concept.files), ("image", concept.images)):
             for record in records:
                 path = folder / record.path
@@ -1732,25 +1902,33 @@ class Library:
 
     def _repair_embedding(self, concept: Concept) -> str | None:
         """Rebuild a damaged canonical file from the original, if that still decodes to the same vectors."""
+        from conceptlib import hypernet
         from conceptlib.formats import read
 
         folder = concept.path
         assert folder is not None
         candidates = [folder / concept.files[0].path] if concept.files else []
-        candidates.append(folder / ORIGINAL_DIR)
+        if concept.kind == "embedding":
+            candidates.append(folder / ORIGINAL_DIR)
         for candidate in candidates:
             try:
-                emb = read(candidate, strict=False)
+                if concept.kind == "hypernetwork":
+                    network = hypernet.read(candidate)
+                    if network.content_hash() != concept.content_hash:
+                        continue
+                    data = hypernet.dumps(network, "safetensors")
+                else:
+                    emb = read(candidate, strict=False)
+                    if emb.content_hash() != concept.content_hash:
+                        continue
+                    data = self._canonical_bytes(emb)
             except (OSError, BadInputError):
                 continue
-            if emb.content_hash() != concept.content_hash:
-                continue
-            data = self._canonical_bytes(emb)
-            atomic_write_bytes(folder / EMBEDDING_NAME, data)
+            atomic_write_bytes(folder / concept.canonical_name, data)
             sha = hashlib.sha256(data).hexdigest()
             if sha != concept.embedding_sha256:
                 self._write_manifest(folder, replace(concept, embedding_sha256=sha))
-            return f"rebuilt {concept.name}/{EMBEDDING_NAME} from {candidate.relative_to(folder)}"
+            return f"rebuilt {concept.name}/{concept.canonical_name} from {candidate.relative_to(folder)}"
         return None
 
     def verify(self, *, repair: bool = False) -> VerifyReport:
@@ -1821,6 +1999,17 @@ class Library:
             if fts_count != count:
                 problems.append(Problem("search", "index.sqlite", "the search index is out of step with the concepts", True))
             return VerifyReport(len(items), problems, repaired)
+
+
+def _content_hash(path: Path, kind: str) -> str:
+    """The content hash of a canonical file: an embedding's vectors or a hypernetwork's tensors."""
+    if kind == "hypernetwork":
+        from conceptlib import hypernet
+
+        return hypernet.read(path).content_hash()
+    from conceptlib.formats import read
+
+    return read(path, strict=False).content_hash()
 
 
 def _reason(exc: BaseException, input_path: Path | None = None) -> str:
