@@ -211,6 +211,7 @@ class Target:
     embedding: Embedding | None = None
     error: str | None = None
     findings: list[Finding] = field(default_factory=list)
+    hypernetwork: Any = None  # a conceptlib.hypernet.Hypernetwork, checked instead of vectors
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -231,6 +232,9 @@ def _concept_target(name: str, home: Path | None) -> Target:
 
     with Library.open(home) as lib:
         concept = lib.show(name)
+        if concept.kind == "hypernetwork":
+            network = lib.hypernetwork(concept.name)
+            return Target(label=concept.name, path=concept.path / concept.canonical_name if concept.path else None, token=concept.token, hypernetwork=network)
         embedding = lib.embedding(concept.name)
     return Target(label=concept.name, path=concept.embedding_path, token=concept.token, embedding=embedding)
 
@@ -285,7 +289,7 @@ def _targets_of(spec: str, home: Path | None, skipped: list[Skipped] | None) -> 
     """The targets one TARGET argument gives; a file that cannot be read carries its error."""
     from conceptlib._inputs import Skipped, concerns_the_library
     from conceptlib._snapshots import read_input
-    from conceptlib.errors import NoEmbeddingInImageError, UsageError
+    from conceptlib.errors import IsHypernetworkError, NoEmbeddingInImageError, UsageError
     from conceptlib.layout import SKIP_PLAIN_IMAGE, find_inputs
 
     path = Path(spec).expanduser()
@@ -313,6 +317,15 @@ def _targets_of(spec: str, home: Path | None, skipped: list[Skipped] | None) -> 
             target.embedding, left_out = read_input(found.path, within=None if found.kind == "folder" else found.within)
             if skipped is not None:
                 skipped.extend(left_out)
+        except IsHypernetworkError:
+            from conceptlib import hypernet
+
+            try:
+                target.hypernetwork = hypernet.read(found.path)
+            except (ConceptlibError, OSError) as exc:
+                if concerns_the_library(exc):
+                    raise
+                target.error = _read_error(exc)
         except NoEmbeddingInImageError as exc:
             if not found.picture:
                 target.error = _read_error(exc)
@@ -362,6 +375,19 @@ def github_annotation(severity: str, message: str, *, path: Path | None, code: s
 def _target_dict(t: Target) -> dict[str, Any]:
     emb = t.embedding
     family = emb.family if emb else None
+    if t.hypernetwork is not None:
+        from conceptlib.hypernet import family_of
+
+        return {
+            "target": t.label,
+            "path": str(t.path) if t.path else None,
+            "kind": "hypernetwork",
+            "token": t.token or (t.path.stem if t.path else None),
+            "family": family_of(t.hypernetwork.widths),
+            "widths": t.hypernetwork.widths,
+            "ok": not any(f.severity == "error" for f in t.findings),
+            "findings": [f.to_dict() for f in t.findings],
+        }
     return {
         "target": t.label,
         "path": str(t.path) if t.path else None,
@@ -396,7 +422,14 @@ def validate_cmd(
     from pathlib import Path as _Path
 
     from conceptlib.models import resolve_model
-    from conceptlib.validate import Finding, coverage, exit_status, summarize, validate_many
+    from conceptlib.validate import (
+        Finding,
+        coverage,
+        exit_status,
+        summarize,
+        validate_hypernetwork,
+        validate_many,
+    )
 
     # Hash single files (AUTOMATIC1111 embeddings record a checkpoint's hash); a folder's file
     # hashes never match those, so skip that cost there.
@@ -409,6 +442,9 @@ def validate_cmd(
     )
     for t, findings in zip(readable, results, strict=True):
         t.findings = findings
+    for t in resolved:
+        if t.hypernetwork is not None:
+            t.findings = validate_hypernetwork(t.hypernetwork, info_model)
     for t in resolved:
         if t.error is not None:
             t.findings = [Finding("unreadable", "error", t.error)]

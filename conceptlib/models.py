@@ -1297,6 +1297,44 @@ def _read_checkpoint(path: Path) -> ModelInfo:
 # --- compatibility -----------------------------------------------------------------------------
 
 
+#: Attention widths of the reference UNets by family: (cross-attention context width, the
+#: channel widths of the blocks that attend). SDXL's first block has no attention.
+FAMILY_ATTENTION: dict[str, tuple[int, tuple[int, ...]]] = {
+    "sd1": (768, (320, 640, 1280)),
+    "sd2": (1024, (320, 640, 1280)),
+    "sdxl": (2048, (640, 1280)),
+}
+
+
+def attention_widths(model: ModelInfo) -> tuple[int | None, tuple[int, ...]]:
+    """The widths a hypernetwork meets in the model's UNet: the cross-attention context width
+    (the text encoder's) and the channel widths of the blocks with attention (their
+    self-attention context), read from ``unet/config.json`` when the folder has one, else the
+    family's reference UNet (:data:`FAMILY_ATTENTION`).
+
+    Example:
+        >>> attention_widths(family_model("sd1"))
+        (768, (320, 640, 1280))
+    """
+    config: dict[str, Any] = {}
+    if model.kind == "diffusers" and model.path and (Path(model.path) / "unet" / "config.json").is_file():
+        try:
+            config = _read_json(Path(model.path) / "unet" / "config.json")
+        except CorruptFileError:
+            config = {}
+    channels = config.get("block_out_channels")
+    if isinstance(channels, list) and all(isinstance(c, int) for c in channels):
+        down = config.get("down_block_types") or []
+        up = config.get("up_block_types") or []
+        widths = {c for c, kind in zip(channels, down, strict=False) if "Attn" in str(kind)}
+        widths |= {c for c, kind in zip(reversed(channels), up, strict=False) if "Attn" in str(kind)}
+        if "Attn" in str(config.get("mid_block_type") or "UNetMidBlock2DCrossAttn") and channels:
+            widths.add(channels[-1])
+        cross = config.get("cross_attention_dim")
+        return (cross if isinstance(cross, int) else None), tuple(sorted(widths))
+    return FAMILY_ATTENTION.get(model.family, (None, ()))
+
+
 def _encoder_set(embedding: object) -> set[str]:
     # An Embedding's encoders is a list, a library Concept's a {key: width} dict; both iterate keys.
     encoders = getattr(embedding, "encoders", embedding)

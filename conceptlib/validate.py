@@ -536,6 +536,71 @@ def validate_many(
     return results
 
 
+def validate_hypernetwork(
+    network: Any,
+    model: ModelInfo | str,
+    *,
+    attention: tuple[int | None, Sequence[int]] | None = None,
+    home: str | os.PathLike[str] | None = None,
+) -> list[Finding]:
+    """Check a hypernetwork (:class:`conceptlib.hypernet.Hypernetwork`) against a base model.
+
+    AUTOMATIC1111 applies a network's module of width W to every attention whose context is
+    W wide and passes the others through, so a width the model lacks is harmless but a network
+    with no width the model has changes nothing: that is the error.
+
+    Args:
+        network: the hypernetwork.
+        model: a :class:`ModelInfo`, or a registered name, path or family name.
+        attention: the model's (cross-attention width, self-attention widths) when known
+            exactly (render passes what the loaded UNet has); default
+            :func:`conceptlib.models.attention_widths`.
+        home: the library folder, for registered model names.
+
+    Returns:
+        Findings: ``non-finite`` and ``width-mismatch`` errors; ``activate-output-ambiguous``
+        warnings; ``cross-attention-untouched``, ``widths-unused``, ``trained-on-this`` and
+        ``trained-on-other`` infos.
+    """
+    from conceptlib.models import attention_widths
+
+    info = model if isinstance(model, ModelInfo) else resolve_model(model, home=home, hash_files=False)
+    cross, selves = attention if attention is not None else attention_widths(info)
+    findings: list[Finding] = []
+    bad = network.non_finite()
+    if bad:
+        where = ", ".join(f"width {k.split('.')[0]} {'key' if k.endswith('.0') else 'value'} module ({n})" for k, n in sorted(bad.items())[:4])
+        findings.append(Finding("non-finite", "error", f"holds NaN or infinite values: {where}; it would turn every image to noise"))
+    known = ({cross} if cross else set()) | set(selves)
+    widths = list(network.widths)
+    used = [w for w in widths if w in known]
+    described = f"cross-attention {cross}, self-attention {', '.join(map(str, selves)) or 'none'}" if cross else "its attention widths"
+    if not used:
+        family = FAMILIES.get(info.family)
+        findings.append(Finding(
+            "width-mismatch", "error",
+            f"hypernetwork widths {', '.join(map(str, widths))} fit no attention of this {family.label if family else 'model'} model "
+            f"({described}): it would change nothing",
+        ))  # fmt: skip
+    else:
+        if cross and cross not in widths:
+            findings.append(Finding("cross-attention-untouched", "info", f"it has no module for the text's width {cross}: only self-attention changes"))
+        unused = [w for w in widths if w not in known]
+        if unused:
+            findings.append(Finding("widths-unused", "info", f"widths {', '.join(map(str, unused))} meet no attention of this model and pass through (AUTOMATIC1111 creates 1024 modules for SD 1.x networks too)"))
+    findings += [Finding("activate-output-ambiguous", "warning", text) for text in network.warnings()]
+    recorded = str(network.fields.get("sd_checkpoint") or "").strip().lower()
+    hash_sets = info.all_hashes()
+    if recorded and hash_sets and re.fullmatch(r"[0-9a-f]{8,64}", recorded):
+        name = network.fields.get("sd_checkpoint_name")
+        trained = f"{name} [{recorded}]" if name else f"[{recorded}]"
+        if any(h.get("sha256", "").startswith(recorded) or h.get("autov1") == recorded or h.get("autov2") == recorded for h in hash_sets):
+            findings.append(Finding("trained-on-this", "info", f"trained on this very checkpoint ({trained})"))
+        else:
+            findings.append(Finding("trained-on-other", "info", f"trained on {trained}, not on this checkpoint: check a sample image"))
+    return findings
+
+
 def coverage(model: ModelInfo, *, home: str | os.PathLike[str] | None = None) -> list[Finding]:
     """What validation against ``model`` cannot check, as ``info`` findings (print them once).
 
