@@ -49,6 +49,10 @@ def render_cmd(
     ] = None,
     negative: Annotated[str, typer.Option("--negative", help="Negative prompt (negative embeddings go here).")] = "",
     n: Annotated[int, typer.Option("-n", "--images", help="Images per prompt, 1 to 10000.")] = 1,
+    hypernet: Annotated[
+        list[str] | None,
+        typer.Option("--hypernet", help="A library hypernetwork for every prompt, NAME or NAME:MULT (repeatable; prompts can also say <hypernet:NAME:MULT>).", show_default=False),
+    ] = None,
     seed: SeedOpt = 0,
     steps: StepsOpt = 20,
     guidance: GuidanceOpt = 7.5,
@@ -74,6 +78,7 @@ def render_cmd(
         prompts=list(prompts or []),
         prompts_file=prompts_file,
         negative=negative,
+        hypernets=list(hypernet or []),
         images_per_prompt=n,
         seed=seed,
         steps=steps,
@@ -107,11 +112,16 @@ def _print_result(result: RenderResult) -> None:
     if result.grid:
         out.print(str(result.grid), markup=False)
     used = ", ".join(c.name for c in result.concepts) or "none"
-    info(f"{len(result.images)} images in {result.seconds:.1f} s with {result.model}; concepts: {used}; manifest {result.manifest}")
+    networks = f"; hypernetworks: {', '.join(h.name for h in result.hypernetworks)}" if result.hypernetworks else ""
+    info(f"{len(result.images)} images in {result.seconds:.1f} s with {result.model}; concepts: {used}{networks}; manifest {result.manifest}")
     for concept in result.concepts:
         for finding in concept.findings:
             if finding.severity == "warning":
                 info(f"Warning: {concept.name}: {finding.message}")
+    for network in result.hypernetworks:
+        for finding in network.findings:
+            if finding.severity == "warning":
+                info(f"Warning: {network.name}: {finding.message}")
     for warning in result.warnings:
         info(f"Warning: {warning}")
 

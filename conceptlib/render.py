@@ -20,6 +20,9 @@ What :func:`render` does, top to bottom (the function body follows this list):
 2. **Concepts.** Found in the prompts and negative prompts as written: ``<cat-toy>`` (a
    library token), ``embedding:name`` (ComfyUI), and bare tokens such as ``easynegative``
    (AUTOMATIC1111 style). An unknown ``<token>`` is an error that names the closest concepts.
+   Hypernetworks: ``<hypernet:name>`` and ``<hypernet:name:multiplier>`` in a prompt (and
+   ``hypernets``, ``--hypernet NAME[:MULT]``, for every prompt) name library hypernetworks;
+   the phrase is removed from the text, as AUTOMATIC1111 removes it.
 3. **Validation.** Every concept is checked against the model with
    :func:`conceptlib.validate.validate_many` (which also catches tokens clashing with each
    other); the first error is raised with validation's own message ("embedding width 1024
@@ -40,9 +43,13 @@ What :func:`render` does, top to bottom (the function body follows this list):
 6. **Unloading.** :func:`unload_concepts` puts back the very objects that were there before:
    the tokenizer's backend and the original embedding module, so vocabulary size, added tokens
    and the weight matrix are exactly as before, bit for bit.
+   Each batch holds prompts with the same hypernetworks (jobs are grouped by them first), and
+   runs inside :func:`conceptlib.hypernet_apply.applied`, which puts those networks in front
+   of every attention's key and value projections and takes them away after: the UNet is
+   untouched, and multiplier 0 is exactly the image without.
 7. **Output.** One PNG per image with an AUTOMATIC1111 ``parameters`` text chunk (prompt,
    ``Negative prompt:``, Steps, Sampler, CFG scale, Seed, Size, Model hash, Model,
-   ``TI hashes``), an optional labelled grid, and ``render.json``, the manifest of the run.
+   ``TI hashes``, ``Hypernet``, ``Hypernet strength``, ``Hypernet hashes``), an optional labelled grid, and ``render.json``, the manifest of the run.
 
 Under ``accelerate launch -m conceptlib render ...`` each process renders every
 ``WORLD_SIZE``-th job; file names depend only on the job, and the main process writes the
@@ -301,6 +308,42 @@ class RenderConfig:
     dtype: str = "float32"
     home: str | os.PathLike[str] | None = None
     model_config: str | os.PathLike[str] | None = None
+    hypernets: Sequence[str] = ()
+
+
+@dataclass
+class UsedHypernetwork:
+    """A library hypernetwork a run applies.
+
+    Attributes:
+        name: the item's name in the library.
+        word: what prompts call it (``<hypernet:WORD:MULT>``).
+        sha256: sha256 of its original file (AUTOMATIC1111's hash; 10 hex go in the PNG).
+        network: the network (:class:`conceptlib.hypernet.Hypernetwork`).
+        findings: validation findings against the model (errors stop the run).
+    """
+
+    name: str
+    word: str
+    sha256: str
+    network: Any = field(repr=False)
+    findings: list[Finding] = field(default_factory=list, repr=False)
+
+    @property
+    def short_hash(self) -> str:
+        """The 10-hex hash AUTOMATIC1111 shows for a hypernetwork."""
+        return self.sha256[:10]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for the manifest)."""
+        return {
+            "name": self.name,
+            "word": self.word,
+            "sha256": self.sha256,
+            "widths": list(self.network.widths),
+            "layout": self.network.layout,
+            "findings": [f.to_dict() for f in self.findings],
+        }
 
 
 @dataclass
@@ -367,6 +410,7 @@ class RenderedImage:
         concepts: names of the concepts it uses.
         line: index of its prompt line.
         parameters: the AUTOMATIC1111 ``parameters`` text stored in the PNG.
+        hypernetworks: ``(name, multiplier)`` of each hypernetwork applied, in order.
     """
 
     index: int
@@ -382,6 +426,7 @@ class RenderedImage:
     concepts: list[str]
     line: int
     parameters: str
+    hypernetworks: list[tuple[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (paths relative to the output folder)."""
@@ -398,6 +443,7 @@ class RenderedImage:
             "concepts": list(self.concepts),
             "line": self.line,
             "parameters": self.parameters,
+            "hypernetworks": [{"name": n, "multiplier": m} for n, m in self.hypernetworks],
         }
 
 
@@ -430,6 +476,7 @@ class RenderResult:
     timings: dict[str, float] = field(default_factory=dict)
     main_process: bool = True
     warnings: list[str] = field(default_factory=list)
+    hypernetworks: list[UsedHypernetwork] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what ``render --json`` prints)."""
@@ -440,6 +487,7 @@ class RenderResult:
             "grid": str(self.grid) if self.grid else None,
             "images": [str(i.path) for i in self.images],
             "concepts": [c.name for c in self.concepts],
+            "hypernetworks": [h.name for h in self.hypernetworks],
             "seconds": round(self.seconds, 3),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "warnings": list(self.warnings),
@@ -575,6 +623,10 @@ class _Job:
     guidance: float
     width: int
     height: int
+    # The prompt with its <hypernet:...> phrases taken out (what the text encoder reads), and
+    # the hypernetworks to apply: (library name, multiplier), the prompt's then the run-wide ones.
+    text: str = ""
+    hypernets: tuple[tuple[str, float], ...] = ()
 
 
 # AUTOMATIC1111's and ComfyUI's `(text:1.2)`. Plain `(text)` is left alone: brackets are common
@@ -606,7 +658,7 @@ def prompt_warnings(jobs: Sequence[_Job], concepts: ConceptSet, tokenizer: Any) 
                     f"{where} uses an AUTOMATIC1111 attention weight, '{weighted.group(0)}': conceptlib does not "
                     "weight prompts, so the text encoder reads the brackets and the number as words"
                 )
-            expanded = concepts.expand(text)[0]
+            expanded = concepts.expand(job.text if kind == "prompt" else text)[0]
             ids = tokenizer(expanded, add_special_tokens=False, truncation=False).input_ids
             if len(ids) > usable:
                 dropped = " ".join(_left_out(tokenizer, expanded, ids, usable).split())
@@ -628,6 +680,106 @@ def _left_out(tokenizer: Any, text: str, ids: Sequence[int], start: int) -> str:
         return text[offsets[start][0] :]
     except NotImplementedError:  # transformers 4's Python tokenizers have no offsets
         return str(tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(list(ids[start:]))))
+
+
+# --- hypernetworks in prompts -----------------------------------------------------------------
+
+# AUTOMATIC1111's extra-network phrase for hypernetworks: `<hypernet:name>` or
+# `<hypernet:name:multiplier>` (its parser splits the inside on ':').
+_HYPERNET = re.compile(r"<hypernet:([^<>:]*)(?::([^<>]*))?>", re.IGNORECASE)
+#: The largest multiplier accepted (AUTOMATIC1111 takes any float; past this no image survives).
+MAX_MULTIPLIER = 100.0
+
+
+def _multiplier(text: str | None, where: str) -> float:
+    if text is None or not text.strip():
+        return 1.0  # AUTOMATIC1111's default multiplier
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise UsageError(f"{where}: the hypernetwork multiplier {text.strip()!r} is not a number", hint="write <hypernet:NAME:0.8>") from None
+    if not math.isfinite(value) or abs(value) > MAX_MULTIPLIER:
+        raise UsageError(f"{where}: the hypernetwork multiplier must be a number from -{MAX_MULTIPLIER:g} to {MAX_MULTIPLIER:g}, got {text.strip()}")
+    return value
+
+
+def hypernet_phrases(text: str, where: str = "the prompt") -> tuple[str, list[tuple[str, float]]]:
+    """Take AUTOMATIC1111's ``<hypernet:NAME[:MULT]>`` phrases out of a prompt.
+
+    Returns:
+        The prompt without the phrases (as AUTOMATIC1111 leaves it: the rest untouched), and
+        ``(NAME, multiplier)`` of each phrase in order (multiplier 1 when none is given).
+
+    Raises:
+        UsageError: a phrase without a name, or a multiplier that is not a number in range.
+
+    Example:
+        >>> hypernet_phrases("a cat <hypernet:anime:0.6>")
+        ('a cat ', [('anime', 0.6)])
+    """
+    found: list[tuple[str, float]] = []
+    for match in _HYPERNET.finditer(text):
+        name = match.group(1).strip()
+        if not name:
+            raise UsageError(f"{where}: {match.group(0)!r} names no hypernetwork", hint="write <hypernet:NAME:1>")
+        found.append((name, _multiplier(match.group(2), where)))
+    return _HYPERNET.sub("", text), found
+
+
+def parse_hypernet(value: str) -> tuple[str, float]:
+    """``NAME`` or ``NAME:MULT`` (``--hypernet``) as ``(NAME, multiplier)``.
+
+    Example:
+        >>> parse_hypernet("anime:0.5")
+        ('anime', 0.5)
+    """
+    name, sep, mult = value.strip().rpartition(":")
+    if not sep:
+        name, mult = value.strip(), ""
+    if not name:
+        raise UsageError(f"--hypernet {value!r} names no hypernetwork", hint="pass --hypernet NAME or NAME:MULT")
+    return name, _multiplier(mult, f"--hypernet {value}")
+
+
+def resolve_hypernetworks(words: Sequence[str], model: ModelInfo, lib: Library) -> dict[str, UsedHypernetwork]:
+    """The library hypernetworks prompts call by ``words`` (case-insensitive; their prompt
+    word, as AUTOMATIC1111 calls a file by its base name, or their library name).
+
+    Returns:
+        Lowercased word -> the hypernetwork (several words may name one).
+
+    Raises:
+        ConceptNotFoundError: a word no hypernetwork of the library has (with the closest).
+    """
+    if not words:
+        return {}
+    summaries = lib.list(kind="hypernetwork")
+    by_word: dict[str, list[ConceptSummary]] = {}
+    for summary in summaries:
+        by_word.setdefault(summary.token.lower(), []).append(summary)
+    by_name = {s.name.lower(): s for s in summaries}
+    found: dict[str, UsedHypernetwork] = {}
+    loaded: dict[str, UsedHypernetwork] = {}
+    for word in words:
+        key = word.lower()
+        if key in found:
+            continue
+        matches = by_word.get(key) or ([by_name[key]] if key in by_name else [])
+        if not matches:
+            close = difflib.get_close_matches(word, sorted({s.token for s in summaries} | {s.name for s in summaries}), n=3, cutoff=0.5)
+            error = ConceptNotFoundError(f"<hypernet:{word}>", suggestions=close)
+            if not close:
+                error.hint = "run `conceptlib list --kind hypernetwork`, or add its file: conceptlib add NAME.pt"
+            raise error
+        chosen = next((s for s in matches if s.family == model.family), matches[0])
+        if chosen.name not in loaded:
+            concept = lib.show(chosen.name)
+            loaded[chosen.name] = UsedHypernetwork(
+                name=concept.name, word=concept.token, sha256=concept.file_sha256 or concept.embedding_sha256 or concept.content_hash,
+                network=lib.hypernetwork(concept.name),
+            )  # fmt: skip
+        found[key] = loaded[chosen.name]
+    return found
 
 
 # --- concepts in prompts -----------------------------------------------------------------------
@@ -748,7 +900,7 @@ def resolve_concepts(
 
 def _resolve(texts: Sequence[str], model: ModelInfo, lib: Library) -> ConceptSet:
     """The body of :func:`resolve_concepts`, with the library open."""
-    summaries = lib.list()
+    summaries = lib.list(kind="embedding")
     by_token: dict[str, list[ConceptSummary]] = {}
     for summary in summaries:
         by_token.setdefault(summary.token.lower(), []).append(summary)
@@ -1089,6 +1241,7 @@ def infotext(
     model_hash: str | None = None,
     model_name: str | None = None,
     concepts: Sequence[UsedConcept] = (),
+    hypernetworks: Sequence[tuple[UsedHypernetwork, float]] = (),
 ) -> str:
     """The AUTOMATIC1111 ``parameters`` text of one image.
 
@@ -1103,6 +1256,8 @@ def infotext(
         model_hash: the model's short hash.
         model_name: the model's name.
         concepts: the concepts the image uses (``TI hashes: "name: 12hex, ..."``).
+        hypernetworks: the hypernetworks applied with their multipliers (``Hypernet``,
+            ``Hypernet strength``, ``Hypernet hashes: "word: 10hex, ..."``).
 
     Returns:
         The text.
@@ -1127,6 +1282,10 @@ def infotext(
         params.append(("Model", model_name))
     if concepts:
         params.append(("TI hashes", ", ".join(f"{c.name}: {c.short_hash}" for c in concepts)))
+    if hypernetworks:
+        params.append(("Hypernet", ", ".join(h.word for h, _m in hypernetworks)))
+        params.append(("Hypernet strength", ", ".join(f"{m:g}" for _h, m in hypernetworks)))
+        params.append(("Hypernet hashes", ", ".join(f"{h.word}: {h.short_hash}" for h, _m in hypernetworks)))
     params.append(("Version", f"conceptlib {__version__}"))
     lines = [prompt]
     if negative:
@@ -1214,9 +1373,10 @@ def render(
         >>> render(RenderConfig(model="tiny-sd1", prompts=["a <cat-toy>"], out="out"))  # doctest: +SKIP
     """
     from conceptlib._deps import quiet_loading
+    from conceptlib.hypernet_apply import applied
     from conceptlib.models import require_weights, resolve_model
     from conceptlib.single_file import native_size, resolve_configs
-    from conceptlib.validate import validate_many
+    from conceptlib.validate import validate_hypernetwork, validate_many
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -1263,6 +1423,20 @@ def render(
             ))  # fmt: skip
     if not jobs:
         raise UsageError("nothing to render: every prompt line asks for 0 images")
+    # Hypernetwork phrases out of the prompts; the run-wide ones (--hypernet) apply after them,
+    # as AUTOMATIC1111 applies its settings' hypernetwork, appended to every prompt.
+    run_wide = [parse_hypernet(h) for h in config.hypernets]
+    calls: dict[int, tuple[str, list[tuple[str, float]]]] = {}
+    for job in jobs:
+        if job.line not in calls:
+            calls[job.line] = hypernet_phrases(job.prompt, f"prompt line {job.line + 1}")
+        if _HYPERNET.search(job.negative):
+            raise UsageError(
+                f"the negative prompt of line {job.line + 1} names a hypernetwork: one applies to the whole image",
+                hint="name it in the prompt: <hypernet:NAME:MULT>",
+            )
+        job.text, phrases = calls[job.line]
+        job.hypernets = tuple(phrases + run_wide)
     if max(job.seed for job in jobs) > MAX_SEED:
         raise UsageError(f"the images' seeds count up from the base seed past {MAX_SEED}", hint="pass a smaller --seed")
     for job in jobs:
@@ -1271,9 +1445,16 @@ def render(
     if out.exists() and not out.is_dir():
         raise UsageError("is a file; renders go into a folder", path=out, hint="pass --out a folder")
 
-    # 2. Concepts named in prompts and negative prompts.
-    texts = list(dict.fromkeys(t for j in jobs for t in (j.prompt, j.negative)))
-    concepts = resolve_concepts(texts, model, home=config.home)
+    # 2. Concepts named in prompts and negative prompts, and the hypernetworks.
+    texts = list(dict.fromkeys(t for j in jobs for t in (j.text, j.negative)))
+    from conceptlib.library import Library
+
+    with Library.open(config.home) as lib:
+        concepts = resolve_concepts(texts, model, library=lib)
+        hypernets = resolve_hypernetworks(list(dict.fromkeys(w for j in jobs for w, _m in j.hypernets)), model, lib)
+    for job in jobs:  # by library name from here on: two words may call one network
+        job.hypernets = tuple((hypernets[w.lower()].name, m) for w, m in job.hypernets)
+    used_networks = {h.name: h for h in hypernets.values()}
 
     # 3. Validation against the model, and against each other (token clashes).
     items = [(c.name, c.embedding, c.token) for c in concepts.used]
@@ -1282,6 +1463,11 @@ def render(
         if errors:
             raise ConceptDoesNotFitError(concept.name, errors[0].message, findings=list[object](findings))
         concept.findings = findings
+    for network in used_networks.values():
+        network.findings = validate_hypernetwork(network.network, model, home=config.home)
+        errors = [f for f in network.findings if f.severity == "error"]
+        if errors:
+            raise ConceptDoesNotFitError(network.name, errors[0].message, findings=list[object](network.findings))
 
     # Under accelerate/torchrun each process takes every world-th job; names stay global, and
     # each process uses its own GPU when the device names none in particular.
@@ -1289,6 +1475,11 @@ def render(
     rank, world = join("gloo")
     device = process_device(config.device)
     mine = jobs[rank::world]
+    if len({j.hypernets for j in mine}) > 1:
+        # Jobs with the same hypernetworks side by side, so they share batches; an image never
+        # depends on its batch (its own generator), and files are named by the job.
+        first_seen = {key: n for n, key in reversed(list(enumerate(j.hypernets for j in mine)))}
+        mine = sorted(mine, key=lambda j: first_seen[j.hypernets])
 
     # 4. The pipeline and its scheduler (a reused pipeline gets its own scheduler back at the end).
     mark = time.perf_counter()
@@ -1330,24 +1521,25 @@ def render(
         while start < len(mine):
             # Consecutive jobs with the same settings, up to batch_size, share one call.
             first = mine[start]
-            same = (first.steps, first.guidance, first.width, first.height)
+            same = (first.steps, first.guidance, first.width, first.height, first.hypernets)
             batch = [first]
             for job in mine[start + 1 :]:
-                if len(batch) == config.batch_size or (job.steps, job.guidance, job.width, job.height) != same:
+                if len(batch) == config.batch_size or (job.steps, job.guidance, job.width, job.height, job.hypernets) != same:
                     break
                 batch.append(job)
             start += len(batch)
 
             prompts, negatives, used_names = [], [], []
             for job in batch:
-                prompt, names = concepts.expand(job.prompt)
+                prompt, names = concepts.expand(job.text)
                 negative, negative_names = concepts.expand(job.negative)
                 prompts.append(prompt)
                 negatives.append(negative)
                 used_names.append(names + [n for n in negative_names if n not in names])
             # One CPU generator per image: the same latents on any device and any batch size.
             generators = [torch.Generator(device="cpu").manual_seed(job.seed) for job in batch]
-            with quiet_loading():  # its truncation logs: `warnings` said it once, per prompt
+            networks = [(used_networks[n].network, m) for n, m in first.hypernets]
+            with quiet_loading(), applied(pipe.unet, networks):  # quiet: `warnings` said it once, per prompt
                 images = pipe(
                     prompt=prompts,
                     negative_prompt=negatives if any_negative else None,
@@ -1361,12 +1553,15 @@ def render(
                 ).images
 
             for job, image, names in zip(batch, images, used_names, strict=True):
+                # As AUTOMATIC1111 records a run-wide hypernetwork: its phrase added to the prompt.
+                recorded = job.prompt + "".join(f"<hypernet:{used_networks[n].word}:{m:g}>" for n, m in job.hypernets[len(job.hypernets) - len(run_wide) :])
                 parameters = infotext(
-                    job.prompt, job.negative,
+                    recorded, job.negative,
                     steps=job.steps, sampler=sampler, guidance=job.guidance, seed=job.seed,
                     width=job.width, height=job.height,
                     model_hash=model_hash, model_name=model_name,
                     concepts=[by_name[n] for n in names],
+                    hypernetworks=[(used_networks[n], m) for n, m in job.hypernets],
                 )  # fmt: skip
                 path = out / f"{job.index:05d}-{job.seed}.png"
                 atomic_write_bytes(path, _png_bytes(image, parameters))
@@ -1375,7 +1570,7 @@ def render(
                     index=job.index, path=path, prompt=job.prompt, negative=job.negative,
                     seed=job.seed, steps=job.steps, guidance=job.guidance,
                     width=job.width, height=job.height, sampler=sampler,
-                    concepts=names, line=job.line, parameters=parameters,
+                    concepts=names, line=job.line, parameters=parameters, hypernetworks=list(job.hypernets),
                 ))  # fmt: skip
             if progress:
                 progress(len(rendered), len(mine), f"rendered {len(rendered)}/{len(mine)}")
@@ -1403,7 +1598,7 @@ def render(
                     index=d["index"], path=out / d["file"], prompt=d["prompt"], negative=d["negative"],
                     seed=d["seed"], steps=d["steps"], guidance=d["guidance"], width=d["size"][0],
                     height=d["size"][1], sampler=d["sampler"], concepts=d["concepts"], line=d["line"],
-                    parameters=d["parameters"],
+                    parameters=d["parameters"], hypernetworks=[(h["name"], h["multiplier"]) for h in d["hypernetworks"]],
                 ))  # fmt: skip
             part.unlink()
     rendered.sort(key=lambda i: i.index)
@@ -1448,8 +1643,10 @@ def render(
             "device": config.device,
             "dtype": config.dtype,
             "processes": world,
+            "hypernets": list(config.hypernets),
         },
         "concepts": [c.to_dict() for c in concepts.used],
+        "hypernetworks": [h.to_dict() for h in used_networks.values()],
         "images": [i.to_dict() for i in rendered],
         "grid": grid_path.name if grid_path else None,
     }
@@ -1466,4 +1663,5 @@ def render(
         seconds=time.perf_counter() - started,
         timings=timings,
         warnings=warnings,
+        hypernetworks=list(used_networks.values()),
     )
