@@ -57,9 +57,11 @@ from conceptlib.errors import (
     HubIntegrityError,
     HubNotCachedError,
     HubRepoNotFoundError,
+    IsHypernetworkError,
     NotAConceptRepoError,
     UsageError,
 )
+from conceptlib.families import FAMILIES
 
 # The transport, one floor down. ``X as X`` marks the names re-exported only because code
 # written before the split imports them from here (fetch_model_configs, the CLI's
@@ -651,18 +653,29 @@ def pull(
     staging = Path(tempfile.mkdtemp(prefix="conceptlib-pull-"))
     try:
         read_from, images, left_out = _stage(fetched, staging)
-        emb = _read_embedding(read_from, fetched, repo_id)
+        try:
+            emb: Embedding | None = _read_embedding(read_from, fetched, repo_id)
+        except IsHypernetworkError:
+            # A hypernetwork repository: its word is its file's stem, as AUTOMATIC1111 calls it.
+            if existing is not None and existing.kind != "hypernetwork":
+                raise
+            emb = None
         provenance = _provenance(settings, repo_id, requested, fetched)
         if filename is not None:
             provenance["picked"] = True  # later pulls take this file again without --file
         metadata = _concept_metadata(emb, fetched)
+        if existing is not None and existing.kind == "hypernetwork":
+            raise UsageError(
+                f"{existing.name} is a hypernetwork pulled before, and {repo_id} has changed since",
+                hint=f"updating a hypernetwork in place is not supported yet: `conceptlib remove {existing.name}` and pull again",
+            )
         with _LIBRARY_LOCK:
             near: dict[str, float] = {}
             if existing is None:
                 report = library.add(
                     read_from,
                     name=target,
-                    token=token or emb.token,
+                    token=token or (emb.token if emb is not None else None),
                     # A concept folder brings its concept_images/ itself.
                     images=None if read_from.is_dir() else images,
                     license=metadata.get("license"),
@@ -723,9 +736,9 @@ def _provenance(settings: HubSettings, repo_id: str, revision: str, fetched: _Fe
     }
 
 
-def _concept_metadata(emb: Embedding, fetched: _Fetched) -> dict[str, str]:
+def _concept_metadata(emb: Embedding | None, fetched: _Fetched) -> dict[str, str]:
     meta: dict[str, str] = {}
-    if emb.metadata.get("concept_type"):
+    if emb is not None and emb.metadata.get("concept_type"):
         meta["concept_type"] = emb.metadata["concept_type"]
     for key in ("license", "base_model"):
         value = fetched.card.get(key)
@@ -986,11 +999,17 @@ def _concept_parts(library: Library, name: str) -> tuple[Concept, Embedding, lis
     Raises:
         ConceptDamagedError: an image is a link, missing, or not the recorded bytes.
     """
-    from conceptlib._inputs import Folder
-    from conceptlib.errors import ConceptDamagedError
 
     concept = library.show(name)
     emb = library.embedding(concept.name)
+    return concept, emb, _own_images(library, concept)
+
+
+def _own_images(library: Library, concept: Concept) -> list[tuple[str, bytes]]:
+    """The names and bytes of a library item's images, read as :func:`_concept_parts` says."""
+    from conceptlib._inputs import Folder
+    from conceptlib.errors import ConceptDamagedError
+
     images: list[tuple[str, bytes]] = []
     folder = library.folder(concept.name)
     with Folder(folder, links=False) as own:
@@ -1003,7 +1022,86 @@ def _concept_parts(library: Library, name: str) -> tuple[Concept, Embedding, lis
             if hashlib.sha256(data).hexdigest() != record.sha256:
                 raise ConceptDamagedError(f"{record.path} does not match its recorded sha256 (damaged or changed)", path=folder)
             images.append((record.name, data))
-    return concept, emb, images
+    return images
+
+
+#: What a hypernetwork repository's card is tagged with.
+HYPERNETWORK_CARD_TAGS = ("hypernetwork", "stable-diffusion", "text-to-image")
+
+
+def hypernetwork_card(*, concept: Concept, word: str, base_model: str | None, license: str, images: list[str]) -> str:
+    """The README.md of a hypernetwork repository: what it is, where it goes, how to call it.
+
+    Example:
+        >>> from conceptlib.concept import Concept
+        >>> card = hypernetwork_card(concept=Concept("anime", "anime", kind="hypernetwork"), word="anime",
+        ...                          base_model=None, license="mit", images=[])
+        >>> "<hypernet:anime:1>" in card
+        True
+    """
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(license=license, base_model=base_model, tags=[*HYPERNETWORK_CARD_TAGS, "conceptlib"])
+    meta = concept.metadata
+    family = FAMILIES.get(concept.family or "")
+    lines = [
+        "---",
+        data.to_yaml().strip(),
+        "---",
+        f"### {concept.name}: a hypernetwork for Stable Diffusion",
+        f"A hypernetwork{f' for {family.label}' if family else ''} that transforms the inputs of the key and value projections "
+        f"of the UNet's attention layers (widths {meta.get('hypernetwork_widths', '?')}; layer structure "
+        f"{meta.get('layer_structure', '?')}, {meta.get('activation_func', '?')} activation).",
+        "",
+        f"Put {_code_span(word + '.pt')} in `models/hypernetworks/` (AUTOMATIC1111 and ComfyUI) and call it in a prompt as "
+        f"{_code_span(f'<hypernet:{word}:1>')}; the number is its strength (0 turns it off).",
+        "",
+        "With conceptlib:",
+        "",
+        "```sh",
+        "conceptlib pull REPO_ID",
+        f"conceptlib render {_shell_quote(f'a portrait <hypernet:{word}:0.8>')} --model MODEL",
+        "```",
+        "",
+    ]
+    if concept.description:
+        lines += [concept.description.strip(), ""]
+    if images:
+        lines.append("Sample images:")
+        lines += [f"![{word} {i}](./{path})" for i, path in enumerate(images)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _shell_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _hypernetwork_files(library: Library, concept: Concept, *, license: str | None) -> list[tuple[str, bytes]]:
+    """(repository path, bytes) of a hypernetwork repository: ``WORD.pt`` (AUTOMATIC1111's
+    form, which ComfyUI loads too), ``concept_images/``, README last."""
+    from conceptlib import hypernet
+    from conceptlib.slug import portable_stem
+
+    network = library.hypernetwork(concept.name)
+    word = portable_stem(concept.token) or concept.name
+    files: list[tuple[str, bytes]] = [(f"{word}.pt", hypernet.dumps(network, "a1111"))]
+    image_paths: list[str] = []
+    for i, (image_name, data) in enumerate(_own_images(library, concept)):
+        suffix = PurePosixPath(image_name).suffix.lower()
+        repo_path = f"concept_images/{i}{suffix if suffix in IMAGE_SUFFIXES else '.png'}"
+        files.append((repo_path, data))
+        image_paths.append(repo_path)
+    card_meta = (_source_of(concept) or {}).get("card") or {}
+    base_model: Any = concept.metadata.get("base_model") or card_meta.get("base_model") or BASE_MODELS.get(concept.family or "")
+    if isinstance(base_model, list):
+        base_model = base_model[0] if base_model else None
+    chosen_license = str(license or concept.license or card_meta.get("license") or "mit")
+    card = hypernetwork_card(concept=concept, word=word, base_model=base_model, license=chosen_license, images=image_paths)
+    files.append(("README.md", card.encode("utf-8")))
+    return files
 
 
 def model_card(
@@ -1222,10 +1320,22 @@ def push(
     if settings.offline:
         raise UsageError("pushing needs the Hub, and HF_HUB_OFFLINE is set", hint="unset HF_HUB_OFFLINE")
     client = api or get_hub_api(settings)
-    concept, emb, images = _concept_parts(library, name)
-    files = _push_files(emb, concept, images, include_bin=include_bin, license=license, repo_id=repo_id)
+    if library.show(name).kind == "hypernetwork":
+        concept = library.show(name)
+        if include_bin:
+            raise UsageError("--with-bin writes an embedding's learned_embeds.bin, and this is a hypernetwork")
+        files = _hypernetwork_files(library, concept, license=license)
+        message = commit_message or f"Upload the {concept.token} hypernetwork with conceptlib"
+        description = f"{concept.name}: hypernetwork, widths {concept.metadata.get('hypernetwork_widths', '?')}, content hash {concept.content_hash[:16]}"
+        # A renamed word leaves the old WORD.pt behind: one network per repository.
+        managed = re.compile(rf"{_MANAGED_FILE.pattern}|[^/]+\.pt")
+    else:
+        concept, emb, images = _concept_parts(library, name)
+        files = _push_files(emb, concept, images, include_bin=include_bin, license=license, repo_id=repo_id)
+        message = commit_message or f"Upload {concept.token} concept with conceptlib"
+        description = f"{concept.name}: {emb.num_vectors} vector(s), content hash {emb.content_hash()[:16]}"
+        managed = _MANAGED_FILE
     name = concept.name
-    message = commit_message or f"Upload {concept.token} concept with conceptlib"
 
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
@@ -1272,7 +1382,7 @@ def push(
             exc.hint = _PR_NEEDS_REPO
         raise
     new_paths = {path for path, _ in files}
-    stale = sorted(p for p in present if _MANAGED_FILE.fullmatch(p) and p not in new_paths)
+    stale = sorted(p for p in present if managed.fullmatch(p) and p not in new_paths)
 
     def commit() -> Any:
         # Fresh operations per attempt: the client marks them as committed.
@@ -1282,7 +1392,7 @@ def push(
             repo_id,
             operations,
             commit_message=message,
-            commit_description=f"{name}: {emb.num_vectors} vector(s), content hash {emb.content_hash()[:16]}",
+            commit_description=description,
             revision=revision,
             create_pr=create_pr,
         )

@@ -337,3 +337,50 @@ def test_hypernetwork_mistakes_stop_before_any_image(hyperworld: dict[str, Any],
     assert not (tmp_path / "never").exists()
     run = cli("render", "a cat", "--hypernet", "nope", "-m", str(hyperworld["model"].path), "--home", str(hyperworld["home"]), "--out", str(tmp_path / "x"))
     assert (run.exit_code, run.stderr.strip()) == (2, "Error: no concept named '<hypernet:nope>' in the library (hint: run `conceptlib list --kind hypernetwork`, or add its file: conceptlib add NAME.pt)")
+
+
+# --- the Hub ---------------------------------------------------------------------------------------
+
+
+def test_pushed_with_a_card_and_pulled_back(local_hub: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import yaml
+
+    from conceptlib import hub as hubmod
+
+    local_hub.add_user("hf_test", "alice")
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    picture = tmp_path / "sample.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(picture)
+    with Library.open(tmp_path / "home") as lib:
+        lib.add(_save(tmp_path, _a1111(), "anime.pt"), images=[picture], description="Ink and paper.").one()
+        pushed = hubmod.push(lib, "anime", "alice/anime")
+        files = local_hub.files("alice/anime")
+        assert sorted(f for f in files if f != ".gitattributes") == ["README.md", "anime.pt", "concept_images/0.png"]
+        assert pushed.files == ["anime.pt", "concept_images/0.png", "README.md"]
+        card = files["README.md"].decode()
+        meta = yaml.safe_load(card.split("---\n")[1])
+        assert meta["base_model"] == hubmod.BASE_MODELS["sd1"] and "hypernetwork" in meta["tags"] and meta["license"] == "mit"
+        assert "Put `anime.pt` in `models/hypernetworks/` (AUTOMATIC1111 and ComfyUI) and call it in a prompt as `<hypernet:anime:1>`" in card
+        assert "conceptlib render 'a portrait <hypernet:anime:0.8>' --model MODEL" in card and "Ink and paper." in card
+        (tmp_path / "got.pt").write_bytes(files["anime.pt"])
+        assert hypernet.read(tmp_path / "got.pt").content_hash() == lib.show("anime").content_hash
+        # Unchanged: no new commit. Renamed word: the old file goes in the same commit.
+        assert hubmod.push(lib, "anime", "alice/anime").status == "unchanged"
+        lib.rename("anime", token="ink")
+        again = hubmod.push(lib, "anime", "alice/anime")
+        assert again.removed == ["anime.pt"] and "ink.pt" in local_hub.files("alice/anime")
+        with pytest.raises(UsageError, match="--with-bin"):
+            hubmod.push(lib, "anime", "alice/anime", include_bin=True)
+    with Library.open(tmp_path / "elsewhere") as other:
+        result = hubmod.pull(other, "alice/anime")
+        assert (result.status, result.name, result.layout) == ("added", "anime", "a1111")
+        concept = other.show("anime")
+        assert (concept.kind, concept.token, concept.source["repo_id"]) == ("hypernetwork", "ink", "alice/anime")
+        assert concept.content_hash == hypernet.read(tmp_path / "got.pt").content_hash() and len(concept.images) == 1
+        assert hubmod.pull(other, "alice/anime").status == "unchanged"
+        local_hub.commit("alice/anime", {"ink.pt": hypernet.dumps(hypernet.interpret(_a1111(step=4000), "x.pt"), "a1111")})
+        with pytest.raises(UsageError, match="anime is a hypernetwork pulled before, and alice/anime has changed since") as raised:
+            hubmod.pull(other, "alice/anime")
+        assert "updating a hypernetwork in place is not supported yet" in str(raised.value.hint)
