@@ -156,6 +156,10 @@ def preview_cmd(
         str | None, typer.Option("--image-base-url", help="URL prefix for image links in preview.md.", show_default=False)
     ] = None,
     model_config: ModelConfigOpt = None,
+    hypernet: Annotated[
+        list[str] | None,
+        typer.Option("--hypernet", help="A library hypernetwork applied to every preview image, NAME or NAME:MULT (repeatable).", show_default=False),
+    ] = None,
     home: HomeOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -181,7 +185,7 @@ def preview_cmd(
             repo=repo, home=home, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
             size=parse_size(size) if size else None, batch_size=batch_size, device=device,
             dtype=dtype, strict=strict, image_base_url=image_base_url, progress=bar.update,
-            model_config=model_config,
+            model_config=model_config, hypernets=list(hypernet or []),
         )  # fmt: skip
     finally:
         bar.close()

@@ -39,7 +39,13 @@ from typing import TYPE_CHECKING, Any
 from conceptlib._atomic import atomic_write_bytes
 from conceptlib._parallel import rank_and_world
 from conceptlib._text import read_utf8
-from conceptlib.errors import BadInputError, ConceptDamagedError, ConceptlibError, UsageError
+from conceptlib.errors import (
+    BadInputError,
+    ConceptDamagedError,
+    ConceptDoesNotFitError,
+    ConceptlibError,
+    UsageError,
+)
 from conceptlib.layout import PICKLE_OR_SAFETENSORS, PICTURE_SUFFIXES
 
 if TYPE_CHECKING:
@@ -540,6 +546,7 @@ def preview(
     progress: ProgressCallback | None = None,
     pipeline: Any = None,
     model_config: str | os.PathLike[str] | None = None,
+    hypernets: Sequence[str] = (),
 ) -> PreviewResult:
     """Validate concepts against a model and render a preview grid of each; write a summary.
 
@@ -564,6 +571,8 @@ def preview(
         pipeline: a loaded pipeline of ``model`` to reuse.
         model_config: for a single-file checkpoint, the diffusers folder or Hub repository
             with its configs (see :mod:`conceptlib.single_file`).
+        hypernets: hypernetworks of the library at ``home`` (``NAME`` or ``NAME:MULT``) applied
+            to every preview image; read and validated once, before any concept.
 
     Returns:
         The result; ``result.exit_code`` is 2 when an input was refused as bad input, else 1
@@ -615,6 +624,22 @@ def preview(
                 f"{info.display_name} is a family name, without weights to render with",
                 hint="pass a diffusers folder or a .safetensors checkpoint, or register one with `conceptlib models add`",
             )
+    # The hypernetworks once, from the user's library, and checked against the model now: a
+    # network that does not fit would fail every concept's grid alike.
+    networks: list[tuple[Any, float]] = []
+    if hypernets:
+        from conceptlib.render import parse_hypernet, resolve_hypernetworks
+        from conceptlib.validate import validate_hypernetwork
+
+        wanted_networks = [parse_hypernet(h) for h in hypernets]
+        with Library.open(home) as networks_library:
+            found = resolve_hypernetworks([w for w, _m in wanted_networks], info, networks_library)
+        for word, multiplier in wanted_networks:
+            network = found[word.lower()]
+            errors = [f for f in validate_hypernetwork(network.network, info) if f.severity == "error"]
+            if errors:
+                raise ConceptDoesNotFitError(network.name, errors[0].message)
+            networks.append((network, multiplier))
     device = process_device(device)  # a device this machine lacks fails now, not after loading
     configs = resolve_configs(info, model_config) if info.kind == "checkpoint" and pipeline is None else None
     native = native_size(info, configs)
@@ -661,7 +686,7 @@ def preview(
                 model=info, prompts=prompts, negative=negative, seed=seed,
                 steps=steps, guidance=guidance, scheduler=scheduler, size=(width, height),
                 batch_size=batch_size, out=out_dir / folder, grid=True, device=device,
-                dtype=dtype, home=lib_home,
+                dtype=dtype, home=lib_home, hypernets=networks,
             ), pipeline=pipe)  # fmt: skip
         item.images = [i.path for i in rendered.images]
         item.grid = rendered.grid

@@ -289,6 +289,9 @@ class RenderConfig:
         model_config: for a single-file checkpoint, a diffusers folder or Hub repository
             with its configs and tokenizer; None takes the family's reference repository
             (see :mod:`conceptlib.single_file`).
+        hypernets: hypernetworks applied to every prompt, after the prompt's own: library
+            words as ``NAME`` or ``NAME:MULT`` (``--hypernet``), or ``(network, multiplier)``
+            already read (:func:`resolve_hypernetworks`; previews read them once for many runs).
     """
 
     model: str | os.PathLike[str] | ModelInfo
@@ -308,7 +311,7 @@ class RenderConfig:
     dtype: str = "float32"
     home: str | os.PathLike[str] | None = None
     model_config: str | os.PathLike[str] | None = None
-    hypernets: Sequence[str] = ()
+    hypernets: Sequence[str | tuple[UsedHypernetwork, float]] = ()
 
 
 @dataclass
@@ -1425,7 +1428,8 @@ def render(
         raise UsageError("nothing to render: every prompt line asks for 0 images")
     # Hypernetwork phrases out of the prompts; the run-wide ones (--hypernet) apply after them,
     # as AUTOMATIC1111 applies its settings' hypernetwork, appended to every prompt.
-    run_wide = [parse_hypernet(h) for h in config.hypernets]
+    given = {h[0].word.lower(): h[0] for h in config.hypernets if not isinstance(h, str)}
+    run_wide = [parse_hypernet(h) if isinstance(h, str) else (h[0].word, float(h[1])) for h in config.hypernets]
     calls: dict[int, tuple[str, list[tuple[str, float]]]] = {}
     for job in jobs:
         if job.line not in calls:
@@ -1451,7 +1455,8 @@ def render(
 
     with Library.open(config.home) as lib:
         concepts = resolve_concepts(texts, model, library=lib)
-        hypernets = resolve_hypernetworks(list(dict.fromkeys(w for j in jobs for w, _m in j.hypernets)), model, lib)
+        words = dict.fromkeys(w for j in jobs for w, _m in j.hypernets if w.lower() not in given)
+        hypernets = {**resolve_hypernetworks(list(words), model, lib), **given}
     for job in jobs:  # by library name from here on: two words may call one network
         job.hypernets = tuple((hypernets[w.lower()].name, m) for w, m in job.hypernets)
     used_networks = {h.name: h for h in hypernets.values()}
@@ -1643,7 +1648,7 @@ def render(
             "device": config.device,
             "dtype": config.dtype,
             "processes": world,
-            "hypernets": list(config.hypernets),
+            "hypernets": [h if isinstance(h, str) else f"{h[0].word}:{float(h[1]):g}" for h in config.hypernets],
         },
         "concepts": [c.to_dict() for c in concepts.used],
         "hypernetworks": [h.to_dict() for h in used_networks.values()],

@@ -384,3 +384,25 @@ def test_pushed_with_a_card_and_pulled_back(local_hub: Any, monkeypatch: pytest.
         with pytest.raises(UsageError, match="anime is a hypernetwork pulled before, and alice/anime has changed since") as raised:
             hubmod.pull(other, "alice/anime")
         assert "updating a hypernetwork in place is not supported yet" in str(raised.value.hint)
+
+
+@pytest.mark.torch
+def test_previews_with_a_hypernetwork(hyperworld: dict[str, Any], tmp_path: Path, cli: Any) -> None:
+    from conceptlib.preview import preview
+
+    common = {"model": hyperworld["model"].path, "home": hyperworld["home"], "steps": 2, "size": (32, 32), "pipeline": hyperworld["pipe"]}
+    plain = preview(["toy"], out=tmp_path / "plain", **common)
+    inked = preview(["toy"], out=tmp_path / "inked", hypernets=["ink:0.9"], **common)
+    assert plain.exit_code == inked.exit_code == 0
+    (ours,), (theirs,) = inked.items, plain.items
+    assert [p.name for p in ours.images] == [p.name for p in theirs.images]
+    assert all(not same_image(a, b) for a, b in zip(ours.images, theirs.images, strict=True))
+    from PIL import Image
+
+    with Image.open(ours.images[0]) as image:
+        _prompt, _negative, params = parse_parameters(image.text["parameters"])  # type: ignore[attr-defined]
+    assert (params["Hypernet"], params["Hypernet strength"]) == ("ink", "0.9")
+    with pytest.raises(ConceptDoesNotFitError, match="fit no attention"):
+        preview(["toy"], out=tmp_path / "wide", hypernets=["wide"], **common)
+    missing = cli("preview", "toy", "-m", str(hyperworld["model"].path), "--home", str(hyperworld["home"]), "--hypernet", "nope", "--out", str(tmp_path / "x"))
+    assert missing.exit_code == 2 and "no concept named '<hypernet:nope>'" in missing.stderr
