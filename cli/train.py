@@ -26,14 +26,14 @@ def register(app: typer.Typer) -> None:
 def train(
     model: Annotated[str, typer.Option("--model", "-m", help="Base model: a diffusers folder, a .safetensors/.ckpt checkpoint or a registered model name.", show_default=False)],
     images: Annotated[Path, typer.Option("--images", "-i", help="Folder of training images (3 to 20 is typical).", show_default=False)],
-    token: Annotated[str, typer.Option("--token", help="The new token to learn, e.g. '<my-cat>'.", show_default=False)],
+    token: Annotated[str | None, typer.Option("--token", help="The new token to learn, e.g. '<my-cat>' (with --hypernetwork: the word of <hypernet:WORD:1>, default --name).", show_default=False)] = None,
     init_word: Annotated[str | None, typer.Option("--init-word", help="Word(s) the vectors start from, e.g. 'cat' (default: '*').", show_default=False)] = None,
     type_: Annotated[str, typer.Option("--type", help="object or style: picks the built-in prompt templates.")] = "object",
     vectors: Annotated[int, typer.Option("--vectors", help="Vectors per token (tok, tok_1, ...), 1 to 75.")] = 1,
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps, 1 to 1000000.")] = 1000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass, 1 to 1024.")] = 1,
     grad_accum: Annotated[int, typer.Option("--grad-accum", help="Forward passes per optimizer step, 1 to 1024.")] = 1,
-    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate, greater than 0 and at most 1 [default: 0.005].", show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate, greater than 0 and at most 1 [default: 0.005; 1e-5 with --hypernetwork].", show_default=False)] = None,
     lr_schedule: Annotated[str | None, typer.Option("--lr-schedule", help="AUTOMATIC1111 piecewise rates (each greater than 0 and at most 1), e.g. '0.005:100, 1e-3:1000, 1e-5'.", show_default=False)] = None,
     scheduler: Annotated[str, typer.Option("--scheduler", help="constant, constant_with_warmup, linear, cosine, cosine_with_restarts or polynomial.")] = "constant",
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Warm-up steps for schedulers that have one, 0 to 1000000.")] = 0,
@@ -58,14 +58,24 @@ def train(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder [default: <home>/training/<name>].", show_default=False)] = None,
     no_add: Annotated[bool, typer.Option("--no-add", help="Do not add the finished concept to the library.")] = False,
     model_config: ModelConfigOpt = None,
+    hypernetwork: Annotated[bool, typer.Option("--hypernetwork", help="Train an AUTOMATIC1111 hypernetwork instead of token vectors.")] = False,
+    layer_structure: Annotated[str, typer.Option("--layer-structure", help="Hypernetwork layer widths as multiples of the attention width.")] = "1,2,1",
+    activation: Annotated[str, typer.Option("--activation", help="Hypernetwork activation: linear, relu, leakyrelu, elu, swish, tanh, sigmoid ...")] = "linear",
+    layer_norm: Annotated[bool, typer.Option("--layer-norm", help="Hypernetwork: a LayerNorm after each layer.")] = False,
+    dropout: Annotated[str | None, typer.Option("--dropout", help="Hypernetwork dropout per layer boundary, e.g. 0,0.3,0.", show_default=False)] = None,
+    weight_init: Annotated[str, typer.Option("--weight-init", help="Hypernetwork initialisation: Normal, XavierUniform, XavierNormal, KaimingUniform, KaimingNormal.")] = "Normal",
+    activate_output: Annotated[bool, typer.Option("--activate-output", help="Hypernetwork: activate the last layer's output too.")] = False,
+    hypernet_widths: Annotated[
+        str | None, typer.Option("--hypernet-widths", help="Hypernetwork: attention widths to train, e.g. 768,320,640,1280 [default: every width the model has].", show_default=False)
+    ] = None,
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
-    """Train a textual-inversion concept on a folder of images and add it to the library.
+    """Train a textual-inversion concept (or, with --hypernetwork, a hypernetwork) on a folder of images and add it to the library.
 
-    Only the new token's vectors are trained; checkpoints are small and --resume continues a
-    run exactly. Works with SD 1.x, SD 2.x (epsilon and v) and SDXL, as diffusers folders or
-    single-file checkpoints.
+    Only the new token's vectors (or the hypernetwork's modules) are trained; checkpoints are
+    small and --resume continues a run exactly. Works with SD 1.x, SD 2.x (epsilon and v) and
+    SDXL, as diffusers folders or single-file checkpoints.
 
     Example: conceptlib train --model ./sd15 --images ./cat --token '<my-cat>' --init-word cat --steps 2000
     """
@@ -75,11 +85,13 @@ def train(
 
     if lr is not None and lr_schedule is not None:
         raise UsageError("--lr and --lr-schedule both set the learning rate", hint="pass one of them")
+    if token is None and not (hypernetwork and name):
+        raise UsageError("Missing option '--token'" if not hypernetwork else "--hypernetwork needs --name (or --token): the word prompts call it by")
     config = TrainConfig(
         model=model,
         model_config=model_config,
         images=str(images),
-        token=token,
+        token=token if token is not None else str(name),
         init_word=init_word,
         type=type_,
         vectors=vectors,
@@ -110,9 +122,19 @@ def train(
         out=str(out_dir) if out_dir is not None else None,
         home=str(home) if home is not None else None,
         add_to_library=not no_add,
+        hypernetwork=hypernetwork,
+        layer_structure=layer_structure,
+        activation=activation,
+        layer_norm=layer_norm,
+        dropout_structure=dropout,
+        weight_init=weight_init,
+        activate_output=activate_output,
+        hypernet_widths=hypernet_widths,
     )
     if lr is not None:
         config.lr = lr
+    elif hypernetwork:
+        config.lr = 1e-5  # AUTOMATIC1111's hypernetwork default: its modules start near the identity
     bar = StatusBar("Training", enabled=not json_)
     try:
         result = run_training(
@@ -139,9 +161,10 @@ def train(
     if result.concept is not None:
         c = result.concept
         action = result.library_action or "added"
-        out.print(f"{action:<10} {c.name}  ({printable(c.token)}, {c.family_label}, {c.vectors} vector{'s' if c.vectors != 1 else ''})", markup=False)
+        what = f"hypernetwork; call it as <hypernet:{printable(c.token)}:1>" if c.kind == "hypernetwork" else f"{c.vectors} vector{'s' if c.vectors != 1 else ''}"
+        out.print(f"{action:<10} {c.name}  ({printable(c.token)}, {c.family_label}, {what})", markup=False)
     else:
-        out.print(f"wrote      {result.embedding_path}", markup=False)
+        out.print(f"wrote      {result.hypernetwork_path or result.embedding_path}", markup=False)
     rate = f"{result.seconds_per_step:.3f} s/step"
     if result.resumed_from and result.resumed_from == result.steps:  # a trained run's library step, finished
         ran = f"Finished the run at step {result.steps} (nothing left to train)"

@@ -56,6 +56,7 @@ from conceptlib._parallel import barrier, join, process_device
 from conceptlib._text import read_utf8
 from conceptlib.errors import (
     ConceptExistsError,
+    ConceptlibError,
     DestinationExistsError,
     DuplicateConceptError,
     TokenInUseError,
@@ -216,6 +217,21 @@ class TrainConfig:
         out: the run folder (default: ``<home>/training/<name>``).
         home: the library folder (default: ``CONCEPTLIB_HOME``).
         add_to_library: add the finished concept to the library.
+        hypernetwork: train an AUTOMATIC1111 hypernetwork instead of vectors
+            (:mod:`conceptlib.train_hypernet`); ``token`` is then the word prompts call it by
+            (``<hypernet:WORD:1>``) and ``[name]`` in templates, and ``vectors``/``init_word``
+            do not apply. The fields below describe the network, with AUTOMATIC1111's defaults.
+        layer_structure: ``"1,2,1"``: each layer's width as a multiple of the attention width
+            (starts and ends with 1).
+        activation: ``linear`` (none), ``relu``, ``leakyrelu``, ``elu``, ``swish``, ``tanh``,
+            ``sigmoid`` ... (any ``torch.nn`` activation AUTOMATIC1111 offers).
+        layer_norm: a LayerNorm after each layer.
+        dropout_structure: ``"0,0.3,0"``: dropout after each layer (first and last 0); None: none.
+        weight_init: ``Normal``, ``XavierUniform``, ``XavierNormal``, ``KaimingUniform`` or
+            ``KaimingNormal``.
+        activate_output: activate the last layer's output too.
+        hypernet_widths: ``"768,320,640,1280"``: the attention widths to give modules;
+            default: every attention width the model's UNet has.
     """
 
     model: str | os.PathLike[str]
@@ -259,6 +275,14 @@ class TrainConfig:
     out: str | os.PathLike[str] | None = None
     home: str | None = None
     add_to_library: bool = True
+    hypernetwork: bool = False
+    layer_structure: str = "1,2,1"
+    activation: str = "linear"
+    layer_norm: bool = False
+    dropout_structure: str | None = None
+    weight_init: str = "Normal"
+    activate_output: bool = False
+    hypernet_widths: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored in checkpoints and in the concept's metadata); paths as text."""
@@ -295,10 +319,15 @@ class TrainResult:
         warnings: things worth knowing that did not stop training.
         main_process: False on the other processes of a data-parallel run, which write
             nothing (the main process writes the concept and reports the run).
+        kind: ``embedding``, or ``hypernetwork`` for ``--hypernetwork`` runs, which have no
+            ``embedding`` (None) and write ``hypernetwork_path`` (AUTOMATIC1111's ``.pt``)
+            instead of ``embedding_path``.
+        token: the word the result is called by.
+        hypernetwork_path: the trained hypernetwork, for hypernetwork runs.
     """
 
-    embedding: Embedding
-    embedding_path: Path
+    embedding: Embedding | None
+    embedding_path: Path | None
     concept: Concept | None
     out: Path
     checkpoint: Path | None
@@ -317,16 +346,21 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
     main_process: bool = True
     library_action: str | None = None
+    kind: str = "embedding"
+    token: str | None = None
+    hypernetwork_path: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (what ``conceptlib train --json`` prints)."""
         return {
             "concept": self.concept.name if self.concept else None,
             "library_action": self.library_action,
-            "token": self.embedding.token,
-            "encoders": self.embedding.widths,
-            "vectors": self.embedding.num_vectors,
-            "embedding_path": str(self.embedding_path),
+            "kind": self.kind,
+            "token": self.embedding.token if self.embedding is not None else self.token,
+            "encoders": self.embedding.widths if self.embedding is not None else None,
+            "vectors": self.embedding.num_vectors if self.embedding is not None else None,
+            "embedding_path": str(self.embedding_path) if self.embedding_path else None,
+            "hypernetwork_path": str(self.hypernetwork_path) if self.hypernetwork_path else None,
             "out": str(self.out),
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
             "steps": self.steps,
@@ -958,6 +992,97 @@ def _loss_plot(losses: list[float], path: Path, *, title: str) -> Path:
     return path
 
 
+# --- pieces both trainers share (textual inversion here, hypernetworks in train_hypernet) ---------
+
+
+def _read_images(config: TrainConfig, resolution: int, notes: list[str]) -> tuple[list[_TrainImage], list[Path], str]:
+    """Every training image, checked and resized, with its caption (before anything heavy loads).
+
+    Returns:
+        The images; those the library keeps with the result (others are named in ``notes``);
+        and the digest of the image files (``--resume`` refuses other images).
+    """
+    image_files = _image_files(Path(config.images).expanduser())
+    digest = _images_digest(image_files, Path(config.images).expanduser())
+    images = []
+    kept: list[Path] = []
+    for path in image_files:
+        refused = _check_image_file(path)
+        if refused is None:
+            kept.append(path)
+        else:
+            notes.append(f"{path.name} is trained on but not kept with the concept: {refused}")
+        pixels, original_size, crop = _load_image(path, resolution)
+        images.append(_TrainImage(path, _caption(path, config.captions), pixels, original_size, crop))
+        if min(original_size) < resolution:
+            notes.append(f"{path.name} is {original_size[1]}x{original_size[0]}, upscaled to {resolution} px")
+    return images, kept, digest
+
+
+def _cache_latents(vae: Any, images: list[_TrainImage], *, flip: bool, device: Any, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's (and with ``flip`` its mirror image's) latent distribution, encoded once.
+
+    Returns:
+        Mean and standard deviation, each ``[flip, image, channels, h, w]`` in float32: a few
+        hundred kilobytes per image even at 1024 px. Steps sample from them, as the reference
+        script's ``latent_dist.sample()`` does, without running the VAE encoder again.
+    """
+    import torch
+
+    means_by_flip: list[torch.Tensor] = []
+    stds_by_flip: list[torch.Tensor] = []
+    with torch.no_grad():
+        for flipped in (False, True) if flip else (False,):
+            means, stds = [], []
+            # Batches of 8 only for small images: a 1024 px VAE encode needs gigabytes per image.
+            chunk = 8 if resolution <= 256 else 1
+            for start in range(0, len(images), chunk):
+                batch = torch.from_numpy(np.stack([img.pixels for img in images[start : start + chunk]])).to(device)
+                if flipped:
+                    batch = batch.flip(-1)
+                dist = vae.encode(batch).latent_dist
+                means.append(dist.mean.float())
+                stds.append(dist.std.float())
+            means_by_flip.append(torch.cat(means))
+            stds_by_flip.append(torch.cat(stds))
+    return torch.stack(means_by_flip), torch.stack(stds_by_flip)
+
+
+def _optimizer(params: list[Any], config: TrainConfig, device: Any, notes: list[str]) -> tuple[Any, Any, Any, list[tuple[float, int]] | None, int]:
+    """AdamW over ``params`` alone, its learning-rate schedule, and fp16's gradient scaler.
+
+    Returns:
+        ``(optimizer, lr_scheduler, scaler or None, AUTOMATIC1111 schedule or None, total steps)``;
+        a schedule that ends before ``config.steps`` ends the run there (said in ``notes``).
+    """
+    import torch
+
+    total_steps = config.steps
+    schedule = None
+    if config.lr_schedule is not None:
+        schedule = parse_lr_schedule(config.lr_schedule, config.steps)
+        if schedule[-1][1] < total_steps:
+            notes.append(f"the learning-rate schedule ends at step {schedule[-1][1]}: training stops there")
+            total_steps = schedule[-1][1]
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=1.0 if schedule else config.lr,  # with a schedule, LambdaLR's factor *is* the rate
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+        weight_decay=config.weight_decay,
+    )
+    if schedule is not None:
+        pairs = schedule
+        lr_scheduler: Any = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(pairs, step))
+    else:
+        from diffusers.optimization import get_scheduler
+
+        lr_scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps)
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type) if config.mixed_precision == "fp16" else None
+    return optimizer, lr_scheduler, scaler, schedule, total_steps
+
+
 # --- the training run -----------------------------------------------------------------------------
 
 
@@ -1005,6 +1130,69 @@ def _check_config(config: TrainConfig) -> None:
     if config.clip_grad_norm and config.clip_grad_value:
         raise UsageError("--clip-grad-norm and --clip-grad-value both clip the gradient", hint="pass one of them")
     check_range("--tag-dropout", config.tag_dropout, 0.0, 1.0, below=True, hint="it is the chance to leave out each tag, e.g. 0.1")
+    if config.hypernetwork:
+        hypernetwork_fields(config)  # its errors now, before anything loads
+
+
+#: The most layers a hypernetwork module may have, and the largest multiple of a width a layer
+#: may be (AUTOMATIC1111 sets no bound; 8x of 1280 is already 100 M parameters per module).
+MAX_HYPERNET_LAYERS = 16
+MAX_HYPERNET_MULTIPLE = 8.0
+
+
+def _numbers(text: str, label: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise UsageError(f"{label}: {text!r} is not a comma-separated list of numbers") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{label}: {text!r} is not a comma-separated list of numbers")
+    return values
+
+
+def hypernetwork_fields(config: TrainConfig) -> dict[str, Any]:
+    """The AUTOMATIC1111 fields of the hypernetwork ``config`` describes (what its ``.pt`` says).
+
+    Raises:
+        UsageError: a layer structure that does not start and end with 1, an unknown
+            activation or initialisation, dropout not in [0, 1) or on the first or last layer.
+    """
+    from conceptlib.hypernet_apply import WEIGHT_INITS, _activation
+
+    structure = _numbers(config.layer_structure, "--layer-structure")
+    if len(structure) < 2 or structure[0] != 1 or structure[-1] != 1:
+        raise UsageError(f"--layer-structure {config.layer_structure!r} must start and end with 1", hint="e.g. 1,2,1 or 1,1.5,1.5,1")
+    if len(structure) > MAX_HYPERNET_LAYERS + 1 or any(not 0 < x <= MAX_HYPERNET_MULTIPLE for x in structure):
+        raise UsageError(f"--layer-structure: at most {MAX_HYPERNET_LAYERS} layers, each above 0 and at most {MAX_HYPERNET_MULTIPLE:g} times the width")
+    try:
+        _activation(config.activation)
+    except ConceptlibError as exc:
+        raise UsageError(f"--activation: {exc.message}", hint="linear, relu, leakyrelu, elu, swish, tanh, sigmoid ...") from None
+    if config.weight_init not in WEIGHT_INITS:
+        raise UsageError(f"unknown --weight-init {config.weight_init!r}", hint=f"use one of: {', '.join(WEIGHT_INITS)}")
+    dropout = [0.0] * len(structure)
+    if config.dropout_structure is not None:
+        dropout = _numbers(config.dropout_structure, "--dropout")
+        if len(dropout) != len(structure) or dropout[0] != 0 or dropout[-1] != 0 or any(not 0 <= d < 1 for d in dropout):
+            raise UsageError(
+                f"--dropout {config.dropout_structure!r}: one probability per layer boundary ({len(structure)}), each from 0 up to 1, 0 first and last",
+                hint="e.g. 0,0.3,0 for --layer-structure 1,2,1",
+            )
+    if config.hypernet_widths is not None:
+        widths = _numbers(config.hypernet_widths, "--hypernet-widths")
+        if any(w != int(w) or not 1 <= w <= 8192 for w in widths):
+            raise UsageError(f"--hypernet-widths {config.hypernet_widths!r}: attention widths are whole numbers such as 320, 640, 768, 1280")
+    return {
+        "layer_structure": structure,
+        "activation_func": config.activation,
+        "is_layer_norm": config.layer_norm,
+        "weight_initialization": config.weight_init,
+        "activate_output": config.activate_output,
+        "use_dropout": any(d > 0 for d in dropout),
+        "dropout_structure": dropout,
+        "last_layer_dropout": len(dropout) > 2 and dropout[-2] > 0,
+        "optional_info": None,
+    }
 
 
 #: Settings that name files or folders: compared by where they lead, not by how they are spelt.
@@ -1307,6 +1495,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     started = time.perf_counter()
     _check_config(config)
     require("torch", "diffusers", "transformers", purpose="training")
+    if config.hypernetwork:
+        from conceptlib.train_hypernet import train_hypernetwork
+
+        return train_hypernetwork(config, progress)
 
     import torch
     import torch.nn.functional as F
@@ -1364,20 +1556,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     _check_run_folder(config, out, checkpoint_path)
 
     # ---- 3. Images: check them all before loading anything heavy. --------------------------------
-    image_files = _image_files(Path(config.images).expanduser())
-    images_digest = _images_digest(image_files, Path(config.images).expanduser())
-    images = []
-    kept_images: list[Path] = []  # the ones the library keeps with the concept
-    for path in image_files:
-        refused = _check_image_file(path)
-        if refused is None:
-            kept_images.append(path)
-        else:
-            notes.append(f"{path.name} is trained on but not kept with the concept: {refused}")
-        pixels, original_size, crop = _load_image(path, resolution)
-        images.append(_TrainImage(path, _caption(path, config.captions), pixels, original_size, crop))
-        if min(original_size) < resolution:
-            notes.append(f"{path.name} is {original_size[1]}x{original_size[0]}, upscaled to {resolution} px")
+    images, kept_images, images_digest = _read_images(config, resolution, notes)
     templates = _templates(config, token, [im.caption for im in images])
     prompts_digest = hashlib.sha256(json.dumps([templates, [im.caption for im in images]]).encode("utf-8")).hexdigest()
 
@@ -1464,55 +1643,15 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     # ---- 8. Encode each image (and its mirror image) to latents once. -------------------------------
     scaling = float(vae.config.scaling_factor)
     shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-    flips = (False, True) if config.flip else (False,)
-    means_by_flip: list[torch.Tensor] = []
-    stds_by_flip: list[torch.Tensor] = []
-    with torch.no_grad():
-        for flipped in flips:
-            means, stds = [], []
-            # Batches of 8 only for small images: a 1024 px VAE encode needs gigabytes per image.
-            chunk = 8 if resolution <= 256 else 1
-            for start in range(0, len(images), chunk):
-                batch = torch.from_numpy(np.stack([img.pixels for img in images[start : start + chunk]])).to(device)
-                if flipped:
-                    batch = batch.flip(-1)
-                dist = vae.encode(batch).latent_dist
-                means.append(dist.mean.float())
-                stds.append(dist.std.float())
-            means_by_flip.append(torch.cat(means))
-            stds_by_flip.append(torch.cat(stds))
-    # [flip, image, 4, h, w]: a few hundred kilobytes per image even at 1024 px.
-    latent_mean, latent_std = torch.stack(means_by_flip), torch.stack(stds_by_flip)
+    latent_mean, latent_std = _cache_latents(vae, images, flip=config.flip, device=device, resolution=resolution)
     # Previews are the VAE's only other use: without them its weights (335 MB in fp32 for SD 1.5
     # and SDXL) are let go before the first step.
     preview_vae = vae if config.preview_every else None
     del vae
 
     # ---- 9. Optimizer (only the vectors) and learning-rate schedule. ----------------------------
-    total_steps = config.steps
-    schedule = None
-    if config.lr_schedule is not None:
-        schedule = parse_lr_schedule(config.lr_schedule, config.steps)
-        if schedule[-1][1] < total_steps:
-            notes.append(f"the learning-rate schedule ends at step {schedule[-1][1]}: training stops there")
-            total_steps = schedule[-1][1]
     params = list(vectors.values())
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=1.0 if schedule else config.lr,  # with a schedule, LambdaLR's factor *is* the rate
-        betas=(config.adam_beta1, config.adam_beta2),
-        eps=config.adam_epsilon,
-        weight_decay=config.weight_decay,
-    )
-    if schedule is not None:
-        pairs = schedule
-        lr_scheduler: Any = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(pairs, step))
-    else:
-        from diffusers.optimization import get_scheduler
-
-        lr_scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps)
-    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-    scaler = torch.amp.GradScaler(device.type) if config.mixed_precision == "fp16" else None
+    optimizer, lr_scheduler, scaler, schedule, total_steps = _optimizer(params, config, device, notes)
 
     # ---- 10. Resume, or refuse to overwrite another run's checkpoint. ----------------------------
     # The loss "before training" is measured after it, on these vectors put back for a moment:

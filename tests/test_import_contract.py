@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, ...]] = [
     # the library, the diffusers loader
     ("conceptlib.library", "conceptlib.pipelines", "conceptlib.hypernet_apply"),
     # operations on the library and on models
-    ("conceptlib.hub", "conceptlib.render", "conceptlib.preview", "conceptlib.train", "conceptlib.analysis", "conceptlib.merge", "conceptlib.gallery"),
+    ("conceptlib.hub", "conceptlib.render", "conceptlib.preview", "conceptlib.train", "conceptlib.train_hypernet", "conceptlib.analysis", "conceptlib.merge", "conceptlib.gallery"),
     # the command line
     ("conceptlib.cli", "conceptlib.__main__"),
 ]  # fmt: skip
