@@ -536,6 +536,29 @@ def validate_many(
     return results
 
 
+def _structure_findings(network: Any) -> list[Finding]:
+    """Whether the weights are the network the fields declare: AUTOMATIC1111 builds its modules
+    from ``layer_structure`` and ``is_layer_norm`` and then loads the weights into them, so a
+    file whose weights disagree loads here (conceptlib builds from the weights) but not there."""
+    structure = network.fields.get("layer_structure") or []
+    norm = bool(network.fields.get("is_layer_norm"))
+    for width in network.widths:
+        module = network.modules[width][0]
+        weights = sorted((int(k.split(".")[1]), t) for k, t in module.items() if k.endswith(".weight"))
+        sizes = [t.shape[0] for _i, t in weights if t.ndim == 2]
+        expected = [int(width * float(x)) for x in structure[1:]]
+        has_norm = any(t.ndim == 1 for _i, t in weights)
+        if sizes != expected or has_norm != norm:
+            declared = f"layer_structure {structure}{' with layer norm' if norm else ''}"
+            found = f"layers {', '.join(map(str, sizes))} wide{' with layer norm' if has_norm else ''}"
+            return [Finding(
+                "structure-mismatch", "warning",
+                f"width {width} has {found}, not what its {declared} makes: AUTOMATIC1111 builds the network from "
+                "those fields and cannot load these weights (conceptlib and ComfyUI read the weights)",
+            )]  # fmt: skip
+    return []
+
+
 def validate_hypernetwork(
     network: Any,
     model: ModelInfo | str,
@@ -558,8 +581,8 @@ def validate_hypernetwork(
         home: the library folder, for registered model names.
 
     Returns:
-        Findings: ``non-finite`` and ``width-mismatch`` errors; ``activate-output-ambiguous``
-        warnings; ``cross-attention-untouched``, ``widths-unused``, ``trained-on-this`` and
+        Findings: ``non-finite`` and ``width-mismatch`` errors; ``structure-mismatch`` and
+        ``activate-output-ambiguous`` warnings; ``cross-attention-untouched``, ``widths-unused``, ``trained-on-this`` and
         ``trained-on-other`` infos.
     """
     from conceptlib.models import attention_widths
@@ -588,6 +611,7 @@ def validate_hypernetwork(
         unused = [w for w in widths if w not in known]
         if unused:
             findings.append(Finding("widths-unused", "info", f"widths {', '.join(map(str, unused))} meet no attention of this model and pass through (AUTOMATIC1111 creates 1024 modules for SD 1.x networks too)"))
+    findings += _structure_findings(network)
     findings += [Finding("activate-output-ambiguous", "warning", text) for text in network.warnings()]
     recorded = str(network.fields.get("sd_checkpoint") or "").strip().lower()
     hash_sets = info.all_hashes()

@@ -249,6 +249,13 @@ def test_validated_against_the_model_attention_widths(hyperworld: dict[str, Any]
     assert [f.code for f in self_only] == ["cross-attention-untouched", "widths-unused"]
     ambiguous = hypernet.interpret({768: _a1111()[768], "activation_func": "relu"}, "x.pt")
     assert "activate-output-ambiguous" in [f.code for f in validate_hypernetwork(ambiguous, model)]
+    # Weights that are not the declared network: AUTOMATIC1111 could not load them.
+    declared_wider = hypernet.interpret({**_a1111(), "layer_structure": [1, 4, 1]}, "y.pt")
+    (mismatch,) = [f for f in validate_hypernetwork(declared_wider, model) if f.code == "structure-mismatch"]
+    assert mismatch.message.startswith("width 320 has layers 640, 320 wide, not what its layer_structure [1, 4, 1] makes")
+    declared_norm = hypernet.interpret({**_a1111(), "is_layer_norm": True}, "z.pt")
+    assert "structure-mismatch" in [f.code for f in validate_hypernetwork(declared_norm, model)]
+    assert [f.code for f in validate_hypernetwork(hypernet.read(hyperworld["files"] / "ink.pt"), model)] == []
     result = cli("validate", "ink", str(hyperworld["files"] / "wide.pt"), "--model", str(model.path), "--home", str(hyperworld["home"]), "--json")
     assert result.exit_code == 1
     results = {Path(r["target"]).name: r for r in json.loads(result.stdout)["results"]}
