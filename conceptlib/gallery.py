@@ -155,16 +155,66 @@ def _badge(library: Library, emb: Embedding, model: ModelInfo | None) -> dict[st
 
 
 class _Lazy:
-    """A concept's vectors, decoded (and their hash checked) only when a file must be made, once."""
+    """An item's vectors (or a hypernetwork's network), decoded (and their hash checked) only
+    when a file must be made, once."""
 
-    def __init__(self, library: Library, name: str) -> None:
-        self.library, self.name = library, name
-        self._emb: Embedding | None = None
+    def __init__(self, library: Library, name: str, *, network: bool = False) -> None:
+        self.library, self.name, self.network = library, name, network
+        self._emb: Any = None
 
-    def __call__(self) -> Embedding:
+    def __call__(self) -> Any:
         if self._emb is None:
-            self._emb = self.library.embedding(self.name)
+            self._emb = self.library.hypernetwork(self.name) if self.network else self.library.embedding(self.name)
         return self._emb
+
+
+def _network_files(concept: Concept, load: Callable[[], Any], writer: _Writer) -> tuple[str, dict[str, str]]:
+    """A hypernetwork's download, by content hash: the ``WORD.pt`` ``export --for a1111`` writes."""
+    from conceptlib import hypernet
+    from conceptlib.slug import portable_stem
+
+    word = portable_stem(concept.token) or concept.name
+    paths = {"a1111": f"files/{concept.content_hash[:20]}/hypernetwork/{word}.pt"}
+    if not writer.has(paths["a1111"]):
+        writer.put(paths["a1111"], hypernet.dumps(load(), "a1111"))
+    return word, paths
+
+
+def _network_badge(library: Library, network: Any, model: ModelInfo | None) -> dict[str, str] | None:
+    if model is None:
+        return None
+    from conceptlib.validate import validate_hypernetwork
+
+    findings = validate_hypernetwork(network, model, home=library.home)
+    for severity in ("error", "warning"):
+        found = [f for f in findings if f.severity == severity]
+        if found:
+            return {"status": severity, "text": found[0].message}
+    return {"status": "ok", "text": f"fits {model.display_name}"}
+
+
+def _network_snippets(word: str) -> dict[str, str]:
+    return {
+        "a1111": f"<hypernet:{word}:1>",
+        "comfyui": f"HypernetworkLoader: {word}.pt, strength 1.0",
+        "diffusers": f'with applied(pipe.unet, [(hypernet.read("{word}.pt"), 1.0)]): image = pipe(prompt).images[0]',
+    }
+
+
+def _network_picture(network: Any) -> bytes:
+    """A hypernetwork without images, drawn from the first rows of each width's first layer."""
+    import numpy as np
+
+    from conceptlib.tensor import Tensor
+
+    rows = {}
+    for width in network.widths:
+        first = next(t for k, t in sorted(network.modules[width][0].items(), key=lambda kv: int(kv[0].split(".")[1])) if t.ndim == 2)
+        rows[str(width)] = Tensor.from_numpy(first.to_float32()[:8, :256].copy())
+    # Widths differ: each is its own row block, padded to the widest.
+    widest = max(t.shape[1] for t in rows.values())
+    stacked = np.concatenate([np.pad(t.to_float32(), ((0, 0), (0, widest - t.shape[1]))) for t in rows.values()])
+    return _vector_picture({"weights": Tensor.from_numpy(stacked)})
 
 
 def _files(concept: Concept, load: Callable[[], Embedding], writer: _Writer) -> tuple[str, dict[str, str]]:
@@ -279,12 +329,17 @@ def build(
 
         if _deps.available("torch") and _deps.available("diffusers") and _deps.available("transformers"):
             renders = _Previews(library, model, steps)
-    for summary in library.list(kind="embedding"):
-        load = _Lazy(library, summary.name)
+    for summary in library.list():
+        network = summary.kind == "hypernetwork"
+        load = _Lazy(library, summary.name, network=network)
         try:
             concept = library.show(summary.name)
-            word, downloads = _files(concept, load, writer)
-            badge = _badge(library, load(), model) if model is not None else None
+            if network:
+                word, downloads = _network_files(concept, load, writer)
+                badge = _network_badge(library, load(), model) if model is not None else None
+            else:
+                word, downloads = _files(concept, load, writer)
+                badge = _badge(library, load(), model) if model is not None else None
         except (ConceptlibError, OSError) as exc:  # one damaged concept is one skipped card, not a failed gallery
             report.skipped.append(f"{summary.name}: {printable(str(getattr(exc, 'message', exc)), 200)}")
             continue
@@ -304,7 +359,7 @@ def build(
                 writer.put(thumb_rel, thumb)
                 writer.put(full_rel, data)
             images.append({"thumb": thumb_rel, "full": full_rel})
-        if not images and renders is not None:
+        if not images and renders is not None and not network:
             key, prompt, negative = renders.key(concept)
             rel = f"thumbs/r-{key}.png"
             if writer.has(rel) or ((rendered := renders.render(concept, prompt, negative)) is not None and writer.put(rel, rendered)):
@@ -312,11 +367,11 @@ def build(
         if not images:
             rel = f"thumbs/v-{concept.content_hash[:20]}.png"
             if not writer.has(rel):
-                writer.put(rel, _vector_picture(load().vectors))
-            images.append({"thumb": rel, "full": rel, "vectors": True})
+                writer.put(rel, _network_picture(load()) if network else _vector_picture(load().vectors))
+            images.append({"thumb": rel, "full": rel, "weights" if network else "vectors": True})
         source = concept.source or {}
         item: dict[str, Any] = {
-            "kind": "concept",
+            "kind": "hypernetwork" if network else "concept",
             "name": concept.name,
             "token": concept.token,
             "word": word,
@@ -340,10 +395,12 @@ def build(
             "history": [str(h.get("content_hash", ""))[:12] for h in concept.history],
             "images": images,
             "downloads": downloads,
-            "snippets": _snippets(concept, word),
+            "snippets": _network_snippets(word) if network else _snippets(concept, word),
             "badge": badge,
             "page": f"items/{concept.name}.html",
         }
+        if network:
+            item["widths"] = concept.metadata.get("hypernetwork_widths", "")
         items.append(item)
         writer.put(item["page"], _item_page(item, title).encode("utf-8"))
     report.items = len(items)
@@ -410,6 +467,8 @@ def _shows(image: dict[str, Any], n: int) -> str:
     """What a picture of an item shows, for its alt text."""
     if image.get("vectors"):
         return "its vectors as a heat map"
+    if image.get("weights"):
+        return "its first layers' weights as a heat map"
     if image.get("preview"):
         return f"preview render of {image['preview']}"
     return f"sample image {n + 1}"
@@ -421,7 +480,8 @@ def _item_page(item: dict[str, Any], title: str) -> str:
         for n, i in enumerate(item["images"])
     )
     rows = [
-        ("token", item["token"]), ("type", item["type"]), ("base", item["family_label"]), ("vectors", f"{item['vectors']} ({item['dtype']})"),
+        ("token", item["token"]), ("type", item["type"]), ("base", item["family_label"]),
+        ("widths", f"{item['widths']} ({item['dtype']})") if item["kind"] == "hypernetwork" else ("vectors", f"{item['vectors']} ({item['dtype']})"),
         ("tags", ", ".join(item["tags"])), ("license", item["license"]), ("format", item["format"]),
         ("content hash", item["content_hash"]), ("sha256", item["sha256"]), ("AutoV2", item["autov2"]), ("A1111", item["a1111"]),
         ("history", ", ".join(item["history"])),
@@ -436,6 +496,19 @@ def _item_page(item: dict[str, Any], title: str) -> str:
     badge = item["badge"]
     badge_html = f'<p class="badge {_e(badge["status"])}">{_e(badge["text"])}</p>' if badge else ""
     downloads = item["downloads"]
+    snippets = item["snippets"]
+    if item["kind"] == "hypernetwork":
+        links = (
+            f'<li><a href="../{_e(downloads["a1111"])}" download>AUTOMATIC1111 / ComfyUI</a>: put it in <code>models/hypernetworks/</code>, '
+            f'write <code>{_e(snippets["a1111"])}</code> (ComfyUI: <code>{_e(snippets["comfyui"])}</code>)</li>\n'
+            f'<li>diffusers, with conceptlib: <code>{_e(snippets["diffusers"])}</code></li>'
+        )
+    else:
+        links = (
+            f'<li><a href="../{_e(downloads["a1111"])}" download>AUTOMATIC1111 / ComfyUI</a>: put it in <code>embeddings/</code>, '
+            f'write <code>{_e(snippets["a1111"])}</code> (ComfyUI: <code>{_e(snippets["comfyui"])}</code>)</li>\n'
+            f'<li><a href="../{_e(downloads["diffusers"])}" download>diffusers</a>: <code>{_e(snippets["diffusers"])}</code></li>'
+        )
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -453,8 +526,7 @@ def _item_page(item: dict[str, Any], title: str) -> str:
 <table>{table}</table>
 <h2>Download</h2>
 <ul>
-<li><a href="../{_e(downloads["a1111"])}" download>AUTOMATIC1111 / ComfyUI</a>: put it in <code>embeddings/</code>, write <code>{_e(item["snippets"]["a1111"])}</code> (ComfyUI: <code>{_e(item["snippets"]["comfyui"])}</code>)</li>
-<li><a href="../{_e(downloads["diffusers"])}" download>diffusers</a>: <code>{_e(item["snippets"]["diffusers"])}</code></li>
+{links}
 </ul>
 </section>
 </main>
@@ -556,7 +628,7 @@ _APP_JS = r"""// conceptlib gallery: search, filters, paging and copy buttons ov
     link.href = item.page;
     var img = document.createElement("img");
     img.src = item.images[0].thumb;
-    img.alt = item.name + (item.images[0].vectors ? ": its vectors as a heat map" : item.images[0].preview ? ": preview render of " + item.images[0].preview : ": sample image");
+    img.alt = item.name + (item.images[0].vectors ? ": its vectors as a heat map" : item.images[0].weights ? ": its first layers' weights as a heat map" : item.images[0].preview ? ": preview render of " + item.images[0].preview : ": sample image");
     img.loading = "lazy";
     link.appendChild(img);
     var h = document.createElement("h2");
@@ -566,7 +638,8 @@ _APP_JS = r"""// conceptlib gallery: search, filters, paging and copy buttons ov
     h.appendChild(title);
     var meta = document.createElement("p");
     meta.className = "meta";
-    meta.textContent = item.word + " · " + item.type + " · " + item.family_label + " · " + item.vectors + (item.vectors === 1 ? " vector" : " vectors") + (item.license ? " · " + item.license : "");
+    var size = item.kind === "hypernetwork" ? "hypernetwork, widths " + item.widths : item.vectors + (item.vectors === 1 ? " vector" : " vectors");
+    meta.textContent = item.word + " · " + item.type + " · " + item.family_label + " · " + size + (item.license ? " · " + item.license : "");
     var tags = document.createElement("p");
     tags.className = "tags";
     item.tags.forEach(function (t) { var s = document.createElement("span"); s.textContent = t; tags.appendChild(s); });

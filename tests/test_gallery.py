@@ -249,3 +249,25 @@ def test_previews_for_concepts_without_images(library: Library, tmp_path: Path) 
     assert Image.open(tmp_path / "site" / pictures["bad-hands"]["thumb"]).size == (64, 64)  # the tiny model's native size
     # Cached by what made it: a rebuild renders nothing.
     assert build(library, tmp_path / "site", model=model, steps=2).written == 0
+
+
+def test_hypernetwork_cards_in_a_browser(browser: Any, tmp_path: Path) -> None:
+    from test_hypernet_library import _gallery_library
+
+    with _gallery_library(tmp_path) as lib:
+        build(lib, tmp_path / "site")
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type in ("error", "warning") else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto((tmp_path / "site" / "index.html").as_uri())
+    page.wait_for_load_state("networkidle")
+    assert page.locator('.card[data-name="anime"] .meta').text_content() == "anime · style · SD 1.x · hypernetwork, widths 320,768"
+    page.select_option("#kind", "hypernetwork")
+    page.wait_for_function("document.querySelectorAll('.card').length === 1")
+    page.locator('.card[data-name="anime"] .copy-a1111').click()
+    page.wait_for_selector('.card[data-name="anime"] .copy-a1111[data-copied]')
+    assert page.locator('.card[data-name="anime"] .copy-a1111').get_attribute("data-copied") == "<hypernet:anime:1>"
+    images = page.locator(".card img").evaluate_all("imgs => imgs.map(i => [i.complete && i.naturalWidth > 0, i.alt])")
+    assert images == [[True, "anime: its first layers' weights as a heat map"]]
+    assert problems == []

@@ -413,3 +413,30 @@ def test_previews_with_a_hypernetwork(hyperworld: dict[str, Any], tmp_path: Path
         preview(["toy"], out=tmp_path / "wide", hypernets=["wide"], **common)
     missing = cli("preview", "toy", "-m", str(hyperworld["model"].path), "--home", str(hyperworld["home"]), "--hypernet", "nope", "--out", str(tmp_path / "x"))
     assert missing.exit_code == 2 and "no concept named '<hypernet:nope>'" in missing.stderr
+
+
+# --- the gallery -------------------------------------------------------------------------------------
+
+def _gallery_library(tmp_path: Path) -> Library:
+    lib = Library.open(tmp_path / "home")
+    lib.add(_save(tmp_path, _a1111(), "anime.pt"), tags=["art"]).one()
+    lib.add(_embedding_file(tmp_path, "<toy>", seed=2)).one()
+    return lib
+
+
+def test_hypernetworks_have_cards_in_the_gallery(tmp_path: Path) -> None:
+    from conceptlib.gallery import build
+
+    with _gallery_library(tmp_path) as lib:
+        report = build(lib, tmp_path / "site")
+        assert report.items == 2 and report.skipped == []
+        items = {i["name"]: i for i in json.loads((tmp_path / "site" / "index.json").read_text())["items"]}
+        anime = items["anime"]
+        assert (anime["kind"], items["toy"]["kind"], anime["widths"]) == ("hypernetwork", "concept", "320,768")
+        assert anime["snippets"]["a1111"] == "<hypernet:anime:1>" and list(anime["downloads"]) == ["a1111"]
+        [exported] = lib.export("anime", None, tmp_path / "ui", target="a1111")
+        assert (tmp_path / "site" / anime["downloads"]["a1111"]).read_bytes() == exported.files[0].read_bytes()
+        assert anime["images"][0].get("weights") is True
+        page = (tmp_path / "site" / "items" / "anime.html").read_text()
+        assert "put it in <code>models/hypernetworks/</code>" in page and "<th scope=\"row\">widths</th><td>320,768 (float32)</td>" in page
+
