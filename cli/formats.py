@@ -41,7 +41,7 @@ def inspect_path(path: Path, strict: bool) -> dict[str, Any]:
 def _inspected(path: Path, strict: bool) -> tuple[dict[str, Any], Embedding | None]:
     """:func:`inspect_path`'s dict, and the embedding decoded for it (None for a hypernetwork),
     so that ``--model`` reads the same vectors without decoding the file again."""
-    from conceptlib.errors import IsHypernetworkError
+    from conceptlib.errors import IsHypernetworkError, IsOptimizerStateError
     from conceptlib.formats import FORMATS, read
     from conceptlib.hashing import a1111_checksum
 
@@ -51,6 +51,10 @@ def _inspected(path: Path, strict: bool) -> tuple[dict[str, Any], Embedding | No
         from conceptlib import hypernet
 
         return {"file": _file_facts(path), **hypernet.read(path).describe()}, None
+    except IsOptimizerStateError:
+        from conceptlib import hypernet
+
+        return {"file": _file_facts(path), **hypernet.describe_optimizer_state(path)}, None
     info: dict[str, Any] = {"file": _file_facts(path)}
     info.update(emb.describe())
     info["format_description"] = FORMATS[emb.source_format].description if emb.source_format in FORMATS else None
@@ -179,7 +183,7 @@ def inspect(
             path = _library_file(path, home)
             info, emb = _inspected(path, strict)
             if described is not None and emb is None:
-                raise UsageError("--model reads a concept's vectors against a vocabulary: this file is a hypernetwork", path=path)
+                raise UsageError(f"--model reads a concept's vectors against a vocabulary: this file is {'a hypernetwork' if info.get('kind') == 'hypernetwork' else 'an optimizer state'}", path=path)
             if described is not None and emb is not None:
                 from conceptlib.analysis import analyse
                 from conceptlib.analysis import plot as draw
@@ -203,6 +207,9 @@ def inspect(
                 out.print()
             if info.get("kind") == "hypernetwork":
                 _show_hypernetwork(info)
+                continue
+            if info.get("kind") == "optimizer-state":
+                _show_optimizer_state(info)
                 continue
             _show(info)
             if "analysis" in info:
@@ -284,6 +291,22 @@ def _convert_hypernetwork(src: Path, dst: Path, *, to: str | None, force: bool, 
         return
     out.print(str(written), markup=False)
     err.print(f"Converted the hypernetwork {src} ({network.layout}) to {chosen}: widths {', '.join(map(str, network.widths))}", markup=False)
+
+
+def _show_optimizer_state(info: dict[str, Any]) -> None:
+    belongs = info["belongs_to"]
+    if belongs is None:
+        owner = f"a file whose sha256 starts with {info['hash']} (not beside it)"
+    else:
+        owner = f"{printable(belongs)}" + ("" if info["matches"] else f" by name only: its sha256 does not start with {printable(info['hash'])}, so AUTOMATIC1111 will not resume from it")
+    out.print(printable(info["file"]["path"], None), markup=False)
+    for label, value in (
+        ("kind", "AUTOMATIC1111 optimizer state (it only resumes training in AUTOMATIC1111)"),
+        ("optimizer", printable(info["optimizer_name"] or "?")),
+        ("parameters", str(info["parameters"]) if info["parameters"] is not None else "?"),
+        ("belongs to", owner),
+    ):
+        out.print(f"  {label:<13} {value}", markup=False)
 
 
 def _show_hypernetwork(info: dict[str, Any]) -> None:

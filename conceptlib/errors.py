@@ -92,6 +92,11 @@ class IsHypernetworkError(EmbeddingStructureError):
     """A hypernetwork where an embedding was expected (read it with :mod:`conceptlib.hypernet`)."""
 
 
+class IsOptimizerStateError(EmbeddingStructureError):
+    """AUTOMATIC1111's ``NAME.pt.optim`` optimizer state where an embedding was expected
+    (:func:`conceptlib.hypernet.describe_optimizer_state` says what it holds)."""
+
+
 class HypernetworkStructureError(EmbeddingStructureError):
     """A hypernetwork file whose modules or fields do not make a network."""
 

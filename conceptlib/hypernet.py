@@ -37,7 +37,7 @@ from conceptlib.errors import HypernetworkStructureError
 from conceptlib.formats._interpret import HYPERNETWORK_KEY
 from conceptlib.tensor import Tensor
 
-__all__ = ["A1111_DEFAULTS", "FIELDS", "Hypernetwork", "dumps", "family_of", "interpret", "read", "write"]
+__all__ = ["A1111_DEFAULTS", "FIELDS", "Hypernetwork", "describe_optimizer_state", "dumps", "family_of", "interpret", "read", "write"]
 
 #: What AUTOMATIC1111's ``Hypernetwork.load`` takes for a field the file lacks.
 A1111_DEFAULTS: dict[str, Any] = {
@@ -297,6 +297,49 @@ def read(path: str | os.PathLike[str]) -> Hypernetwork:
     except Exception as exc:
         raise _unforeseen(exc, where) from exc
     raise HypernetworkStructureError(f"is a {kind} file, not a hypernetwork (.pt or .safetensors)", path=where)
+
+
+def describe_optimizer_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What an AUTOMATIC1111 ``NAME.pt.optim`` file holds, and whether it belongs to ``NAME.pt``.
+
+    AUTOMATIC1111 saves the optimizer beside each hypernetwork (and embedding) it trains, with
+    ``hash``: the first 10 hex of that file's sha256, to refuse resuming with another one.
+    Read through the bounded allowlist pickle reader; nothing in it runs.
+
+    Returns:
+        ``kind`` (``optimizer-state``), ``hash``, ``optimizer_name``, ``parameters`` (entries
+        of its state), ``belongs_to`` (the file beside it, when there is one) and ``matches``
+        (whether that file's sha256 starts with ``hash``; None without the file).
+
+    Raises:
+        EmbeddingStructureError: not an optimizer-state file.
+    """
+    from conceptlib._inputs import read_named
+    from conceptlib.errors import EmbeddingFileError, EmbeddingStructureError
+    from conceptlib.formats import MAX_FILE_SIZE, _torchpickle
+
+    where = Path(path)
+    state = _torchpickle.load(os.fspath(where), read_named(where, limit=MAX_FILE_SIZE, what="optimizer file", error=EmbeddingFileError))
+    if not isinstance(state, dict) or "optimizer_state_dict" not in state or not isinstance(state.get("hash"), str):
+        raise EmbeddingStructureError("is no AUTOMATIC1111 optimizer state (hash and optimizer_state_dict)", path=where)
+    inner = state["optimizer_state_dict"]
+    entries = inner.get("state") if isinstance(inner, dict) else None
+    sibling = where.with_name(where.name[: -len(".optim")]) if where.name.endswith(".optim") else None
+    matches = None
+    if sibling is not None and sibling.is_file():
+        digest = hashlib.sha256()
+        with sibling.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        matches = digest.hexdigest().startswith(state["hash"].lower())
+    return {
+        "kind": "optimizer-state",
+        "hash": state["hash"],
+        "optimizer_name": state.get("optimizer_name") if isinstance(state.get("optimizer_name"), str) else None,
+        "parameters": len(entries) if isinstance(entries, dict) else None,
+        "belongs_to": sibling.name if sibling is not None and sibling.is_file() else None,
+        "matches": matches,
+    }
 
 
 def dumps(hypernetwork: Hypernetwork, format: str) -> bytes:

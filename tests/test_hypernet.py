@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from conceptlib import hypernet
-from conceptlib.errors import HypernetworkStructureError, IsHypernetworkError
+from conceptlib.errors import HypernetworkStructureError, IsHypernetworkError, IsOptimizerStateError
 from conceptlib.formats import _torchpickle, read
 from conceptlib.tensor import Tensor
 
@@ -149,10 +150,17 @@ def test_the_commands(cli: Any, tmp_path: Path) -> None:
     assert run.exit_code == 0 and json.loads(run.stdout)["results"][0]["kind"] == "hypernetwork"
     with pytest.raises(IsHypernetworkError, match=r"is a hypernetwork \(attention widths 320, 768\), not a textual-inversion embedding"):
         read(path)
-    # AUTOMATIC1111's optimizer sidecar.
+    # AUTOMATIC1111's optimizer sidecar: what it holds and whether it is the one of the file beside it.
     _save(tmp_path, {"hash": "0123456789", "optimizer_name": "AdamW", "optimizer_state_dict": {"state": {}}}, "hn.pt.optim")
+    with pytest.raises(IsOptimizerStateError, match="the optimizer state AUTOMATIC1111 saves beside a hypernetwork"):
+        read(tmp_path / "hn.pt.optim")
     run = cli("inspect", str(tmp_path / "hn.pt.optim"))
-    assert run.exit_code == 2 and "the optimizer state AUTOMATIC1111 saves beside a hypernetwork" in run.stderr
+    assert run.exit_code == 0, run.output
+    assert "  optimizer     AdamW\n" in run.stdout and "  belongs to    hn.pt by name only: its sha256 does not start with 0123456789" in run.stdout
+    own = hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+    _save(tmp_path, {"hash": own, "optimizer_name": "AdamW", "optimizer_state_dict": {"state": {0: {}, 1: {}}}}, "hn.pt.optim")
+    [info] = json.loads(cli("inspect", str(tmp_path / "hn.pt.optim"), "--json").stdout)
+    assert (info["kind"], info["belongs_to"], info["matches"], info["parameters"]) == ("optimizer-state", "hn.pt", True, 2)
 
 
 # --- applied to a UNet, as AUTOMATIC1111 applies them ----------------------------------------

@@ -38,7 +38,12 @@ from typing import Any
 from conceptlib._terminal import printable
 from conceptlib.concept import step_or_none
 from conceptlib.embedding import Embedding
-from conceptlib.errors import EmbeddingStructureError, IsHypernetworkError, UnknownEncoderError
+from conceptlib.errors import (
+    EmbeddingStructureError,
+    IsHypernetworkError,
+    IsOptimizerStateError,
+    UnknownEncoderError,
+)
 from conceptlib.families import ENCODERS, FOREIGN_WIDTHS, WIDTH_TO_ENCODER
 from conceptlib.tensor import FLOAT_DTYPES, Tensor
 
@@ -427,10 +432,10 @@ def interpret(
             "`conceptlib add` keeps it as a hypernetwork, and `inspect`, `convert` and `validate` read it",
         )
     if "optimizer_state_dict" in state and "hash" in state:
-        raise EmbeddingStructureError(
+        raise IsOptimizerStateError(
             "is the optimizer state AUTOMATIC1111 saves beside a hypernetwork or embedding (NAME.pt.optim), not an embedding",
             path=path,
-            hint="it only resumes training in AUTOMATIC1111; read the .pt it belongs to",
+            hint="it only resumes training in AUTOMATIC1111; `conceptlib inspect` says which file it belongs to",
         )
 
     fields: dict[str, Any] = {}
