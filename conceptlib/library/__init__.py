@@ -12,6 +12,7 @@ Layout of ``<home>``::
 
     concepts/<name>/concept.json           the manifest: the source of truth
     concepts/<name>/embedding.safetensors  the vectors in canonical form ("conceptlib" format)
+    concepts/<name>/hypernetwork.safetensors  a hypernetwork item's canonical form, instead
     concepts/<name>/original/...           the imported files, byte for byte
     concepts/<name>/images/...             sample or training images
     index.sqlite                           derived from the manifests; `reindex` rebuilds it
@@ -24,6 +25,11 @@ crash hits, the library holds the whole concept or none of it, and ``reindex`` (
 staging leftovers and rebuilds the index from the manifests) brings index and files back in
 step. Changes to an existing concept write its manifest atomically, and replacing a concept's
 files swaps whole folders, with a marker that lets ``reindex`` finish an interrupted swap.
+
+Kinds. An item is an embedding (a concept proper) or a hypernetwork (``Concept.kind``): both
+are listed, searched, tagged, renamed, removed, verified and re-indexed alike; the readers of
+vectors (:meth:`Library.embedding`, signatures, merge) take embeddings only and name a
+hypernetwork for what it is, and :meth:`Library.hypernetwork` reads one.
 
 Where things live. This module holds :class:`Library` and the domain: what goes into a concept
 (add, update, rename, tag, remove, export, verify), names and tokens, the index rows, the lock.
