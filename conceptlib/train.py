@@ -1083,6 +1083,221 @@ def _optimizer(params: list[Any], config: TrainConfig, device: Any, notes: list[
     return optimizer, lr_scheduler, scaler, schedule, total_steps
 
 
+def _device_and_group(config: TrainConfig, notes: list[str]) -> tuple[Any, int, int, Any]:
+    """The training device, this process's rank and the world size, and the frozen models' dtype.
+
+    Under ``accelerate launch`` / torchrun each process takes every world-th sample, gradients
+    are averaged, and rank 0 alone writes files. Each process gets its own GPU unless the device
+    names one.
+    """
+    import torch
+
+    device = torch.device(process_device(config.device))
+    if device.type == "cpu" and torch.cuda.is_available():
+        notes.append("trained on the CPU while a CUDA GPU is available: pass --device cuda (or auto) for GPU speed")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    rank, world = join("nccl" if device.type == "cuda" else "gloo")
+    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
+    return device, rank, world, weight_dtype
+
+
+def _training_model(config: TrainConfig, home: str | os.PathLike[str]) -> tuple[ModelInfo, ModelConfigs | None]:
+    """The model to train on, with weights; a single file's configs, found (fetched once) now,
+    before any image or weight loads.
+
+    Raises:
+        UsageError: a family name (no weights). ModelWeightsMissingError: configs alone.
+    """
+    from conceptlib.models import require_weights, resolve_model
+    from conceptlib.single_file import resolve_configs
+
+    info = resolve_model(config.model, home=home)
+    configs: ModelConfigs | None = None
+    if info.kind == "checkpoint" and info.path:
+        configs = resolve_configs(info, config.model_config)
+    elif info.kind != "diffusers" or not info.path:
+        raise UsageError(
+            f"training needs weights; {config.model!r} is a family name",
+            hint="pass a diffusers folder (with model_index.json) or a .safetensors checkpoint; `conceptlib models create-tiny` makes a tiny one to try",
+        )
+    require_weights(info)  # a diffusers folder of configs alone: one line now, not a diffusers error later
+    return info, configs
+
+
+class _Sampler:
+    """Everything random about a micro-batch, as a pure function of (seed, step, micro).
+
+    Keyed by the micro-batch's global slot, not by (micro, rank): N processes draw what one
+    process with N times the accumulation draws, so the two runs end with the same result.
+    """
+
+    def __init__(self, config: TrainConfig, images: list[_TrainImage], templates: list[str], word: str, *, rank: int, world: int, latent_shape: tuple[int, ...], timesteps: int) -> None:
+        self.config, self.images, self.templates, self.word = config, images, templates, word
+        self.rank, self.world, self.latent_shape, self.timesteps = rank, world, latent_shape, timesteps
+        self.epoch_orders: dict[int, list[int]] = {}
+
+    def __call__(self, step: int, micro: int) -> tuple[list[int], torch.Tensor, list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image indices, flipped, prompts, timesteps, latent noise, noise) of one micro-batch."""
+        import torch
+
+        config, n_images = self.config, len(self.images)
+        indices = []
+        for b in range(config.batch_size):
+            k = ((step * config.grad_accum + micro) * self.world + self.rank) * config.batch_size + b
+            epoch = k // n_images
+            if epoch not in self.epoch_orders:
+                self.epoch_orders.clear()  # one epoch at a time is all a run ever needs
+                self.epoch_orders[epoch] = torch.randperm(n_images, generator=_generator(config.seed, _EPOCH_STREAM, epoch)).tolist()
+            indices.append(self.epoch_orders[epoch][k % n_images])
+        g = _generator(config.seed, _STEP_STREAM, step, micro * self.world + self.rank)
+        size = config.batch_size
+        flipped = torch.rand(size, generator=g) < 0.5 if config.flip else torch.zeros(size, dtype=torch.bool)
+        picks = torch.randint(len(self.templates), (size,), generator=g).tolist()
+        captions = [self.images[i].caption for i in indices]
+        if config.shuffle_tags or config.tag_dropout:
+            # A stream of its own: turning the tag options on leaves every other draw as it was.
+            tag_g = _generator(config.seed, _TAG_STREAM, step, micro * self.world + self.rank)
+            captions = [_vary_tags(c, tag_g, shuffle=config.shuffle_tags, dropout=config.tag_dropout) for c in captions]
+        prompts = [_prompt(self.templates[t], self.word, c) for t, c in zip(picks, captions, strict=True)]
+        timesteps = torch.randint(0, self.timesteps, (size,), generator=g)
+        latent_noise = torch.randn((size, *self.latent_shape), generator=g)
+        noise = torch.randn((size, *self.latent_shape), generator=g)
+        return indices, flipped, prompts, timesteps, latent_noise, noise
+
+    def evaluation(self, loss: Callable[..., Any]) -> float:
+        """``loss`` on a fixed batch (up to 8 images x 4 timesteps, fixed prompts and noise), no grad.
+
+        The same samples before and after training make the difference a paired comparison:
+        it shows what training changed, not sampling noise.
+        """
+        import torch
+
+        config, images = self.config, self.images
+        g = _generator(config.seed, _EVAL_STREAM)
+        shown = list(range(min(len(images), 8)))
+        indices = shown * 4
+        fixed_t = torch.linspace(50, self.timesteps - 50, 4).long().repeat_interleave(len(shown))
+        prompts = [_prompt(self.templates[i % len(self.templates)], self.word, images[i].caption) for i in indices]
+        latent_noise = torch.randn((len(indices), *self.latent_shape), generator=g)
+        noise = torch.randn((len(indices), *self.latent_shape), generator=g)
+        # In chunks of the training batch: up to 32 samples at once would need more memory
+        # than a training step does, and so set the run's peak for a number it only reports.
+        size, total = config.batch_size, 0.0
+        with torch.no_grad():
+            for lo in range(0, len(indices), size):
+                part = slice(lo, lo + size)
+                chunk = indices[part]
+                total += float(loss(chunk, torch.zeros(len(chunk), dtype=torch.bool), prompts[part], fixed_t[part], latent_noise[part], noise[part])) * len(chunk)
+        return total / len(indices)
+
+
+def _diverged(config: TrainConfig, schedule: list[tuple[float, int]] | None, checkpoint_path: Path, step: int, what: str) -> TrainingDivergedError:
+    """The error of a run whose loss or weights became NaN/Inf, saying what is kept and what to try."""
+    kept = checkpoint_path if checkpoint_path.is_file() else None
+    rate = lr_at(schedule, step) if schedule else config.lr
+    precision = " or switch --mixed-precision fp16 to bf16 (or no)" if config.mixed_precision == "fp16" else ""
+    where = f"the last good checkpoint is kept: {kept} (resume with --resume)" if kept else "no checkpoint had been written yet"
+    return TrainingDivergedError(
+        f"{what} at step {step}: training stopped; {where}",
+        step=step,
+        checkpoint=str(kept) if kept else None,
+        hint=f"lower the learning rate (it was {rate:g}; try {rate / 10:g}){precision}",
+    )
+
+
+def _optimizer_step(
+    params: list[Any], optimizer: Any, lr_scheduler: Any, scaler: Any, step_loss: Any, *, config: TrainConfig, world: int, step: int, failed: Callable[[int, str], Exception]
+) -> float:
+    """After the backward passes of step ``step``: average gradients and loss over the processes,
+    refuse a non-finite loss (``failed(step, what)`` is raised), clip, step the optimizer and the
+    schedule.
+
+    Returns:
+        The step's mean loss.
+    """
+    import torch
+
+    if world > 1:
+        # SUM then divide: gloo (CPU) has no AVG. A parameter no sample reached has no gradient
+        # in this process, and every process must take part in each all-reduce.
+        for param in params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            torch.distributed.all_reduce(param.grad)
+            param.grad /= world
+        torch.distributed.all_reduce(step_loss)
+        step_loss /= world
+    value = float(step_loss)
+    if not math.isfinite(value):
+        raise failed(step, f"the loss became {value}")
+    if config.clip_grad_norm or config.clip_grad_value:
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradient, not the loss-scaled one
+        if config.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+        else:
+            torch.nn.utils.clip_grad_value_(params, config.clip_grad_value)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return value
+
+
+def _preview_pipeline(vae: Any, tokenizers: list[Any], unet: Any, scheduler_config: Any, *, sdxl: bool) -> Any:
+    """A pipeline for training previews, without text encoders: the trainer encodes the prompts
+    itself (given one, the pipelines would cast the embeddings to its dtype, float32 for the
+    trained rows' sake, and feed them to an fp16/bf16 UNet)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe: Any
+    with quiet_loading():  # importing the pipelines warns about image processors
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        sampler = DPMSolverMultistepScheduler.from_config(scheduler_config)
+        if sdxl:
+            pipe = StableDiffusionXLPipeline(vae, None, None, tokenizers[0], tokenizers[1], unet, sampler, force_zeros_for_empty_prompt=False, add_watermarker=False)
+        else:
+            pipe = StableDiffusionPipeline(vae, None, tokenizers[0], unet, sampler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _render_preview(
+    pipe: Any, encode: Callable[[list[str]], tuple[Any, Any]], prompt: str, path: Path, *, config: TrainConfig, resolution: int, dtype: Any, scaling: float, shift: float
+) -> None:
+    """Render ``prompt`` with the preview pipeline (conditioning from ``encode``), decode it in
+    fp32 and write the PNG."""
+    import torch
+    from PIL import Image
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # diffusers' DPM-Solver builds its sigmas with np.array(tensor), which numpy 2 flags.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        cond, pooled = encode([prompt])
+        uncond, uncond_pooled = encode([""])
+        kwargs: dict[str, Any] = {"prompt_embeds": cond.to(dtype), "negative_prompt_embeds": uncond.to(dtype)}
+        if pooled is not None and uncond_pooled is not None:
+            kwargs.update(pooled_prompt_embeds=pooled.to(dtype), negative_pooled_prompt_embeds=uncond_pooled.to(dtype))
+        latents = pipe(
+            **kwargs,
+            num_inference_steps=config.preview_steps,
+            guidance_scale=config.preview_guidance,
+            height=resolution,
+            width=resolution,
+            generator=_generator(config.seed, _PREVIEW_STREAM),
+            output_type="latent",
+        ).images
+        # Decode here in fp32: the pipelines would feed fp16 latents to the fp32 VAE.
+        decoded = pipe.vae.decode(latents.float() / scaling + shift).sample[0]
+    pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    _save_png(Image.fromarray(pixels), path)
+
+
 # --- the training run -----------------------------------------------------------------------------
 
 
@@ -1509,9 +1724,8 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     from conceptlib.embedding import Embedding
     from conceptlib.formats import write
     from conceptlib.library import check_name, check_token
-    from conceptlib.models import require_weights, resolve_model
     from conceptlib.pipelines import load_training_components
-    from conceptlib.single_file import native_size, resolve_configs
+    from conceptlib.single_file import native_size
     from conceptlib.slug import slugify
     from conceptlib.tensor import Tensor
     from conceptlib.validate import expansions, validate
@@ -1527,28 +1741,12 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     # Under `accelerate launch` / torchrun each process takes every world-th sample, gradients of
     # the vectors are averaged, and rank 0 alone writes files. Each process gets its own GPU
     # unless the device names one.
-    device = torch.device(process_device(config.device))
-    if device.type == "cpu" and torch.cuda.is_available():
-        notes.append("trained on the CPU while a CUDA GPU is available: pass --device cuda (or auto) for GPU speed")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    rank, world = join("nccl" if device.type == "cuda" else "gloo")
-    distributed = world > 1
+    device, rank, world, weight_dtype = _device_and_group(config, notes)
     main_process = rank == 0
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
 
     # ---- 2. The model: resolve it and check it has weights (no torch needed yet). -------------
-    # A single file's configs are found (fetched once) now, before any image or weight loads.
-    info = resolve_model(config.model, home=home)
-    configs: ModelConfigs | None = None
-    if info.kind == "checkpoint" and info.path:
-        configs = resolve_configs(info, config.model_config)
-    elif info.kind != "diffusers" or not info.path:
-        raise UsageError(
-            f"training needs weights; {config.model!r} is a family name",
-            hint="pass a diffusers folder (with model_index.json) or a .safetensors checkpoint; `conceptlib models create-tiny` makes a tiny one to try",
-        )
-    require_weights(info)  # a diffusers folder of configs alone: one line now, not a diffusers error later
+    info, configs = _training_model(config, home)
+    assert info.path is not None
     root = Path(info.path)
     sdxl = info.family == "sdxl"
     keys = info.encoder_keys  # canonical order = text_encoder, text_encoder_2
@@ -1761,61 +1959,12 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
-    n_images = len(images)
     latent_shape = tuple(latent_mean.shape[2:])
     n_timesteps = int(noise_scheduler.config.num_train_timesteps)
-    epoch_orders: dict[int, list[int]] = {}
-
-    def sample_batch(step: int, micro: int) -> tuple[list[int], torch.Tensor, list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Everything random about one micro-batch, as a pure function of (seed, step, micro)."""
-        indices = []
-        for b in range(config.batch_size):
-            k = ((step * config.grad_accum + micro) * world + rank) * config.batch_size + b
-            epoch = k // n_images
-            if epoch not in epoch_orders:
-                epoch_orders.clear()  # one epoch at a time is all a run ever needs
-                epoch_orders[epoch] = torch.randperm(n_images, generator=_generator(config.seed, _EPOCH_STREAM, epoch)).tolist()
-            indices.append(epoch_orders[epoch][k % n_images])
-        # Keyed by the micro-batch's global slot, not by (micro, rank): N processes draw what one
-        # process with N times the accumulation draws, so the two runs end with the same vectors.
-        g = _generator(config.seed, _STEP_STREAM, step, micro * world + rank)
-        size = config.batch_size
-        flipped = torch.rand(size, generator=g) < 0.5 if config.flip else torch.zeros(size, dtype=torch.bool)
-        picks = torch.randint(len(templates), (size,), generator=g).tolist()
-        captions = [images[i].caption for i in indices]
-        if config.shuffle_tags or config.tag_dropout:
-            # A stream of its own: turning the tag options on leaves every other draw as it was.
-            tag_g = _generator(config.seed, _TAG_STREAM, step, micro * world + rank)
-            captions = [_vary_tags(c, tag_g, shuffle=config.shuffle_tags, dropout=config.tag_dropout) for c in captions]
-        prompts = [_prompt(templates[t], token_text, c) for t, c in zip(picks, captions, strict=True)]
-        timesteps = torch.randint(0, n_timesteps, (size,), generator=g)
-        latent_noise = torch.randn((size, *latent_shape), generator=g)
-        noise = torch.randn((size, *latent_shape), generator=g)
-        return indices, flipped, prompts, timesteps, latent_noise, noise
+    sample_batch = _Sampler(config, images, templates, token_text, rank=rank, world=world, latent_shape=latent_shape, timesteps=n_timesteps)
 
     def evaluation_loss() -> float:
-        """Loss on a fixed batch (up to 8 images x 4 timesteps, fixed prompts and noise), no grad.
-
-        The same samples before and after training make the difference a paired comparison:
-        it shows what the vectors changed, not sampling noise.
-        """
-        g = _generator(config.seed, _EVAL_STREAM)
-        shown = list(range(min(n_images, 8)))
-        indices = shown * 4
-        fixed_t = torch.linspace(50, n_timesteps - 50, 4).long().repeat_interleave(len(shown))
-        prompts = [_prompt(templates[i % len(templates)], token_text, images[i].caption) for i in indices]
-        latent_noise = torch.randn((len(indices), *latent_shape), generator=g)
-        noise = torch.randn((len(indices), *latent_shape), generator=g)
-        # In chunks of the training batch: up to 32 samples at once would need more memory
-        # than a training step does, and so set the run's peak for a number it only reports.
-        size, total = config.batch_size, 0.0
-        with torch.no_grad():
-            for lo in range(0, len(indices), size):
-                part = slice(lo, lo + size)
-                chunk = indices[part]
-                loss = diffusion_loss(chunk, torch.zeros(len(chunk), dtype=torch.bool), prompts[part], fixed_t[part], latent_noise[part], noise[part])
-                total += float(loss) * len(chunk)
-        return total / len(indices)
+        return sample_batch.evaluation(diffusion_loss)
 
     preview_pipe: Any = None
     previews: list[tuple[int, Path]] = []
@@ -1826,46 +1975,11 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     def preview(step: int) -> None:
         """Render the preview prompt with the current vectors; the pipeline is built once."""
         nonlocal preview_pipe
-        from diffusers import DPMSolverMultistepScheduler
-        from PIL import Image
-
         assert preview_vae is not None  # kept whenever previews are on
-
         if preview_pipe is None:
-            with quiet_loading():  # importing the pipelines warns about image processors
-                from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-                sampler = DPMSolverMultistepScheduler.from_config(scheduler_config)
-                # No text encoders: the prompts are encoded here, with the vectors being trained.
-                # Given one, the pipelines would cast the embeddings to its dtype, float32 for
-                # the trained rows' sake, and feed them to an fp16/bf16 UNet.
-                if sdxl:
-                    preview_pipe = StableDiffusionXLPipeline(preview_vae, None, None, tokenizers[0], tokenizers[1], unet, sampler, force_zeros_for_empty_prompt=False, add_watermarker=False)
-                else:
-                    preview_pipe = StableDiffusionPipeline(preview_vae, None, tokenizers[0], unet, sampler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-            preview_pipe.set_progress_bar_config(disable=True)
-        with torch.no_grad(), warnings.catch_warnings():
-            # diffusers' DPM-Solver builds its sigmas with np.array(tensor), which numpy 2 flags.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            cond, pooled = encode_prompts([preview_prompt])
-            uncond, uncond_pooled = encode_prompts([""])
-            kwargs: dict[str, Any] = {"prompt_embeds": cond.to(weight_dtype), "negative_prompt_embeds": uncond.to(weight_dtype)}
-            if pooled is not None and uncond_pooled is not None:
-                kwargs.update(pooled_prompt_embeds=pooled.to(weight_dtype), negative_pooled_prompt_embeds=uncond_pooled.to(weight_dtype))
-            latents = preview_pipe(
-                **kwargs,
-                num_inference_steps=config.preview_steps,
-                guidance_scale=config.preview_guidance,
-                height=resolution,
-                width=resolution,
-                generator=_generator(config.seed, _PREVIEW_STREAM),
-                output_type="latent",
-            ).images
-            # Decode here in fp32: the pipelines would feed fp16 latents to the fp32 VAE.
-            decoded = preview_vae.decode(latents.float() / scaling + shift).sample[0]
-        pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+            preview_pipe = _preview_pipeline(preview_vae, tokenizers, unet, scheduler_config, sdxl=sdxl)
         path = out / "previews" / f"{name}-{step:06d}.png"
-        _save_png(Image.fromarray(pixels), path)
+        _render_preview(preview_pipe, encode_prompts, preview_prompt, path, config=config, resolution=resolution, dtype=weight_dtype, scaling=scaling, shift=shift)
         previews.append((step, path))
 
     def save_checkpoint(step: int) -> None:
@@ -1906,16 +2020,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         )
 
     def diverged(step: int, what: str) -> TrainingDivergedError:
-        kept = checkpoint_path if checkpoint_path.is_file() else None
-        rate = lr_at(schedule, step) if schedule else config.lr
-        precision = " or switch --mixed-precision fp16 to bf16 (or no)" if config.mixed_precision == "fp16" else ""
-        where = f"the last good checkpoint is kept: {kept} (resume with --resume)" if kept else "no checkpoint had been written yet"
-        return TrainingDivergedError(
-            f"{what} at step {step}: training stopped; {where}",
-            step=step,
-            checkpoint=str(kept) if kept else None,
-            hint=f"lower the learning rate (it was {rate:g}; try {rate / 10:g}){precision}",
-        )
+        return _diverged(config, schedule, checkpoint_path, step, what)
 
     # ---- 12. Train. ---------------------------------------------------------------------------------
     # After a resume, "before training" is still the loss before the run's first step: saved
@@ -1944,31 +2049,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
                 backward = loss / config.grad_accum
                 (scaler.scale(backward) if scaler is not None else backward).backward()
                 step_loss += loss.detach() / config.grad_accum
-            if distributed:
-                # SUM then divide: gloo (CPU) has no AVG. The tensors are n x width, so cheap.
-                for param in params:
-                    assert param.grad is not None
-                    torch.distributed.all_reduce(param.grad)
-                    param.grad /= world
-                torch.distributed.all_reduce(step_loss)
-                step_loss /= world
-            value = float(step_loss)
-            if not math.isfinite(value):
-                raise diverged(step + 1, f"the loss became {value}")
-            if config.clip_grad_norm or config.clip_grad_value:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)  # clip the true gradient, not the loss-scaled one
-                if config.clip_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
-                else:
-                    torch.nn.utils.clip_grad_value_(params, config.clip_grad_value)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            value = _optimizer_step(
+                params, optimizer, lr_scheduler, scaler, step_loss, config=config, world=world,
+                step=step + 1, failed=diverged,
+            )  # fmt: skip
             step += 1
             losses.append(value)
             if not all(bool(torch.isfinite(p).all()) for p in params):

@@ -28,17 +28,15 @@ ComfyUI load, with its fields (``sd_checkpoint`` is the model's AutoV2 hash wher
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from conceptlib._deps import quiet_loading
-from conceptlib._parallel import barrier, join, process_device
+from conceptlib._parallel import barrier
 from conceptlib.errors import (
     ConceptExistsError,
     DestinationExistsError,
@@ -49,11 +47,6 @@ from conceptlib.errors import (
     UsageError,
 )
 from conceptlib.train import (
-    _EPOCH_STREAM,
-    _EVAL_STREAM,
-    _PREVIEW_STREAM,
-    _STEP_STREAM,
-    _TAG_STREAM,
     CHECKPOINT_NAME,
     RESUMABLE_CHANGES,
     Progress,
@@ -61,21 +54,24 @@ from conceptlib.train import (
     TrainResult,
     _cache_latents,
     _check_run_folder,
+    _device_and_group,
+    _diverged,
     _frozen_digest,
     _generator,
     _grid,
     _loss_plot,
     _optimizer,
-    _prompt,
+    _optimizer_step,
+    _preview_pipeline,
     _read_images,
+    _render_preview,
     _resolved_settings,
+    _Sampler,
     _save_checkpoint,
-    _save_png,
     _templates,
-    _vary_tags,
+    _training_model,
     hypernetwork_fields,
     load_checkpoint,
-    lr_at,
 )
 
 if TYPE_CHECKING:
@@ -126,9 +122,9 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
     from conceptlib import hypernet
     from conceptlib.hypernet_apply import a1111_module, initialise, wrapped
     from conceptlib.library import check_name, check_token
-    from conceptlib.models import attention_widths, require_weights, resolve_model
+    from conceptlib.models import attention_widths
     from conceptlib.pipelines import load_training_components
-    from conceptlib.single_file import native_size, resolve_configs
+    from conceptlib.single_file import native_size
     from conceptlib.slug import slugify
     from conceptlib.tensor import Tensor
 
@@ -145,23 +141,11 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
     network_path = out / f"{word}.pt"
 
     # ---- 1. Device, precision, process group: as for textual inversion. ---------------------------
-    device = torch.device(process_device(config.device))
-    if device.type == "cpu" and torch.cuda.is_available():
-        notes.append("trained on the CPU while a CUDA GPU is available: pass --device cuda (or auto) for GPU speed")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    rank, world = join("nccl" if device.type == "cuda" else "gloo")
+    device, rank, world, weight_dtype = _device_and_group(config, notes)
     main_process = rank == 0
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.mixed_precision]
 
     # ---- 2. The model and its attention widths. ------------------------------------------------------
-    info = resolve_model(config.model, home=home)
-    configs = None
-    if info.kind == "checkpoint" and info.path:
-        configs = resolve_configs(info, config.model_config)
-    elif info.kind != "diffusers" or not info.path:
-        raise UsageError(f"training needs weights; {config.model!r} is a family name", hint="pass a diffusers folder or a .safetensors checkpoint")
-    require_weights(info)
+    info, configs = _training_model(config, home)
     sdxl = info.family == "sdxl"
     resolution = config.resolution or native_size(info, configs)
     cross, selves = attention_widths(info)
@@ -277,56 +261,20 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
         target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, timesteps)
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
-    n_images = len(images)
     latent_shape = tuple(latent_mean.shape[2:])
     n_timesteps = int(noise_scheduler.config.num_train_timesteps)
-    epoch_orders: dict[int, list[int]] = {}
-
-    def sample_batch(step: int, micro: int) -> tuple[list[int], torch.Tensor, list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Everything random about one micro-batch, a pure function of (seed, step, micro), as in
-        textual-inversion training (the same streams)."""
-        indices = []
-        for b in range(config.batch_size):
-            k = ((step * config.grad_accum + micro) * world + rank) * config.batch_size + b
-            epoch = k // n_images
-            if epoch not in epoch_orders:
-                epoch_orders.clear()
-                epoch_orders[epoch] = torch.randperm(n_images, generator=_generator(config.seed, _EPOCH_STREAM, epoch)).tolist()
-            indices.append(epoch_orders[epoch][k % n_images])
-        g = _generator(config.seed, _STEP_STREAM, step, micro * world + rank)
-        size = config.batch_size
-        flipped = torch.rand(size, generator=g) < 0.5 if config.flip else torch.zeros(size, dtype=torch.bool)
-        picks = torch.randint(len(templates), (size,), generator=g).tolist()
-        captions = [images[i].caption for i in indices]
-        if config.shuffle_tags or config.tag_dropout:
-            tag_g = _generator(config.seed, _TAG_STREAM, step, micro * world + rank)
-            captions = [_vary_tags(c, tag_g, shuffle=config.shuffle_tags, dropout=config.tag_dropout) for c in captions]
-        prompts = [_prompt(templates[t], word, c) for t, c in zip(picks, captions, strict=True)]
-        timesteps = torch.randint(0, n_timesteps, (size,), generator=g)
-        return indices, flipped, prompts, timesteps, torch.randn((size, *latent_shape), generator=g), torch.randn((size, *latent_shape), generator=g)
+    sample_batch = _Sampler(config, images, templates, word, rank=rank, world=world, latent_shape=latent_shape, timesteps=n_timesteps)
 
     def evaluation_loss() -> float:
-        """Loss on a fixed batch (up to 8 images x 4 timesteps), modules in eval mode, no grad."""
-        g = _generator(config.seed, _EVAL_STREAM)
-        shown = list(range(min(n_images, 8)))
-        indices = shown * 4
-        fixed_t = torch.linspace(50, n_timesteps - 50, 4).long().repeat_interleave(len(shown))
-        prompts = [_prompt(templates[i % len(templates)], word, images[i].caption) for i in indices]
-        latent_noise = torch.randn((len(indices), *latent_shape), generator=g)
-        noise = torch.randn((len(indices), *latent_shape), generator=g)
+        """The fixed batch's loss (:meth:`conceptlib.train._Sampler.evaluation`), dropout off."""
         for pair in modules.values():
             for module in pair:
                 module.eval()
-        total = 0.0
-        with torch.no_grad():
-            for lo in range(0, len(indices), config.batch_size):
-                part = slice(lo, lo + config.batch_size)
-                chunk = indices[part]
-                total += float(diffusion_loss(chunk, torch.zeros(len(chunk), dtype=torch.bool), prompts[part], fixed_t[part], latent_noise[part], noise[part])) * len(chunk)
+        loss = sample_batch.evaluation(diffusion_loss)
         for pair in modules.values():
             for module in pair:
                 module.train()
-        return total / len(indices)
+        return loss
 
     def current_network(step: int) -> hypernet.Hypernetwork:
         pairs = {
@@ -398,48 +346,21 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
     def preview(step: int) -> None:
         """Render the preview prompt with the modules as they are (eval mode), pipeline built once."""
         nonlocal preview_pipe
-        from diffusers import DPMSolverMultistepScheduler
-        from PIL import Image
-
         assert preview_vae is not None
         if preview_pipe is None:
-            with quiet_loading():
-                from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-                sampler = DPMSolverMultistepScheduler.from_config(scheduler_config)
-                if sdxl:
-                    preview_pipe = StableDiffusionXLPipeline(preview_vae, None, None, tokenizers[0], tokenizers[1], unet, sampler, force_zeros_for_empty_prompt=False, add_watermarker=False)
-                else:
-                    preview_pipe = StableDiffusionPipeline(preview_vae, None, tokenizers[0], unet, sampler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-            preview_pipe.set_progress_bar_config(disable=True)
+            preview_pipe = _preview_pipeline(preview_vae, tokenizers, unet, scheduler_config, sdxl=sdxl)
+        path = out / "previews" / f"{name}-{step:06d}.png"
         for pair in modules.values():
             for module in pair:
                 module.eval()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            cond, pooled = encode([preview_prompt])
-            uncond, uncond_pooled = encode([""])
-            kwargs: dict[str, Any] = {"prompt_embeds": cond.to(weight_dtype), "negative_prompt_embeds": uncond.to(weight_dtype)}
-            if pooled is not None and uncond_pooled is not None:
-                kwargs.update(pooled_prompt_embeds=pooled.to(weight_dtype), negative_pooled_prompt_embeds=uncond_pooled.to(weight_dtype))
-            latents = preview_pipe(
-                **kwargs, num_inference_steps=config.preview_steps, guidance_scale=config.preview_guidance,
-                height=resolution, width=resolution, generator=_generator(config.seed, _PREVIEW_STREAM), output_type="latent",
-            ).images  # fmt: skip
-            decoded = preview_vae.decode(latents.float() / scaling + shift).sample[0]
+        _render_preview(preview_pipe, encode, preview_prompt, path, config=config, resolution=resolution, dtype=weight_dtype, scaling=scaling, shift=shift)
         for pair in modules.values():
             for module in pair:
                 module.train()
-        pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        path = out / "previews" / f"{name}-{step:06d}.png"
-        _save_png(Image.fromarray(pixels), path)
         previews.append((step, path))
 
     def diverged(step: int, what: str) -> TrainingDivergedError:
-        kept = checkpoint_path if checkpoint_path.is_file() else None
-        rate = lr_at(schedule, step) if schedule else config.lr
-        where = f"the last good checkpoint is kept: {kept} (resume with --resume)" if kept else "no checkpoint had been written yet"
-        return TrainingDivergedError(f"{what} at step {step}: training stopped; {where}", step=step, checkpoint=str(kept) if kept else None, hint=f"lower the learning rate (it was {rate:g}; try {rate / 10:g})")
+        return _diverged(config, schedule, checkpoint_path, step, what)
 
     # ---- 9. Train, with the modules in front of every attention's key and value. ------------------------
     loop_started = time.perf_counter()
@@ -463,31 +384,9 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
                     backward = loss / config.grad_accum
                     (scaler.scale(backward) if scaler is not None else backward).backward()
                     step_loss += loss.detach() / config.grad_accum
-                if world > 1:
-                    for param in params:
-                        if param.grad is None:  # a width no attention of this batch reached
-                            param.grad = torch.zeros_like(param)
-                        torch.distributed.all_reduce(param.grad)
-                        param.grad /= world
-                    torch.distributed.all_reduce(step_loss)
-                    step_loss /= world
-                value = float(step_loss)
-                if not math.isfinite(value):
-                    raise diverged(step + 1, f"the loss became {value}")
-                if config.clip_grad_norm or config.clip_grad_value:
-                    if scaler is not None:
-                        scaler.unscale_(optimizer)
-                    if config.clip_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
-                    else:
-                        torch.nn.utils.clip_grad_value_(params, config.clip_grad_value)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                value = _optimizer_step(
+                    params, optimizer, lr_scheduler, scaler, step_loss, config=config, world=world, step=step + 1, failed=diverged
+                )  # fmt: skip
                 step += 1
                 losses.append(value)
                 if not all(bool(torch.isfinite(p).all()) for p in params):
