@@ -1267,6 +1267,15 @@ def _preview_pipeline(vae: Any, tokenizers: list[Any], unet: Any, scheduler_conf
     return pipe
 
 
+def _pictures(losses: list[float], previews: list[tuple[int, Path]], out: Path, *, title: str) -> tuple[Path, Path | None]:
+    """A run's loss curve (``loss.png``) and, when it rendered previews, their labelled grid."""
+    from PIL import Image
+
+    plot = _loss_plot(losses, out / "loss.png", title=title)
+    grid = _grid([(f"step {s}", Image.open(p)) for s, p in previews], out / "previews" / "grid.png") if previews else None
+    return plot, grid
+
+
 def _render_preview(
     pipe: Any, encode: Callable[[list[str]], tuple[Any, Any]], prompt: str, path: Path, *, config: TrainConfig, resolution: int, dtype: Any, scaling: float, shift: float
 ) -> None:
@@ -2104,11 +2113,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     grid = plot = None
     if main_process:
         write(embedding, embedding_path, format="conceptlib", force=True)
-        plot = _loss_plot(losses, out / "loss.png", title=f"{token}: training loss ({prediction_type}), {step} steps")
-        if previews:
-            from PIL import Image
-
-            grid = _grid([(f"step {s}", Image.open(p)) for s, p in previews], out / "previews" / "grid.png")
+        plot, grid = _pictures(losses, previews, out, title=f"{token}: training loss ({prediction_type}), {step} steps")
         if config.add_to_library:
             concept, action = _add_to_library(
                 home, ours, embedding_path, config=config, token=token, images=kept_images, metadata=metadata, notes=notes

@@ -58,10 +58,9 @@ from conceptlib.train import (
     _diverged,
     _frozen_digest,
     _generator,
-    _grid,
-    _loss_plot,
     _optimizer,
     _optimizer_step,
+    _pictures,
     _preview_pipeline,
     _read_images,
     _render_preview,
@@ -419,11 +418,7 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
     grid = plot = None
     if main_process:
         hypernet.write(network, network_path, force=True)
-        plot = _loss_plot(losses, out / "loss.png", title=f"<hypernet:{word}>: training loss ({prediction_type}), {step} steps")
-        if previews:
-            from PIL import Image
-
-            grid = _grid([(f"step {s}", Image.open(p)) for s, p in previews], out / "previews" / "grid.png")
+        plot, grid = _pictures(losses, previews, out, title=f"<hypernet:{word}>: training loss ({prediction_type}), {step} steps")
         if config.add_to_library:
             from conceptlib.library import Library
 
