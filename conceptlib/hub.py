@@ -664,11 +664,6 @@ def pull(
         if filename is not None:
             provenance["picked"] = True  # later pulls take this file again without --file
         metadata = _concept_metadata(emb, fetched)
-        if existing is not None and existing.kind == "hypernetwork":
-            raise UsageError(
-                f"{existing.name} is a hypernetwork pulled before, and {repo_id} has changed since",
-                hint=f"updating a hypernetwork in place is not supported yet: `conceptlib remove {existing.name}` and pull again",
-            )
         with _LIBRARY_LOCK:
             near: dict[str, float] = {}
             if existing is None:

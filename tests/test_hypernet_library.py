@@ -387,10 +387,16 @@ def test_pushed_with_a_card_and_pulled_back(local_hub: Any, monkeypatch: pytest.
         assert (concept.kind, concept.token, concept.source["repo_id"]) == ("hypernetwork", "ink", "alice/anime")
         assert concept.content_hash == hypernet.read(tmp_path / "got.pt").content_hash() and len(concept.images) == 1
         assert hubmod.pull(other, "alice/anime").status == "unchanged"
-        local_hub.commit("alice/anime", {"ink.pt": hypernet.dumps(hypernet.interpret(_a1111(step=4000), "x.pt"), "a1111")})
-        with pytest.raises(UsageError, match="anime is a hypernetwork pulled before, and alice/anime has changed since") as raised:
-            hubmod.pull(other, "alice/anime")
-        assert "updating a hypernetwork in place is not supported yet" in str(raised.value.hint)
+        # A new revision replaces the network and keeps the old one's hash in the history.
+        newer = _a1111(step=4000)
+        newer[320] = newer[320][::-1]
+        local_hub.commit("alice/anime", {"ink.pt": hypernet.dumps(hypernet.interpret(newer, "x.pt"), "a1111")})
+        updated = hubmod.pull(other, "alice/anime")
+        assert (updated.status, updated.previous_content_hash) == ("updated", concept.content_hash)
+        after = other.show("anime")
+        assert after.kind == "hypernetwork" and after.steps == 4000 and [h["content_hash"] for h in after.history] == [concept.content_hash]
+        assert other.hypernetwork("anime").content_hash() == after.content_hash and len(after.images) == 1
+        assert other.verify().ok
 
 
 @pytest.mark.torch

@@ -1273,7 +1273,9 @@ class Library:
                 if staging is not None and staging.exists():
                     _store.discard(staging)
 
-    def _hypernetwork_item(self, snap: Snapshot, path: Path, options: _AddOptions, scratch: Path, skipped: builtins.list[Rejected], timestamp: str) -> Concept:
+    def _hypernetwork_item(
+        self, snap: Snapshot, path: Path, options: _AddOptions, scratch: Path, skipped: builtins.list[Rejected], timestamp: str, *, exclude: str = ""
+    ) -> Concept:
         """The record of a hypernetwork input (files are staged by :meth:`_stage_item`).
 
         AUTOMATIC1111 calls a hypernetwork by its file's base name (``<hypernet:anime:1>`` for
@@ -1292,7 +1294,7 @@ class Library:
             raise InvalidNameError(f"{word!r} cannot be called as <hypernet:{word}:1>", hint="pass --token a plain word")
         family = hypernet.family_of(network.widths)
         content_hash = network.content_hash()
-        self._check_unique(self.index, content_hash, family or "", word, path=path, kind="hypernetwork")
+        self._check_unique(self.index, content_hash, family or "", word, path=path, exclude=exclude, kind="hypernetwork")
         described = network.describe()
         metadata = {
             "hypernetwork_layout": network.layout,
@@ -1442,7 +1444,8 @@ class Library:
         source: dict[str, Any] | None = None,
         metadata: dict[str, str] | None = None,
     ) -> Concept:
-        """Replace a concept's embedding (e.g. a newer revision from the Hub), keeping its history.
+        """Replace a concept's embedding, or a hypernetwork item's network (e.g. a newer revision
+        from the Hub), keeping its history.
 
         Name, tags, description and creation time are kept; the previous content hash and
         source go to ``history`` when the vectors change. The files are swapped as a whole
@@ -1466,8 +1469,6 @@ class Library:
             TokenInUseError: the token is taken in the family.
         """
         current = self.show(name)
-        if current.kind != "embedding":
-            raise UsageError(f"{current.name} is a {current.kind}: update replaces an embedding's vectors", hint=f"remove it and add the new file: conceptlib remove {current.name}")
         src = Path(path)
         word = check_token(token) if token is not None else current.token
         concept_type = check_type(type) if type is not None else current.type
@@ -1475,6 +1476,8 @@ class Library:
         left_out: builtins.list[Rejected] = []
         # None keeps the current images; a list (even empty) replaces them.
         image_files = None if images is None else self._image_files(images, left_out)
+        if current.kind == "hypernetwork":
+            return self._update_hypernetwork(current, src, word=word, concept_type=concept_type, image_files=image_files, source=source, metadata=meta, left_out=left_out)
         with self._lock(exclusive=False):
             snap, scratch = self._snapshot(src, None)
             try:
@@ -1529,6 +1532,63 @@ class Library:
                     )
                     manifest = concept.to_json()
                     _store.write_new(staging / MANIFEST_NAME, manifest.encode("utf-8"))
+                    swap.swap_in(concept.name)
+                    tx.replace(before.name, concept, manifest)
+            finally:
+                _store.discard(scratch)
+        return concept.attach(folder)
+
+    def _update_hypernetwork(
+        self,
+        current: Concept,
+        src: Path,
+        *,
+        word: str,
+        concept_type: str,
+        image_files: builtins.list[tuple[Path, Path | None]] | None,
+        source: dict[str, Any] | None,
+        metadata: dict[str, str],
+        left_out: builtins.list[Rejected],
+    ) -> Concept:
+        """:meth:`update` of a hypernetwork item: the new network swapped in as a whole folder."""
+        with self._lock(exclusive=False):
+            snap, scratch = self._snapshot(src, None)
+            try:
+                try:
+                    self._read_input(snap)
+                except IsHypernetworkError:
+                    pass
+                else:
+                    raise UsageError(f"{current.name} is a hypernetwork, and this file is an embedding", path=src, hint="add it as a concept of its own")
+                options = _AddOptions(name=current.name, token=word, type=concept_type, images=[], tags=list(current.tags), license=current.license,
+                                      description=current.description, source=source, metadata=metadata)  # fmt: skip
+                fresh = self._hypernetwork_item(snap, src, options, scratch, left_out, now(), exclude=current.name)
+                checked: builtins.list[Path] = []
+                if image_files is not None:
+                    checked, refused = copy_images(image_files, scratch / "images")
+                    left_out += [Rejected(r.path, r.reason, r.error) for r in refused]
+                for item in left_out:
+                    _log.warning("%s: %s", printable(item.path, None), item.reason)
+                folder = self.folder(current.name)
+                swap = _store.Swap(self.staging_dir, folder)
+                # The swap outside the transaction: a failed commit puts the old folder back.
+                with swap, self.registry.transaction() as tx:
+                    before, _text = self._read_manifest(folder)
+                    self._check_unique(tx, fresh.content_hash, fresh.family or "", word, path=src, exclude=before.name, kind="hypernetwork")
+                    self._stage_item(swap.staging, fresh, [snap.copy], checked)
+                    if image_files is None:
+                        fresh.images = [FileRecord(i.path, i.sha256, i.size) for i in before.images]
+                        for record in fresh.images:
+                            _copy_own(folder, record.path, swap.staging / record.path)
+                    history = list(before.history)
+                    if fresh.content_hash != before.content_hash:
+                        history.append({"content_hash": before.content_hash, "replaced": now(), "source": dict(before.source)})
+                    concept = replace(
+                        fresh, name=before.name, tags=list(before.tags), description=before.description, license=before.license or fresh.license,
+                        metadata={**before.metadata, **fresh.metadata}, history=history, created=before.created, updated=now(),
+                    )  # fmt: skip
+                    manifest = concept.to_json()
+                    _store.write_new(swap.staging / MANIFEST_NAME, manifest.encode("utf-8"))
                     swap.swap_in(concept.name)
                     tx.replace(before.name, concept, manifest)
             finally:
