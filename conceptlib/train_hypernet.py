@@ -27,6 +27,7 @@ ComfyUI load, with its fields (``sd_checkpoint`` is the model's AutoV2 hash wher
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -161,6 +162,7 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
     # ---- 3. Images and prompts ([name] is the network's word, as in AUTOMATIC1111). ---------------
     images, kept_images, images_digest = _read_images(config, resolution, notes)
     templates = _templates(config, word, [im.caption for im in images])
+    prompts_digest = hashlib.sha256(json.dumps([templates, [im.caption for im in images]]).encode("utf-8")).hexdigest()
 
     # ---- 4. The library: name and word free, before anything heavy. --------------------------------
     if config.add_to_library and main_process and not config.resume:
@@ -299,8 +301,9 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
         if state.get("kind") != "hypernetwork":
             raise UsageError("--resume: the checkpoint is a textual-inversion run's, not a hypernetwork's", path=checkpoint_path)
         changed = _settings_differences(state["config"], config)
-        if changed or state.get("frozen") != frozen_digest or state.get("images") != images_digest:
-            what = ", ".join(changed) if changed else ("the model" if state.get("frozen") != frozen_digest else "the images")
+        others = {"the model": state.get("frozen") != frozen_digest, "the images": state.get("images") != images_digest, "the prompts": state.get("prompts") != prompts_digest}
+        if changed or any(others.values()):
+            what = ", ".join(changed) if changed else next(k for k, v in others.items() if v)
             raise UsageError(f"--resume: {what} differ from the run being resumed", path=checkpoint_path, hint="resume with the run's own settings, or start a new run in another --out")
         for key, module_state in state["modules"].items():
             width, side = key.split(".")
@@ -333,6 +336,7 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
             "config": _resolved_settings(config.to_dict()),
             "frozen": frozen_digest,
             "images": images_digest,
+            "prompts": prompts_digest,
         })  # fmt: skip
         saved_steps.append(step)
         # A usable network per checkpoint, like AUTOMATIC1111's <name>-<step>.pt.

@@ -84,6 +84,12 @@ def test_trained_resumed_exactly_added_and_rendered(setup: dict[str, Path], tmp_
     changed = _config(setup, tmp_path / "split", resume=True, layer_structure="1,1,1")
     with pytest.raises(UsageError, match="layer_structure differ"):
         train(changed)
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a drawing of [name]\n")
+    train(_config(setup, tmp_path / "edited", steps=1, save_every=1, templates=str(templates)))
+    templates.write_text("a painting of [name]\n")  # the same file, other prompts
+    with pytest.raises(UsageError, match="the prompts differ"):
+        train(_config(setup, tmp_path / "edited", steps=2, save_every=1, templates=str(templates), resume=True))
 
     # Into the library, then rendered: the network changes the image, multiplier 0 does not.
     run = cli(
