@@ -446,3 +446,26 @@ def test_hypernetworks_have_cards_in_the_gallery(tmp_path: Path) -> None:
         page = (tmp_path / "site" / "items" / "anime.html").read_text()
         assert "put it in <code>models/hypernetworks/</code>" in page and "<th scope=\"row\">widths</th><td>320,768 (float32)</td>" in page
 
+
+
+@pytest.mark.torch
+def test_sdxl_hypernetworks_render_too(tmp_path: Path) -> None:
+    """SDXL's cross-attention reads both encoders' states (2048 wide); its blocks attend at their own widths."""
+    from conceptlib.models import attention_widths, resolve_model
+    from conceptlib.tiny import create_tiny
+
+    model = resolve_model(create_tiny(tmp_path / "tiny-sdxl", "sdxl", seed=0))
+    cross, selves = attention_widths(model)
+    assert cross == 2048
+    hypernet.write(_unet_network((*selves, 2048), 5, "relu"), tmp_path / "xl-ink.pt")
+    with Library.open(tmp_path / "home") as lib:
+        added = lib.add(tmp_path / "xl-ink.pt").one()
+    assert (added.kind, added.family) == ("hypernetwork", "sdxl")
+    from conceptlib.render import RenderConfig, render
+
+    def run(prompt: str, out: str) -> Any:
+        return render(RenderConfig(model=model.path, prompts=[prompt], steps=2, size=(32, 32), out=tmp_path / out, home=tmp_path / "home", seed=3))
+
+    plain, off, on = run("a house", "plain"), run("a house<hypernet:xl-ink:0>", "off"), run("a house<hypernet:xl-ink:1>", "on")
+    assert np.array_equal(pixels(plain.images[0].path), pixels(off.images[0].path))
+    assert not same_image(plain.images[0].path, on.images[0].path)
