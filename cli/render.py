@@ -51,7 +51,7 @@ def render_cmd(
     n: Annotated[int, typer.Option("-n", "--images", help="Images per prompt, 1 to 10000.")] = 1,
     hypernet: Annotated[
         list[str] | None,
-        typer.Option("--hypernet", help="A library hypernetwork for every prompt, NAME or NAME:MULT (repeatable; prompts can also say <hypernet:NAME:MULT>).", show_default=False),
+        typer.Option("--hypernet", help="A hypernetwork for every prompt: a library NAME or a .pt/.safetensors file, with :MULT (repeatable; prompts can also say <hypernet:NAME:MULT>).", show_default=False),
     ] = None,
     seed: SeedOpt = 0,
     steps: StepsOpt = 20,

@@ -268,8 +268,11 @@ def interpret(state: Any, path: str | os.PathLike[str], *, metadata: dict[str, s
     return Hypernetwork(dict(sorted(pairs.items())), merged, missing, layout, path)
 
 
-def read(path: str | os.PathLike[str]) -> Hypernetwork:
+def read(path: str | os.PathLike[str], *, data: bytes | None = None) -> Hypernetwork:
     """Read a hypernetwork file (``.pt`` in any of the three layouts, or the safetensors form).
+
+    ``data``: the file's bytes when the caller has read them already (they are not read again;
+    ``path`` then only names the file in errors).
 
     Raises:
         HypernetworkStructureError: see :func:`interpret`.
@@ -279,7 +282,8 @@ def read(path: str | os.PathLike[str]) -> Hypernetwork:
     from conceptlib.errors import ConceptlibError, EmbeddingFileError
     from conceptlib.formats import MAX_FILE_SIZE, _unforeseen, detect_container
 
-    data = read_named(Path(path), limit=MAX_FILE_SIZE, what="hypernetwork file", error=EmbeddingFileError)
+    if data is None:
+        data = read_named(Path(path), limit=MAX_FILE_SIZE, what="hypernetwork file", error=EmbeddingFileError)
     where = os.fspath(path)
     try:
         kind = detect_container(data)

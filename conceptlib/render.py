@@ -744,6 +744,27 @@ def parse_hypernet(value: str) -> tuple[str, float]:
     return name, _multiplier(mult, f"--hypernet {value}")
 
 
+def _is_hypernet_path(text: str) -> bool:
+    return "/" in text or os.sep in text or text.lower().endswith((".pt", ".safetensors"))
+
+
+def hypernetwork_file(path: str | os.PathLike[str]) -> UsedHypernetwork:
+    """A hypernetwork file given by path (``--hypernet ./anime.pt:0.8``), read with the bounded
+    reader and named by its file's stem, as AUTOMATIC1111 names it.
+
+    Raises:
+        FileNotFoundError: no such file. EmbeddingFileError: it cannot be read as a hypernetwork.
+    """
+    from conceptlib import hypernet
+    from conceptlib._inputs import read_named
+    from conceptlib.errors import EmbeddingFileError
+    from conceptlib.formats import MAX_FILE_SIZE
+
+    where = Path(path).expanduser()
+    data = read_named(where, limit=MAX_FILE_SIZE, what="hypernetwork file", error=EmbeddingFileError)
+    return UsedHypernetwork(name=where.stem, word=where.stem, sha256=hashlib.sha256(data).hexdigest(), network=hypernet.read(where, data=data))
+
+
 def resolve_hypernetworks(words: Sequence[str], model: ModelInfo, lib: Library) -> dict[str, UsedHypernetwork]:
     """The library hypernetworks prompts call by ``words`` (case-insensitive; their prompt
     word, as AUTOMATIC1111 calls a file by its base name, or their library name).
@@ -1430,6 +1451,11 @@ def render(
     # as AUTOMATIC1111 applies its settings' hypernetwork, appended to every prompt.
     given = {h[0].word.lower(): h[0] for h in config.hypernets if not isinstance(h, str)}
     run_wide = [parse_hypernet(h) if isinstance(h, str) else (h[0].word, float(h[1])) for h in config.hypernets]
+    for n, (word, multiplier) in enumerate(run_wide):
+        if _is_hypernet_path(word):  # a file, not a library word: read here, named by its stem
+            network = hypernetwork_file(word)
+            given[network.word.lower()] = network
+            run_wide[n] = (network.word, multiplier)
     calls: dict[int, tuple[str, list[tuple[str, float]]]] = {}
     for job in jobs:
         if job.line not in calls:

@@ -324,6 +324,13 @@ def test_stacked_per_prompt_and_run_wide(hyperworld: dict[str, Any], tmp_path: P
     prompt, _negative, params = parse_parameters(wide.images[0].parameters)
     assert prompt == "a house<hypernet:ink:0.7><hypernet:Pastel:0.5>"
     assert (params["Hypernet"], params["Hypernet strength"]) == ("ink, Pastel", "0.7, 0.5")
+    # A file outside the library works too, named by its stem (its bytes hashed as AUTOMATIC1111 does).
+    by_path = _render(hyperworld, tmp_path / "path", ["a house<hypernet:ink:0.7>"], hypernets=[f"{hyperworld['files'] / 'Pastel.pt'}:0.5"])
+    assert same_image(by_path.images[0].path, wide.images[0].path)
+    params = parse_parameters(by_path.images[0].parameters)[2]
+    assert params["Hypernet hashes"].endswith(f"Pastel: {hashlib.sha256((hyperworld['files'] / 'Pastel.pt').read_bytes()).hexdigest()[:10]}")
+    with pytest.raises(FileNotFoundError):
+        _render(hyperworld, tmp_path / "never", ["a house"], hypernets=[str(tmp_path / "missing.pt")])
 
 
 @pytest.mark.torch
