@@ -201,6 +201,20 @@ def concept_word(concept: Concept, target: str) -> str:
     return ui_word(concept.prompt_word, target) or ui_word(concept.name, target) or f"concept-{concept.content_hash[:12]}"
 
 
+def network_word(concept: Concept) -> str:
+    """A hypernetwork item's word as a file stem (``WORD.pt``, which AUTOMATIC1111 and ComfyUI
+    call it by): its token made a stem every platform stores, else its name."""
+    return portable_stem(concept.token) or concept.name
+
+
+def check_network_word(word: str) -> str:
+    """``word`` if a prompt can call a hypernetwork by it (``<hypernet:WORD:1>``), else
+    :class:`InvalidNameError`."""
+    if word.startswith("<") or ":" in word:
+        raise InvalidNameError(f"{word!r} cannot be called as <hypernet:{word}:1>", hint="give a plain word, e.g. --token ink")
+    return word
+
+
 Progress = Callable[[int, int, Path], None]
 
 
@@ -1224,9 +1238,9 @@ class Library:
                 except IsHypernetworkError:
                     if not snap.copy.is_file():
                         raise
-                    concept = self._hypernetwork_item(snap, path, options, scratch, skipped, timestamp)
+                    concept, network = self._hypernetwork_item(snap, path, options, skipped=skipped, timestamp=timestamp)
                     staging = self._stage(_store.ADD_PREFIX)
-                    self._stage_item(staging, concept, [snap.copy], [*self._images_for(options, scratch, skipped), *snap.images])
+                    self._stage_item(staging, concept, network, snap.copy, [*self._images_for(options.images, scratch, skipped), *snap.images])
                     return self._commit_new(staging, concept, explicit_name=name is not None, path=path)
                 family = emb.family
                 assert family is not None
@@ -1239,8 +1253,7 @@ class Library:
                     concept_type = guess if guess in CONCEPT_TYPES else "object"
                 # Cheap checks before writing anything; repeated in the write transaction.
                 self._check_unique(self.index, content_hash, family.key, word, path=path)
-                images, refused = copy_images(options.images, scratch / "images")
-                skipped += [Rejected(r.path, r.reason, r.error) for r in refused]
+                images = self._images_for(options.images, scratch, skipped)
 
                 staging = self._stage(_store.ADD_PREFIX)
                 records = self._copy_originals(snap, emb, staging)
@@ -1274,9 +1287,10 @@ class Library:
                     _store.discard(staging)
 
     def _hypernetwork_item(
-        self, snap: Snapshot, path: Path, options: _AddOptions, scratch: Path, skipped: builtins.list[Rejected], timestamp: str, *, exclude: str = ""
-    ) -> Concept:
-        """The record of a hypernetwork input (files are staged by :meth:`_stage_item`).
+        self, snap: Snapshot, path: Path, options: _AddOptions, *, skipped: builtins.list[Rejected], timestamp: str, exclude: str = ""
+    ) -> tuple[Concept, Any]:
+        """The record of a hypernetwork input, and its network (files are staged by
+        :meth:`_stage_item`).
 
         AUTOMATIC1111 calls a hypernetwork by its file's base name (``<hypernet:anime:1>`` for
         ``anime.pt``), so that is the default word; the file's own ``name`` field is kept in the
@@ -1289,9 +1303,7 @@ class Library:
         if bad:
             where = ", ".join(f"{k} ({n})" for k, n in sorted(bad.items())[:4])
             raise EmbeddingStructureError(f"its hypernetwork holds NaN or infinite values: {where}", path=path)
-        word = options.token or check_token(path.stem, path=path)
-        if word.startswith("<") or ":" in word:
-            raise InvalidNameError(f"{word!r} cannot be called as <hypernet:{word}:1>", hint="pass --token a plain word")
+        word = check_network_word(options.token or check_token(path.stem, path=path))
         family = hypernet.family_of(network.widths)
         content_hash = network.content_hash()
         self._check_unique(self.index, content_hash, family or "", word, path=path, exclude=exclude, kind="hypernetwork")
@@ -1309,8 +1321,9 @@ class Library:
             **({"defaulted": ",".join(network.missing)} if network.missing else {}),
             **options.metadata,
         }
-        concept_type = options.type or ("style" if (options.metadata.get("concept_type") or "") not in CONCEPT_TYPES else options.metadata["concept_type"])
-        return Concept(
+        guess = (options.metadata.get("concept_type") or "").strip().lower()
+        concept_type = options.type or (guess if guess in CONCEPT_TYPES else "style")
+        concept = Concept(
             name=options.name or slugify(word) or slugify(path.stem) or "hypernetwork",
             token=word,
             type=concept_type,
@@ -1330,35 +1343,34 @@ class Library:
             updated=timestamp,
             kind="hypernetwork",
         )
+        return concept, network
 
-    def _images_for(self, options: _AddOptions, scratch: Path, skipped: builtins.list[Rejected]) -> builtins.list[Path]:
+    @staticmethod
+    def _images_for(files: builtins.list[tuple[Path, Path | None]], scratch: Path, skipped: builtins.list[Rejected]) -> builtins.list[Path]:
         """``--images`` checked and copied into the input's scratch folder; refusals go to ``skipped``."""
-        images, refused = copy_images(options.images, scratch / "images")
+        images, refused = copy_images(files, scratch / "images")
         skipped += [Rejected(r.path, r.reason, r.error) for r in refused]
         return images
 
-    def _stage_item(self, staging: Path, concept: Concept, originals: builtins.list[Path], images: builtins.list[Path]) -> None:
+    def _stage_item(self, staging: Path, concept: Concept, network: Any, original: Path, images: builtins.list[Path]) -> None:
         """Write a hypernetwork item's files into ``staging`` and record them in ``concept``:
         the original byte for byte, the canonical safetensors form, the images; then fsync."""
         from conceptlib import hypernet
 
-        records: builtins.list[FileRecord] = []
-        taken: set[str] = set()
-        for src in originals:
-            stored = _unique_name(src.stem, src.suffix, taken)
-            record = _copy(src, staging / ORIGINAL_DIR / stored)
-            record.path = f"{ORIGINAL_DIR}/{stored}"
-            records.append(record)
-        canonical = hypernet.dumps(hypernet.read(staging / records[0].path), "safetensors")
-        concept.files = records
-        concept.file_sha256 = records[0].sha256
-        concept.embedding_sha256 = _store.write_new(staging / HYPERNETWORK_NAME, canonical).sha256
+        concept.files = self._copy_files([original], original, staging)
+        concept.file_sha256 = concept.files[0].sha256
+        concept.embedding_sha256 = _store.write_new(staging / HYPERNETWORK_NAME, hypernet.dumps(network, "safetensors")).sha256
         concept.images = self._store_images(images, staging)
         self._fsync_tree(staging)
 
     def _copy_originals(self, snap: Snapshot, emb: Embedding, staging: Path) -> builtins.list[FileRecord]:
         """Copy the input's files into ``staging/original/``; the primary file's record first."""
         originals, primary = self._original_files(snap, emb)
+        return self._copy_files(originals, primary, staging)
+
+    @staticmethod
+    def _copy_files(originals: builtins.list[Path], primary: Path, staging: Path) -> builtins.list[FileRecord]:
+        """Copy files into ``staging/original/`` under unique names; the primary file's record first."""
         records: builtins.list[FileRecord] = []
         taken: set[str] = set()
         for src in sorted(originals, key=lambda p: p != primary):
@@ -1484,8 +1496,7 @@ class Library:
                 emb = self._read_input(snap)
                 checked: builtins.list[Path] = []
                 if image_files is not None:
-                    checked, refused = copy_images(image_files, scratch / "images")
-                    left_out += [Rejected(r.path, r.reason, r.error) for r in refused]
+                    checked = self._images_for(image_files, scratch, left_out)
             except BaseException:
                 _store.discard(scratch)
                 raise
@@ -1503,16 +1514,9 @@ class Library:
                     before, _text = self._read_manifest(folder)
                     self._check_unique(tx, emb.content_hash(), family.key, word, path=src, exclude=before.name)
                     records = self._copy_originals(snap, emb, staging)
-                    if image_files is None:
-                        image_records = [FileRecord(i.path, i.sha256, i.size) for i in before.images]
-                        for record in image_records:
-                            _copy_own(folder, record.path, staging / record.path)
-                    else:
-                        image_records = self._store_images(checked, staging)
+                    image_records = self._kept_images(before, folder, staging) if image_files is None else self._store_images(checked, staging)
                     embedding_record = _store.write_new(staging / EMBEDDING_NAME, self._canonical_bytes(emb))
-                    history = list(before.history)
-                    if emb.content_hash() != before.content_hash:
-                        history.append({"content_hash": before.content_hash, "replaced": now(), "source": dict(before.source)})
+                    history = _history_after(before, emb.content_hash())
                     concept = replace(
                         before,
                         token=word,
@@ -1562,11 +1566,8 @@ class Library:
                     raise UsageError(f"{current.name} is a hypernetwork, and this file is an embedding", path=src, hint="add it as a concept of its own")
                 options = _AddOptions(name=current.name, token=word, type=concept_type, images=[], tags=list(current.tags), license=current.license,
                                       description=current.description, source=source, metadata=metadata)  # fmt: skip
-                fresh = self._hypernetwork_item(snap, src, options, scratch, left_out, now(), exclude=current.name)
-                checked: builtins.list[Path] = []
-                if image_files is not None:
-                    checked, refused = copy_images(image_files, scratch / "images")
-                    left_out += [Rejected(r.path, r.reason, r.error) for r in refused]
+                fresh, network = self._hypernetwork_item(snap, src, options, skipped=left_out, timestamp=now(), exclude=current.name)
+                checked = self._images_for(image_files, scratch, left_out) if image_files is not None else []
                 for item in left_out:
                     _log.warning("%s: %s", printable(item.path, None), item.reason)
                 folder = self.folder(current.name)
@@ -1575,17 +1576,13 @@ class Library:
                 with swap, self.registry.transaction() as tx:
                     before, _text = self._read_manifest(folder)
                     self._check_unique(tx, fresh.content_hash, fresh.family or "", word, path=src, exclude=before.name, kind="hypernetwork")
-                    self._stage_item(swap.staging, fresh, [snap.copy], checked)
+                    self._stage_item(swap.staging, fresh, network, snap.copy, checked)
                     if image_files is None:
-                        fresh.images = [FileRecord(i.path, i.sha256, i.size) for i in before.images]
-                        for record in fresh.images:
-                            _copy_own(folder, record.path, swap.staging / record.path)
-                    history = list(before.history)
-                    if fresh.content_hash != before.content_hash:
-                        history.append({"content_hash": before.content_hash, "replaced": now(), "source": dict(before.source)})
+                        fresh.images = self._kept_images(before, folder, swap.staging)
                     concept = replace(
                         fresh, name=before.name, tags=list(before.tags), description=before.description, license=before.license or fresh.license,
-                        metadata={**before.metadata, **fresh.metadata}, history=history, created=before.created, updated=now(),
+                        metadata={**before.metadata, **fresh.metadata}, history=_history_after(before, fresh.content_hash),
+                        created=before.created, updated=now(),
                     )  # fmt: skip
                     manifest = concept.to_json()
                     _store.write_new(swap.staging / MANIFEST_NAME, manifest.encode("utf-8"))
@@ -1594,6 +1591,14 @@ class Library:
             finally:
                 _store.discard(scratch)
         return concept.attach(folder)
+
+    @staticmethod
+    def _kept_images(before: Concept, folder: Path, staging: Path) -> builtins.list[FileRecord]:
+        """An update that brings no images keeps the concept's: copied into the new folder."""
+        records = [FileRecord(i.path, i.sha256, i.size) for i in before.images]
+        for record in records:
+            _copy_own(folder, record.path, staging / record.path)
+        return records
 
     # --- changes to the record ----------------------------------------------------------------
     def _modify(self, name: str, change: Callable[[Concept, Writer], Concept]) -> Concept:
@@ -1673,8 +1678,8 @@ class Library:
                     raise ConceptExistsError(new_name, hint="choose another name")
                 concept.name = new_name
             if new_token is not None and new_token != concept.token:
-                if concept.kind == "hypernetwork" and (new_token.startswith("<") or ":" in new_token):
-                    raise InvalidNameError(f"{new_token!r} cannot be called as <hypernet:{new_token}:1>", hint="give a plain word")
+                if concept.kind == "hypernetwork":
+                    check_network_word(new_token)
                 user = tx.token_owner(concept.family, new_token, exclude=old_name, kind=concept.kind)
                 if user is not None:
                     raise TokenInUseError(new_token, family=concept.family_label, used_by=user)
@@ -1835,7 +1840,7 @@ class Library:
             what = "--for invokeai" if ui == "invokeai" else f"--format {format}"
             raise FormatCapabilityError(f"{concept.name} is a hypernetwork, which {what} cannot hold", hint="export it with --for a1111 or --for comfyui (both read AUTOMATIC1111's .pt)")
         network = self.hypernetwork(concept.name)
-        word = portable_stem(concept.token) or concept.name
+        word = network_word(concept)
         base = word
         n = 2
         while word.casefold() in taken:
@@ -2065,6 +2070,14 @@ class Library:
             if fts_count != count:
                 problems.append(Problem("search", "index.sqlite", "the search index is out of step with the concepts", True))
             return VerifyReport(len(items), problems, repaired)
+
+
+def _history_after(before: Concept, content_hash: str) -> builtins.list[dict[str, Any]]:
+    """``before``'s history, and ``before`` itself when new content (``content_hash``) replaces it."""
+    history = list(before.history)
+    if content_hash != before.content_hash:
+        history.append({"content_hash": before.content_hash, "replaced": now(), "source": dict(before.source)})
+    return history
 
 
 def _content_hash(path: Path, kind: str) -> str:
