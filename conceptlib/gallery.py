@@ -144,13 +144,15 @@ def _badge(library: Library, emb: Embedding, model: ModelInfo | None) -> dict[st
         return None
     from conceptlib.validate import validate
 
-    findings = validate(emb, model, home=library.home)
-    errors = [f for f in findings if f.severity == "error"]
-    warnings = [f for f in findings if f.severity == "warning"]
-    if errors:
-        return {"status": "error", "text": errors[0].message}
-    if warnings:
-        return {"status": "warning", "text": warnings[0].message}
+    return _verdict(validate(emb, model, home=library.home), model)
+
+
+def _verdict(findings: list[Any], model: ModelInfo) -> dict[str, str]:
+    """A card's badge: the first error, else the first warning, else that it fits."""
+    for severity in ("error", "warning"):
+        found = [f for f in findings if f.severity == severity]
+        if found:
+            return {"status": severity, "text": found[0].message}
     return {"status": "ok", "text": f"fits {model.display_name}"}
 
 
@@ -171,9 +173,9 @@ class _Lazy:
 def _network_files(concept: Concept, load: Callable[[], Any], writer: _Writer) -> tuple[str, dict[str, str]]:
     """A hypernetwork's download, by content hash: the ``WORD.pt`` ``export --for a1111`` writes."""
     from conceptlib import hypernet
-    from conceptlib.slug import portable_stem
+    from conceptlib.library import network_word
 
-    word = portable_stem(concept.token) or concept.name
+    word = network_word(concept)
     paths = {"a1111": f"files/{concept.content_hash[:20]}/hypernetwork/{word}.pt"}
     if not writer.has(paths["a1111"]):
         writer.put(paths["a1111"], hypernet.dumps(load(), "a1111"))
@@ -185,12 +187,7 @@ def _network_badge(library: Library, network: Any, model: ModelInfo | None) -> d
         return None
     from conceptlib.validate import validate_hypernetwork
 
-    findings = validate_hypernetwork(network, model, home=library.home)
-    for severity in ("error", "warning"):
-        found = [f for f in findings if f.severity == severity]
-        if found:
-            return {"status": severity, "text": found[0].message}
-    return {"status": "ok", "text": f"fits {model.display_name}"}
+    return _verdict(validate_hypernetwork(network, model, home=library.home), model)
 
 
 def _network_snippets(word: str) -> dict[str, str]:

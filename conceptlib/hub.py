@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 import shutil
 import tempfile
 import threading
@@ -984,7 +985,7 @@ class PushResult:
         }
 
 
-def _concept_parts(library: Library, name: str) -> tuple[Concept, Embedding, list[tuple[str, bytes]]]:
+def _concept_parts(library: Library, concept: Concept) -> tuple[Concept, Embedding, list[tuple[str, bytes]]]:
     """The concept record, its vectors (with its current token) and its images' names and bytes.
 
     Images are read from the concept's folder without following any link (the library writes
@@ -994,8 +995,6 @@ def _concept_parts(library: Library, name: str) -> tuple[Concept, Embedding, lis
     Raises:
         ConceptDamagedError: an image is a link, missing, or not the recorded bytes.
     """
-
-    concept = library.show(name)
     emb = library.embedding(concept.name)
     return concept, emb, _own_images(library, concept)
 
@@ -1055,7 +1054,7 @@ def hypernetwork_card(*, concept: Concept, word: str, base_model: str | None, li
         "",
         "```sh",
         "conceptlib pull REPO_ID",
-        f"conceptlib render {_shell_quote(f'a portrait <hypernet:{word}:0.8>')} --model MODEL",
+        f"conceptlib render {shlex.quote(f'a portrait <hypernet:{word}:0.8>')} --model MODEL",
         "```",
         "",
     ]
@@ -1068,33 +1067,39 @@ def hypernetwork_card(*, concept: Concept, word: str, base_model: str | None, li
     return "\n".join(lines)
 
 
-def _shell_quote(text: str) -> str:
-    import shlex
+def _repo_images(images: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """(repository path, bytes) of an item's images: ``concept_images/N.SUFFIX``."""
+    files = []
+    for i, (image_name, data) in enumerate(images):
+        suffix = PurePosixPath(image_name).suffix.lower()
+        files.append((f"concept_images/{i}{suffix if suffix in IMAGE_SUFFIXES else '.png'}", data))
+    return files
 
-    return shlex.quote(text)
+
+def _card_defaults(concept: Concept, family: str | None, license: str | None) -> tuple[str | None, str]:
+    """A card's base model and license: the item's own, else what its Hub card said, else the
+    family's reference model and ``mit`` (the sd-concepts-library convention)."""
+    card_meta = (_source_of(concept) or {}).get("card") or {}
+    base_model: Any = concept.metadata.get("base_model") or card_meta.get("base_model")
+    if isinstance(base_model, list):
+        base_model = base_model[0] if base_model else None
+    if not base_model and family is not None:
+        base_model = BASE_MODELS.get(family)
+    return base_model, str(license or concept.license or card_meta.get("license") or "mit")
 
 
 def _hypernetwork_files(library: Library, concept: Concept, *, license: str | None) -> list[tuple[str, bytes]]:
     """(repository path, bytes) of a hypernetwork repository: ``WORD.pt`` (AUTOMATIC1111's
     form, which ComfyUI loads too), ``concept_images/``, README last."""
     from conceptlib import hypernet
-    from conceptlib.slug import portable_stem
+    from conceptlib.library import network_word
 
     network = library.hypernetwork(concept.name)
-    word = portable_stem(concept.token) or concept.name
-    files: list[tuple[str, bytes]] = [(f"{word}.pt", hypernet.dumps(network, "a1111"))]
-    image_paths: list[str] = []
-    for i, (image_name, data) in enumerate(_own_images(library, concept)):
-        suffix = PurePosixPath(image_name).suffix.lower()
-        repo_path = f"concept_images/{i}{suffix if suffix in IMAGE_SUFFIXES else '.png'}"
-        files.append((repo_path, data))
-        image_paths.append(repo_path)
-    card_meta = (_source_of(concept) or {}).get("card") or {}
-    base_model: Any = concept.metadata.get("base_model") or card_meta.get("base_model") or BASE_MODELS.get(concept.family or "")
-    if isinstance(base_model, list):
-        base_model = base_model[0] if base_model else None
-    chosen_license = str(license or concept.license or card_meta.get("license") or "mit")
-    card = hypernetwork_card(concept=concept, word=word, base_model=base_model, license=chosen_license, images=image_paths)
+    word = network_word(concept)
+    image_files = _repo_images(_own_images(library, concept))
+    files: list[tuple[str, bytes]] = [(f"{word}.pt", hypernet.dumps(network, "a1111")), *image_files]
+    base_model, chosen_license = _card_defaults(concept, concept.family, license)
+    card = hypernetwork_card(concept=concept, word=word, base_model=base_model, license=chosen_license, images=[p for p, _d in image_files])
     files.append(("README.md", card.encode("utf-8")))
     return files
 
@@ -1216,22 +1221,11 @@ def _push_files(
     concept_type = concept.type or "object"
     files.append(("token_identifier.txt", token.encode("utf-8")))
     files.append(("type_of_concept.txt", concept_type.encode("utf-8")))
-    image_paths: list[str] = []
-    for i, (image_name, data) in enumerate(images):
-        suffix = PurePosixPath(image_name).suffix.lower()
-        suffix = suffix if suffix in IMAGE_SUFFIXES else ".png"
-        repo_path = f"concept_images/{i}{suffix}"
-        files.append((repo_path, data))
-        image_paths.append(repo_path)
-    source = _source_of(concept) or {}
-    card_meta = source.get("card") or {}
+    image_files = _repo_images(images)
+    files += image_files
+    image_paths = [path for path, _data in image_files]
     family = emb.family
-    base_model: Any = concept.metadata.get("base_model") or card_meta.get("base_model")
-    if isinstance(base_model, list):
-        base_model = base_model[0] if base_model else None
-    if not base_model and family is not None:
-        base_model = BASE_MODELS.get(family.key)
-    chosen_license = license or concept.license or card_meta.get("license") or "mit"
+    base_model, chosen_license = _card_defaults(concept, family.key if family else None, license)
     card = model_card(
         name=concept.name,
         token=token,
@@ -1315,8 +1309,9 @@ def push(
     if settings.offline:
         raise UsageError("pushing needs the Hub, and HF_HUB_OFFLINE is set", hint="unset HF_HUB_OFFLINE")
     client = api or get_hub_api(settings)
-    if library.show(name).kind == "hypernetwork":
-        concept = library.show(name)
+    shown = library.show(name)
+    if shown.kind == "hypernetwork":
+        concept = shown
         if include_bin:
             raise UsageError("--with-bin writes an embedding's learned_embeds.bin, and this is a hypernetwork")
         files = _hypernetwork_files(library, concept, license=license)
@@ -1325,7 +1320,7 @@ def push(
         # A renamed word leaves the old WORD.pt behind: one network per repository.
         managed = re.compile(rf"{_MANAGED_FILE.pattern}|[^/]+\.pt")
     else:
-        concept, emb, images = _concept_parts(library, name)
+        concept, emb, images = _concept_parts(library, shown)
         files = _push_files(emb, concept, images, include_bin=include_bin, license=license, repo_id=repo_id)
         message = commit_message or f"Upload {concept.token} concept with conceptlib"
         description = f"{concept.name}: {emb.num_vectors} vector(s), content hash {emb.content_hash()[:16]}"
