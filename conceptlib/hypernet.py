@@ -321,6 +321,7 @@ def describe_optimizer_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     from conceptlib._inputs import read_named
     from conceptlib.errors import EmbeddingFileError, EmbeddingStructureError
     from conceptlib.formats import MAX_FILE_SIZE, _torchpickle
+    from conceptlib.hashing import sha256_file
 
     where = Path(path)
     state = _torchpickle.load(os.fspath(where), read_named(where, limit=MAX_FILE_SIZE, what="optimizer file", error=EmbeddingFileError))
@@ -331,11 +332,7 @@ def describe_optimizer_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     sibling = where.with_name(where.name[: -len(".optim")]) if where.name.endswith(".optim") else None
     matches = None
     if sibling is not None and sibling.is_file():
-        digest = hashlib.sha256()
-        with sibling.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        matches = digest.hexdigest().startswith(state["hash"].lower())
+        matches = sha256_file(sibling).startswith(state["hash"].lower())
     return {
         "kind": "optimizer-state",
         "hash": state["hash"],

@@ -387,12 +387,13 @@ def _norm_findings(embedding: Embedding, model: ModelInfo, word: str | None) -> 
     return findings
 
 
-def _checkpoint_findings(embedding: Embedding, model: ModelInfo) -> list[Finding]:
-    recorded = (embedding.checkpoint_hash or "").strip().lower()
+def _checkpoint_findings(checkpoint_hash: str | None, name: str | None, model: ModelInfo, *, what: str = "concepts") -> list[Finding]:
+    """Whether the checkpoint a file says it was trained on (AUTOMATIC1111 records its hash: the
+    legacy 8 hex, AutoV2's 10 or more of the sha256) is ``model``'s."""
+    recorded = (checkpoint_hash or "").strip().lower()
     hash_sets = model.all_hashes()
     if not recorded or not hash_sets or not re.fullmatch(r"[0-9a-f]{8,64}", recorded):
         return []
-    name = embedding.checkpoint_name
     trained = f"{name} [{recorded}]" if name else f"[{recorded}]"
     for hashes in hash_sets:
         if hashes.get("sha256", "").startswith(recorded) or hashes.get("autov1") == recorded:
@@ -401,7 +402,7 @@ def _checkpoint_findings(embedding: Embedding, model: ModelInfo) -> list[Finding
     this = f" [{short}]" if short else ""
     return [Finding(
         "trained-on-other", "info",
-        f"trained on {trained}, not on this checkpoint{this}: concepts usually carry over within a "
+        f"trained on {trained}, not on this checkpoint{this}: {what} usually carry over within a "
         "family, but check a sample image",
     )]  # fmt: skip
 
@@ -497,7 +498,7 @@ def validate(
     findings += _context_findings(embedding, info)
     findings += _finite_findings(embedding)
     findings += _norm_findings(embedding, info, word)
-    findings += _checkpoint_findings(embedding, info)
+    findings += _checkpoint_findings(embedding.checkpoint_hash, embedding.checkpoint_name, info)
     findings += _dtype_findings(embedding)
     order = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(findings, key=lambda f: order[f.severity])
@@ -563,7 +564,6 @@ def validate_hypernetwork(
     network: Any,
     model: ModelInfo | str,
     *,
-    attention: tuple[int | None, Sequence[int]] | None = None,
     home: str | os.PathLike[str] | None = None,
 ) -> list[Finding]:
     """Check a hypernetwork (:class:`conceptlib.hypernet.Hypernetwork`) against a base model.
@@ -575,9 +575,6 @@ def validate_hypernetwork(
     Args:
         network: the hypernetwork.
         model: a :class:`ModelInfo`, or a registered name, path or family name.
-        attention: the model's (cross-attention width, self-attention widths) when known
-            exactly (render passes what the loaded UNet has); default
-            :func:`conceptlib.models.attention_widths`.
         home: the library folder, for registered model names.
 
     Returns:
@@ -588,7 +585,7 @@ def validate_hypernetwork(
     from conceptlib.models import attention_widths
 
     info = model if isinstance(model, ModelInfo) else resolve_model(model, home=home, hash_files=False)
-    cross, selves = attention if attention is not None else attention_widths(info)
+    cross, selves = attention_widths(info)
     findings: list[Finding] = []
     bad = network.non_finite()
     if bad:
@@ -613,15 +610,7 @@ def validate_hypernetwork(
             findings.append(Finding("widths-unused", "info", f"widths {', '.join(map(str, unused))} meet no attention of this model and pass through (AUTOMATIC1111 creates 1024 modules for SD 1.x networks too)"))
     findings += _structure_findings(network)
     findings += [Finding("activate-output-ambiguous", "warning", text) for text in network.warnings()]
-    recorded = str(network.fields.get("sd_checkpoint") or "").strip().lower()
-    hash_sets = info.all_hashes()
-    if recorded and hash_sets and re.fullmatch(r"[0-9a-f]{8,64}", recorded):
-        name = network.fields.get("sd_checkpoint_name")
-        trained = f"{name} [{recorded}]" if name else f"[{recorded}]"
-        if any(h.get("sha256", "").startswith(recorded) or h.get("autov1") == recorded or h.get("autov2") == recorded for h in hash_sets):
-            findings.append(Finding("trained-on-this", "info", f"trained on this very checkpoint ({trained})"))
-        else:
-            findings.append(Finding("trained-on-other", "info", f"trained on {trained}, not on this checkpoint: check a sample image"))
+    findings += _checkpoint_findings(network.fields.get("sd_checkpoint"), network.fields.get("sd_checkpoint_name"), info, what="hypernetworks")
     return findings
 
 
