@@ -636,7 +636,8 @@ def preview(
             found = resolve_hypernetworks([w for w, _m in wanted_networks], info, networks_library)
         for word, multiplier in wanted_networks:
             network = found[word.lower()]
-            errors = [f for f in validate_hypernetwork(network.network, info) if f.severity == "error"]
+            network.findings = validate_hypernetwork(network.network, info)
+            errors = [f for f in network.findings if f.severity == "error"]
             if errors:
                 raise ConceptDoesNotFitError(network.name, errors[0].message)
             networks.append((network, multiplier))

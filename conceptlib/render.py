@@ -290,8 +290,9 @@ class RenderConfig:
             with its configs and tokenizer; None takes the family's reference repository
             (see :mod:`conceptlib.single_file`).
         hypernets: hypernetworks applied to every prompt, after the prompt's own: library
-            words as ``NAME`` or ``NAME:MULT`` (``--hypernet``), or ``(network, multiplier)``
-            already read (:func:`resolve_hypernetworks`; previews read them once for many runs).
+            words or files as ``NAME`` or ``NAME:MULT`` (``--hypernet``), or ``(network,
+            multiplier)`` already read and validated against the model (its ``findings`` set;
+            previews read and validate them once for many runs).
     """
 
     model: str | os.PathLike[str] | ModelInfo
@@ -1449,7 +1450,8 @@ def render(
         raise UsageError("nothing to render: every prompt line asks for 0 images")
     # Hypernetwork phrases out of the prompts; the run-wide ones (--hypernet) apply after them,
     # as AUTOMATIC1111 applies its settings' hypernetwork, appended to every prompt.
-    given = {h[0].word.lower(): h[0] for h in config.hypernets if not isinstance(h, str)}
+    validated = {h[0].word.lower(): h[0] for h in config.hypernets if not isinstance(h, str)}
+    given = dict(validated)
     run_wide = [parse_hypernet(h) if isinstance(h, str) else (h[0].word, float(h[1])) for h in config.hypernets]
     for n, (word, multiplier) in enumerate(run_wide):
         if _is_hypernet_path(word):  # a file, not a library word: read here, named by its stem
@@ -1495,7 +1497,8 @@ def render(
             raise ConceptDoesNotFitError(concept.name, errors[0].message, findings=list[object](findings))
         concept.findings = findings
     for network in used_networks.values():
-        network.findings = validate_hypernetwork(network.network, model, home=config.home)
+        if network.word.lower() not in validated:
+            network.findings = validate_hypernetwork(network.network, model, home=config.home)
         errors = [f for f in network.findings if f.severity == "error"]
         if errors:
             raise ConceptDoesNotFitError(network.name, errors[0].message, findings=list[object](network.findings))
@@ -1509,7 +1512,7 @@ def render(
     if len({j.hypernets for j in mine}) > 1:
         # Jobs with the same hypernetworks side by side, so they share batches; an image never
         # depends on its batch (its own generator), and files are named by the job.
-        first_seen = {key: n for n, key in reversed(list(enumerate(j.hypernets for j in mine)))}
+        first_seen = {key: n for n, key in enumerate(dict.fromkeys(j.hypernets for j in mine))}
         mine = sorted(mine, key=lambda j: first_seen[j.hypernets])
 
     # 4. The pipeline and its scheduler (a reused pipeline gets its own scheduler back at the end).
