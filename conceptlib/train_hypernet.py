@@ -121,7 +121,7 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
     from conceptlib import config as conceptlib_config
     from conceptlib import hypernet
     from conceptlib.hypernet_apply import a1111_module, initialise, wrapped
-    from conceptlib.library import check_name, check_token
+    from conceptlib.library import check_name, check_network_word, check_token
     from conceptlib.models import attention_widths
     from conceptlib.pipelines import load_training_components
     from conceptlib.single_file import native_size
@@ -131,8 +131,8 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
     started = time.perf_counter()
     fields = hypernetwork_fields(config)
     notes: list[str] = []
-    word = check_token(config.token)
-    if word.startswith("<") or ":" in word or " " in word:
+    word = check_network_word(check_token(config.token))
+    if " " in word:  # a trained network's word is one word (added files keep theirs, spaces and all)
         raise UsageError(f"{word!r} cannot be called as <hypernet:{word}:1>", hint="pass --token (or --name) a plain word, e.g. ink")
     home = conceptlib_config.home(config.home)
     name = check_name(config.name) if config.name else (slugify(word) or "hypernetwork")
@@ -204,9 +204,24 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
             initialise(module, config.weight_init, init)
             module.to(device).train()  # dropout on while training, as AUTOMATIC1111 has it
         modules[width] = pair
-    params = [p for pair in modules.values() for module in pair for p in module.parameters()]
-    dropouts = [layer for pair in modules.values() for module in pair for layer in module if hasattr(layer, "generator")]
-    initial = {f"{w}.{side}": {k: v.detach().clone() for k, v in modules[w][side].state_dict().items()} for w in widths for side in (0, 1)}
+    # "WIDTH.SIDE" -> module: what checkpoints store, and what the helpers below walk.
+    named = {f"{w}.{side}": pair[side] for w, pair in modules.items() for side in (0, 1)}
+    params = [p for module in named.values() for p in module.parameters()]
+    dropouts = [layer for module in named.values() for layer in module if hasattr(layer, "generator")]
+
+    def snapshot() -> dict[str, dict[str, torch.Tensor]]:
+        return {key: {k: v.detach().clone() for k, v in module.state_dict().items()} for key, module in named.items()}
+
+    def restore(states: dict[str, dict[str, torch.Tensor]]) -> None:
+        for key, module_state in states.items():
+            named[key].load_state_dict(module_state)
+
+    def training(on: bool) -> None:
+        # Dropout on while training, as AUTOMATIC1111 has it; off for evaluation and previews.
+        for module in named.values():
+            module.train(on)
+
+    initial = snapshot()
 
     def run_module(module: Any) -> Any:
         # The modules stay float32 (as the textual-inversion vectors do) whatever the UNet's dtype.
@@ -268,13 +283,9 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
 
     def evaluation_loss() -> float:
         """The fixed batch's loss (:meth:`conceptlib.train._Sampler.evaluation`), dropout off."""
-        for pair in modules.values():
-            for module in pair:
-                module.eval()
+        training(False)
         loss = sample_batch.evaluation(diffusion_loss)
-        for pair in modules.values():
-            for module in pair:
-                module.train()
+        training(True)
         return loss
 
     def current_network(step: int) -> hypernet.Hypernetwork:
@@ -305,9 +316,7 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
         if changed or any(others.values()):
             what = ", ".join(changed) if changed else next(k for k, v in others.items() if v)
             raise UsageError(f"--resume: {what} differ from the run being resumed", path=checkpoint_path, hint="resume with the run's own settings, or start a new run in another --out")
-        for key, module_state in state["modules"].items():
-            width, side = key.split(".")
-            modules[int(width)][int(side)].load_state_dict(module_state)
+        restore(state["modules"])
         initial = state["initial"]
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -326,7 +335,7 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
         _save_checkpoint(checkpoint_path, {
             "kind": "hypernetwork",
             "step": step,
-            "modules": {f"{w}.{side}": modules[w][side].state_dict() for w in widths for side in (0, 1)},
+            "modules": {key: module.state_dict() for key, module in named.items()},
             "initial": initial,
             "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_scheduler.state_dict(),
@@ -353,13 +362,9 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
         if preview_pipe is None:
             preview_pipe = _preview_pipeline(preview_vae, tokenizers, unet, scheduler_config, sdxl=sdxl)
         path = out / "previews" / f"{name}-{step:06d}.png"
-        for pair in modules.values():
-            for module in pair:
-                module.eval()
+        training(False)
         _render_preview(preview_pipe, encode, preview_prompt, path, config=config, resolution=resolution, dtype=weight_dtype, scaling=scaling, shift=shift)
-        for pair in modules.values():
-            for module in pair:
-                module.train()
+        training(True)
         previews.append((step, path))
 
     def diverged(step: int, what: str) -> TrainingDivergedError:
@@ -407,12 +412,10 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
         seconds_per_step = (time.perf_counter() - loop_started) / steps_run if steps_run else 0.0
         peak_memory = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
         eval_loss_end = evaluation_loss()
-        trained = {key: {k: v.detach().clone() for k, v in modules[int(key.split(".")[0])][int(key.split(".")[1])].state_dict().items()} for key in initial}
-        for key, module_state in initial.items():
-            modules[int(key.split(".")[0])][int(key.split(".")[1])].load_state_dict(module_state)
+        trained = snapshot()
+        restore(initial)
         eval_loss_start = evaluation_loss()
-        for key, module_state in trained.items():
-            modules[int(key.split(".")[0])][int(key.split(".")[1])].load_state_dict(module_state)
+        restore(trained)
     barrier()
 
     # ---- 10. The network file, plots, the library entry. ----------------------------------------------
