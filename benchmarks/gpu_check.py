@@ -797,12 +797,17 @@ class Check:
             self.longest[job.kind] = max(self.longest.get(job.kind, 0.0), row.wall_s)
         return row
 
-    def train(self, job: Job, row: Row, limit: float) -> None:
-        args = self.args
-        out = self.work / "runs" / job.job
+    def _fresh(self, out: Path, job: Job) -> Path:
+        """Clear a job's output folder and result file (a rerun never reads an earlier one's)."""
         shutil.rmtree(out, ignore_errors=True)
         result = self.work / f"{job.job}.json"
         result.unlink(missing_ok=True)
+        return result
+
+    def train(self, job: Job, row: Row, limit: float) -> None:
+        args = self.args
+        out = self.work / "runs" / job.job
+        result = self._fresh(out, job)
         mixed = MIXED[job.precision]
         if job.implementation == "conceptlib":
             payload: dict[str, Any] = {
@@ -857,9 +862,7 @@ class Check:
     def render(self, job: Job, row: Row, limit: float) -> None:
         args = self.args
         out = self.work / "renders" / job.implementation
-        shutil.rmtree(out, ignore_errors=True)
-        result = self.work / f"{job.job}.json"
-        result.unlink(missing_ok=True)
+        result = self._fresh(out, job)
         prompts = [
             f"a photo of {TOKEN} on a table, number {i}" if i % 2 == 0 else f"a painting of a lighthouse at dusk, number {i}"
             for i in range(args.render_images)
