@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, ...]] = [
     # leaves: no conceptlib import but each other
     ("conceptlib", "conceptlib.errors", "conceptlib.config", "conceptlib.families", "conceptlib.tensor",
-     "conceptlib._terminal", "conceptlib._parallel", "conceptlib._deps", "conceptlib._atomic", "conceptlib._filecache",
+     "conceptlib._terminal", "conceptlib._parallel", "conceptlib._deps", "conceptlib._atomic", "conceptlib._filecache", "conceptlib._mapped",
      "conceptlib._text", "conceptlib.slug", "conceptlib.hashing", "conceptlib.registry.migrations",
      "conceptlib.registry.tables"),
     # records
