@@ -1034,23 +1034,21 @@ def _cache_latents(vae: Any, images: list[_TrainImage], *, flip: bool, device: A
     """
     import torch
 
-    means_by_flip: list[torch.Tensor] = []
-    stds_by_flip: list[torch.Tensor] = []
+    flips = (False, True) if flip else (False,)
+    # Every (flip, image) pair in one sequence, so both flips of a few small images are one VAE
+    # call; batches of 8 only for small images: a 1024 px encode needs gigabytes per image.
+    pairs = [(flipped, img) for flipped in flips for img in images]
+    chunk = 8 if resolution <= 256 else 1
+    means, stds = [], []
     with torch.no_grad():
-        for flipped in (False, True) if flip else (False,):
-            means, stds = [], []
-            # Batches of 8 only for small images: a 1024 px VAE encode needs gigabytes per image.
-            chunk = 8 if resolution <= 256 else 1
-            for start in range(0, len(images), chunk):
-                batch = torch.from_numpy(np.stack([img.pixels for img in images[start : start + chunk]])).to(device)
-                if flipped:
-                    batch = batch.flip(-1)
-                dist = vae.encode(batch).latent_dist
-                means.append(dist.mean.float())
-                stds.append(dist.std.float())
-            means_by_flip.append(torch.cat(means))
-            stds_by_flip.append(torch.cat(stds))
-    return torch.stack(means_by_flip), torch.stack(stds_by_flip)
+        for start in range(0, len(pairs), chunk):
+            pixels = [(flipped, torch.from_numpy(img.pixels)) for flipped, img in pairs[start : start + chunk]]
+            batch = torch.stack([p.flip(-1) if flipped else p for flipped, p in pixels])
+            dist = vae.encode(batch.to(device)).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+    shape = (len(flips), len(images), *means[0].shape[1:])
+    return torch.cat(means).view(shape), torch.cat(stds).view(shape)
 
 
 def _optimizer(params: list[Any], config: TrainConfig, device: Any, notes: list[str]) -> tuple[Any, Any, Any, list[tuple[float, int]] | None, int]:

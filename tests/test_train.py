@@ -25,6 +25,7 @@ from conceptlib.train import (
     Progress,
     TrainConfig,
     TrainResult,
+    _cache_latents,
     _caption,
     _check_config,
     _generator,
@@ -712,6 +713,35 @@ def test_splice_gradient_matches_plain_autograd(models: dict[str, Path]) -> None
     assert float(vectors.grad.abs().min()) > 0  # every row of both vectors got a gradient
     with torch.no_grad():  # without gradients the forward pass is the plain one, bit for bit
         assert torch.equal(spliced(torch.where(ids >= base, base - 1 - ids, ids))[0], plain(ids)[0])
+
+
+@pytest.mark.parametrize("resolution", [32, 512])
+def test_latents_of_both_flips_are_each_images_own(models: dict[str, Path], resolution: int, tmp_path: Path) -> None:
+    """Both flips of small images are encoded in shared batches (one at a time at 512 px): each
+    [flip, image] slot is that image's own latent distribution, mirrored for flip 1."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from conceptlib.train import _TrainImage
+
+    vae = AutoencoderKL.from_pretrained(models["sd1"] / "vae").eval()
+    rng = np.random.default_rng(0)
+    size = 32  # the pixels' size; resolution only picks the batching
+    images = [
+        _TrainImage(tmp_path / f"{i}.png", "", rng.uniform(-1, 1, (3, size, size)).astype(np.float32), (size, size), (0, 0)) for i in range(5)
+    ]
+    mean, std = _cache_latents(vae, images, flip=True, device=torch.device("cpu"), resolution=resolution)
+    assert mean.shape == std.shape and mean.shape[:3] == (2, 5, 4)
+    with torch.no_grad():
+        for i, image in enumerate(images):
+            for flipped in (0, 1):
+                pixels = torch.from_numpy(image.pixels)[None]
+                dist = vae.encode(pixels.flip(-1) if flipped else pixels).latent_dist
+                assert torch.allclose(mean[flipped, i], dist.mean[0], atol=1e-5)
+                assert torch.allclose(std[flipped, i], dist.std[0], atol=1e-5)
+    mean_once, _ = _cache_latents(vae, images, flip=False, device=torch.device("cpu"), resolution=resolution)
+    assert mean_once.shape == (1, *mean.shape[1:])
+    assert torch.allclose(mean_once[0], mean[0], atol=1e-5)
 
 
 def test_precomputed_projections_match_and_fall_back(models: dict[str, Path]) -> None:
