@@ -54,6 +54,7 @@ from conceptlib.train import (
     TrainConfig,
     TrainResult,
     _cache_latents,
+    _channels_last,
     _check_run_folder,
     _device_and_group,
     _diverged,
@@ -194,6 +195,8 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
         module.to(device)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    if device.type == "cpu":
+        _channels_last(unet)
 
     # ---- 6. The modules: a pair per width, laid out and initialised as AUTOMATIC1111's. ----------------
     init = _generator(config.seed, _INIT_STREAM)
