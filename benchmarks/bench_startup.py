@@ -246,6 +246,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    from bench_train import compile_conceptlib
+
+    bytecode = compile_conceptlib()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-startup-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "CONCEPTLIB_HOME": str(work / "home"), "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1"}
@@ -263,7 +266,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    print(f"\nMachine: {results['machine']}\n")
+    print(f"\nMachine: {results['machine']}; {bytecode}\n")
     print("| model | job | conceptlib by path, cold cache | by path, warm | by registered name | diffusers script | warm / diffusers | peak RSS warm vs diffusers | images identical |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for key, data in results.items():
