@@ -163,6 +163,36 @@ def test_a_touched_or_replaced_file_is_read_again(tmp_path: Path, monkeypatch: p
     assert changed.encoders[0].norms is not None and changed.encoders[0].norms.max == pytest.approx(768**0.5)
 
 
+def test_a_cached_description_vouches_for_its_vocabulary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A description from the cache knows its vocabulary's hash (its stamp covered the file):
+    a later command's token check parses the vocabulary without hashing it again. A vocabulary
+    edited since is hashed, and no longer stands in for the one described."""
+    folder = diffusers_folder(tmp_path / "model")
+    read_model(folder, hash_files=False)  # the first command: described and cached
+    models._vocab_cached.cache_clear()  # a new command, a new process
+    models._vouched.clear()
+    hashed: list[int] = []
+    real_hash = models._vocab_hash
+
+    def counted(vocab: dict[str, int]) -> str:
+        hashed.append(len(vocab))
+        return real_hash(vocab)
+
+    monkeypatch.setattr(models, "_vocab_hash", counted)
+    info = read_model(folder, hash_files=False)
+    vocab = info.vocabulary("clip_l")
+    assert vocab is not None and "<|endoftext|>" in vocab
+    assert hashed == []
+
+    # Edited behind the description's back (the same ModelInfo still in hand): hashed, refused.
+    path = folder / "tokenizer" / "vocab.json"
+    entries = json.loads(path.read_text())
+    entries["zzzzqq</w>"] = max(entries.values()) + 1
+    path.write_text(json.dumps(entries))
+    assert info.vocabulary("clip_l") is None  # and no registered copy in the library to stand in
+    assert hashed == [len(entries)]
+
+
 @pytest.mark.parametrize("damage", [
     b"", b"{not json", b"[]", b'{"version": 1, "entries": []}', b'{"version": 999, "entries": {}}',
     b"\xff\xfe\x00", b"[" * 100_000,
