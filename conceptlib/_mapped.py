@@ -8,8 +8,10 @@ trainer's channels-last UNet weights) would keep its original pages resident bes
 
 That is safe for a private mapping of a regular file only: a page given back reads the file's
 bytes again if anything touches it, so a stray view of the old tensor still sees the same
-values. Anonymous memory would read back as zeros, so it is never released; neither is a page
-that the range shares with a neighbouring tensor (only whole pages inside the range go).
+values, as long as nothing had written to those pages (the trainers never write to frozen
+weights; an in-place write would be lost). Anonymous memory would read back as zeros, so it is
+never released; neither is a page that the range shares with a neighbouring tensor (only whole
+pages inside the range go).
 
 Linux only (``/proc/self/maps``); elsewhere :func:`file_mappings` is empty and nothing is
 released, which costs memory, never correctness. Imports point down: standard library only.
