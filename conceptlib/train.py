@@ -886,6 +886,19 @@ def _splice(base: Any, vectors: Any, attention: Any) -> Any:
     return splice
 
 
+def _freeze(unet: Any, vae: Any, encoders: list[Any], *, device: Any, gradient_checkpointing: bool) -> None:
+    """Set up the models both trainers keep fixed: no gradients, evaluation mode, on ``device``;
+    the UNet with gradient checkpointing when asked, and channels-last on a CPU."""
+    for module in (vae, unet, *encoders):
+        module.requires_grad_(False)
+        module.eval()
+        module.to(device)
+    if gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if device.type == "cpu":
+        _channels_last(unet)
+
+
 def _channels_last(module: Any) -> None:
     """Re-lay every 4-D convolution weight as channels-last, without growing resident memory.
 
@@ -1807,14 +1820,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
 
     # ---- 6. Freeze everything; only the vectors will have gradients. -----------------------------
     frozen_digest = _frozen_digest(unet, vae)  # --resume refuses another UNet or VAE
-    for module in (vae, unet, *encoders):
-        module.requires_grad_(False)
-        module.eval()
-        module.to(device)
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    if device.type == "cpu":
-        _channels_last(unet)
+    _freeze(unet, vae, encoders, device=device, gradient_checkpointing=config.gradient_checkpointing)
     if device.type == "cuda":
         from conceptlib._deps import available
 

@@ -54,10 +54,10 @@ from conceptlib.train import (
     TrainConfig,
     TrainResult,
     _cache_latents,
-    _channels_last,
     _check_run_folder,
     _device_and_group,
     _diverged,
+    _freeze,
     _frozen_digest,
     _generator,
     _optimizer,
@@ -189,14 +189,7 @@ def train_hypernetwork(config: TrainConfig, progress: Progress | None = None) ->
     if prediction_type not in ("epsilon", "v_prediction"):
         raise UsageError(f"prediction type {prediction_type!r} is not supported (epsilon or v_prediction)", path=info.path)
     frozen_digest = _frozen_digest(unet, vae)
-    for module in (vae, unet, *encoders):
-        module.requires_grad_(False)
-        module.eval()
-        module.to(device)
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    if device.type == "cpu":
-        _channels_last(unet)
+    _freeze(unet, vae, encoders, device=device, gradient_checkpointing=config.gradient_checkpointing)
 
     # ---- 6. The modules: a pair per width, laid out and initialised as AUTOMATIC1111's. ----------------
     init = _generator(config.seed, _INIT_STREAM)
