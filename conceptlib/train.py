@@ -1055,9 +1055,8 @@ def _cache_latents(vae: Any, images: list[_TrainImage], *, flip: bool, device: A
     means, stds = [], []
     with torch.no_grad():
         for start in range(0, len(pairs), chunk):
-            pixels = [(flipped, torch.from_numpy(img.pixels)) for flipped, img in pairs[start : start + chunk]]
-            batch = torch.stack([p.flip(-1) if flipped else p for flipped, p in pixels])
-            dist = vae.encode(batch.to(device)).latent_dist
+            batch = np.stack([img.pixels[..., ::-1] if flipped else img.pixels for flipped, img in pairs[start : start + chunk]])
+            dist = vae.encode(torch.from_numpy(batch).to(device)).latent_dist
             means.append(dist.mean.float())
             stds.append(dist.std.float())
     shape = (len(flips), len(images), *means[0].shape[1:])
